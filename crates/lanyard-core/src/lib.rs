@@ -1,0 +1,14 @@
+//! Lanyard's SPIFFE core: identifiers, selectors, SVID validation and trust bundles.
+//!
+//! This crate does no I/O and has no async runtime: every function is a pure check or
+//! conversion, with time supplied through [`clock::Clock`].
+
+pub mod bundle;
+pub mod clock;
+pub mod id;
+pub mod selector;
+
+pub use bundle::{Bundle, BundleError, BundleSet, JwtAuthority, PublicJwk, X509Authority};
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use id::{IdError, SpiffeId, TrustDomain};
+pub use selector::{Selector, SelectorError};
