@@ -53,7 +53,7 @@ pub enum BundleError {
         "key #{index} has key ID {kid:?}, already used by another JWT authority; key IDs must be unique"
     )]
     DuplicateKid { index: usize, kid: String },
-    #[error("key #{index}: {reason}")]
+    #[error("key #{index} is not a usable public key: {reason}")]
     BadKey { index: usize, reason: String },
     #[error("the certificate is not a valid DER X.509 certificate: {0}")]
     Certificate(String),
@@ -554,5 +554,177 @@ impl FromIterator<Bundle> for BundleSet {
             set.insert(b);
         }
         set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    };
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ca_der() -> (Vec<u8>, KeyPair) {
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap_or_default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        p.subject_alt_names = vec![SanType::URI(
+            "spiffe://example.org"
+                .try_into()
+                .unwrap_or_else(|_| panic!()),
+        )];
+        let cert = p.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+        (cert.der().to_vec(), key)
+    }
+
+    fn sample() -> Bundle {
+        let (der, key) = ca_der();
+        let mut b = Bundle::new(td());
+        b.add_x509_authority(X509Authority::from_der(der).unwrap_or_else(|e| panic!("{e}")));
+        let jwk = PublicJwk::from_spki_der(&key.subject_public_key_info())
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.add_jwt_authority(JwtAuthority::new("k1", jwk).unwrap_or_else(|e| panic!("{e}")));
+        b.set_sequence(3);
+        b.set_refresh_hint(300);
+        b
+    }
+
+    fn parse(json: &str) -> Result<Bundle, BundleError> {
+        Bundle::parse(td(), json.as_bytes())
+    }
+
+    #[test]
+    fn build_serialize_parse_round_trip() {
+        let b = sample();
+        let json = b.to_json().unwrap_or_else(|e| panic!("{e}"));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(v["spiffe_sequence"], 3);
+        assert_eq!(v["spiffe_refresh_hint"], 300);
+        assert_eq!(v["keys"][0]["use"], "x509-svid");
+        assert_eq!(v["keys"][0]["kty"], "EC");
+        assert_eq!(v["keys"][0]["crv"], "P-256");
+        assert_eq!(v["keys"][0]["x5c"].as_array().map(Vec::len), Some(1));
+        assert_eq!(v["keys"][1]["use"], "jwt-svid");
+        assert_eq!(v["keys"][1]["kid"], "k1");
+        let back = parse(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, b);
+        assert_eq!(back.jwt_authority("k1").map(|a| a.key().kty()), Some("EC"));
+        assert_eq!(back.x509_authorities_der(), b.x509_authorities()[0].der());
+        assert!(
+            back.x509_authorities_pem()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        let pem_back = pem_certificates(back.x509_authorities_pem().as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(pem_back[0], b.x509_authorities()[0].der());
+    }
+
+    #[test]
+    fn rsa_jwt_authority() {
+        let json = r#"{"keys":[{"use":"jwt-svid","kid":"r","kty":"RSA","n":"AQAB","e":"AQAB"}]}"#;
+        let b = parse(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.jwt_authority("r").map(|a| a.key().kty()), Some("RSA"));
+        assert_eq!(b.sequence(), None);
+    }
+
+    #[test]
+    fn unknown_use_is_ignored() {
+        let json = r#"{"keys":[{"use":"enc","kty":"oct","k":"AA"},{"kty":"EC"}]}"#;
+        let b = parse(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.ignored_keys(), 2);
+        assert!(b.x509_authorities().is_empty());
+    }
+
+    #[test]
+    fn invalid_bundles() {
+        use BundleError::*;
+        let x = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        type Case = (String, fn(&BundleError) -> bool);
+        let cases: Vec<Case> = vec![
+            ("not json".into(), |e| matches!(e, Json(_))),
+            ("{}".into(), |e| matches!(e, Json(_))),
+            (r#"{"keys":{}}"#.into(), |e| matches!(e, Json(_))),
+            (r#"{"keys":[],"spiffe_sequence":-1}"#.into(), |e| matches!(e, Json(_))),
+            (r#"{"keys":[{"use":"x509-svid"}]}"#.into(), |e| matches!(e, X5cCount { index: 0, count: 0 })),
+            (r#"{"keys":[{"use":"x509-svid","x5c":["AA==","AA=="]}]}"#.into(), |e| matches!(e, X5cCount { count: 2, .. })),
+            (r#"{"keys":[{"use":"x509-svid","x5c":["!!!"]}]}"#.into(), |e| matches!(e, X5cBase64 { .. })),
+            (r#"{"keys":[{"use":"x509-svid","x5c":["AAAA"]}]}"#.into(), |e| matches!(e, X5cCertificate { .. })),
+            (r#"{"keys":[{"use":"jwt-svid","kty":"EC","crv":"P-256"}]}"#.into(), |e| matches!(e, MissingKid { index: 0 })),
+            (r#"{"keys":[{"use":"jwt-svid","kid":"","kty":"EC"}]}"#.into(), |e| matches!(e, MissingKid { .. })),
+            (r#"{"keys":[{"use":"jwt-svid","kid":"a","kty":"oct","k":"AA"}]}"#.into(), |e| matches!(e, BadKey { .. })),
+            (r#"{"keys":[{"use":"jwt-svid","kid":"a"}]}"#.into(), |e| matches!(e, BadKey { .. })),
+            (r#"{"keys":[{"use":"jwt-svid","kid":"a","kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#.into(), |e| matches!(e, BadKey { .. })),
+            (r#"{"keys":[{"use":"jwt-svid","kid":"a","kty":"EC","crv":"secp256k1","x":"AA","y":"AA"}]}"#.into(), |e| matches!(e, BadKey { .. })),
+            (r#"{"keys":[{"use":"jwt-svid","kid":"a","kty":"EC","crv":"P-256","y":"AA"}]}"#.into(), |e| matches!(e, BadKey { .. })),
+            (r#"{"keys":[{"use":"jwt-svid","kid":"a","kty":"RSA","n":"A=A","e":"AQAB"}]}"#.into(), |e| matches!(e, BadKey { .. })),
+            (
+                format!(r#"{{"keys":[{{"use":"jwt-svid","kid":"a","kty":"EC","crv":"P-256","x":"{x}","y":"{x}"}},{{"use":"jwt-svid","kid":"a","kty":"EC","crv":"P-256","x":"{x}","y":"{x}"}}]}}"#),
+                |e| matches!(e, DuplicateKid { index: 1, .. }),
+            ),
+        ];
+        for (json, ok) in cases {
+            let e = parse(&json)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {json}"));
+            assert!(ok(&e), "{json} gave {e:?}");
+            assert!(e.to_string().len() > 20);
+        }
+    }
+
+    #[test]
+    fn bundle_set_keyed_by_trust_domain() {
+        let mut set = BundleSet::new();
+        set.insert(sample());
+        let other = TrustDomain::new("other.org").unwrap_or_else(|e| panic!("{e}"));
+        set.insert(Bundle::new(other.clone()));
+        assert_eq!(set.len(), 2);
+        assert!(set.get(&td()).is_some_and(|b| b.sequence() == Some(3)));
+        let mut replacement = Bundle::new(td());
+        replacement.set_sequence(4);
+        set.insert(replacement);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.get(&td()).and_then(Bundle::sequence), Some(4));
+        assert!(set.remove(&other).is_some());
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn authority_management() {
+        let mut b = sample();
+        let der = b.x509_authorities()[0].der().to_vec();
+        b.add_x509_authority(
+            X509Authority::from_der(der.clone()).unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(b.x509_authorities().len(), 1, "duplicates are not added");
+        assert!(b.remove_x509_authority(&der));
+        assert!(b.remove_jwt_authority("k1").is_some());
+        assert!(
+            JwtAuthority::new(
+                "",
+                PublicJwk::Rsa {
+                    n: "AQAB".into(),
+                    e: "AQAB".into()
+                }
+            )
+            .is_err()
+        );
+        assert!(X509Authority::from_der(b"junk".to_vec()).is_err());
+        assert!(matches!(
+            pem_certificates(b"nothing"),
+            Err(BundleError::NoPemCertificates)
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,200}") {
+            let _ = parse(&s);
+        }
     }
 }

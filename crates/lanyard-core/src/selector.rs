@@ -217,7 +217,8 @@ mod tests {
     #[test]
     fn invalid() {
         use SelectorError::*;
-        let cases: Vec<(&str, fn(&SelectorError) -> bool)> = vec![
+        type Case = (&'static str, fn(&SelectorError) -> bool);
+        let cases: Vec<Case> = vec![
             ("", |e| matches!(e, Empty)),
             ("unix", |e| matches!(e, MissingColon(_))),
             (":uid:1", |e| matches!(e, EmptyType(_))),
