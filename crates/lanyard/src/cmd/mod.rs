@@ -1,0 +1,3 @@
+//! Command implementations, one module per area.
+
+pub mod inspect;
