@@ -1,5 +1,7 @@
 //! End-to-end tests of the offline inspection commands against the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
