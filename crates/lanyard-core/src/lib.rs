@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod clock;
+pub mod dns;
 pub mod id;
 pub mod selector;
 pub mod x509;
