@@ -1,0 +1,210 @@
+//! Lanyard's datastore: one [`Store`] trait, two backends (SQLite, embedded and the
+//! default; PostgreSQL, for several servers sharing one database), per-dialect
+//! migrations, and a conformance suite (`tests/conformance.rs`) that runs unchanged
+//! against both.
+//!
+//! Every method that changes state returns only after the change is committed:
+//! SQLite runs in WAL mode with `synchronous=FULL`, PostgreSQL with its default
+//! synchronous commit.
+
+use std::future::Future;
+
+use lanyard_core::{Selector, SpiffeId};
+use serde::{Deserialize, Serialize};
+
+mod sql;
+
+pub use sql::{AnyStore, PgStore, SqliteStore};
+
+/// Errors of the datastore; each says what happened in terms of Lanyard objects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Duplicate(String),
+    #[error("no {what} with id {id:?}")]
+    NotFound { what: &'static str, id: String },
+    #[error(
+        "the {what} {id:?} was changed concurrently (revision {actual}, expected {expected}); re-read it and retry"
+    )]
+    Conflict {
+        what: &'static str,
+        id: String,
+        expected: i64,
+        actual: i64,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("cannot open the datastore: {0}")]
+    Open(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What an admin asks for when creating or updating a registration entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntrySpec {
+    pub spiffe_id: SpiffeId,
+    pub parent_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+    pub owner: String,
+    pub environment: Option<String>,
+    /// Seconds; 0 means the server default.
+    pub x509_ttl: u64,
+    /// Seconds; 0 means the server default.
+    pub jwt_ttl: u64,
+    pub dns_names: Vec<String>,
+    pub hint: Option<String>,
+    pub admin: bool,
+    pub downstream: bool,
+    /// Unix seconds after which the entry issues nothing.
+    pub expires_at: Option<i64>,
+}
+
+impl EntrySpec {
+    /// Selectors sorted and de-duplicated: the canonical form that is stored, so that
+    /// the same set in another order is recognized as a duplicate.
+    pub fn canonical_selectors(&self) -> Vec<Selector> {
+        let mut s = self.selectors.clone();
+        s.sort();
+        s.dedup();
+        s
+    }
+}
+
+/// A stored registration entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: EntrySpec,
+    /// Starts at 1, incremented by every update.
+    pub revision: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An attested node (agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub spiffe_id: SpiffeId,
+    pub attestation_type: String,
+    pub selectors: Vec<Selector>,
+    /// Serial (hex) of the agent SVID currently issued to it.
+    pub serial: String,
+    /// Expiry of that SVID.
+    pub expires_at: i64,
+    pub banned: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A join token as stored (only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub spiffe_id: Option<SpiffeId>,
+    pub expires_at: i64,
+}
+
+/// A stored bundle document and its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBundle {
+    pub sequence: u64,
+    pub document: String,
+}
+
+/// The datastore. Implemented by [`SqliteStore`], [`PgStore`] and [`AnyStore`].
+pub trait Store: Send + Sync {
+    /// Store a new entry; refuses an identical (SPIFFE ID, parent, selectors) entry.
+    fn create_entry(
+        &self,
+        spec: &EntrySpec,
+        now: i64,
+    ) -> impl Future<Output = Result<Entry>> + Send;
+
+    /// Replace an entry's fields. With `expected_revision`, refuses if the entry has
+    /// changed since that revision.
+    fn update_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+        expected_revision: Option<i64>,
+        now: i64,
+    ) -> impl Future<Output = Result<Entry>> + Send;
+
+    /// Delete an entry, returning what was deleted.
+    fn delete_entry(&self, id: &str) -> impl Future<Output = Result<Entry>> + Send;
+
+    fn get_entry(&self, id: &str) -> impl Future<Output = Result<Option<Entry>>> + Send;
+
+    /// All entries, ordered by SPIFFE ID then id.
+    fn list_entries(&self) -> impl Future<Output = Result<Vec<Entry>>> + Send;
+
+    /// Entries whose parent is `parent`.
+    fn list_entries_by_parent(
+        &self,
+        parent: &SpiffeId,
+    ) -> impl Future<Output = Result<Vec<Entry>>> + Send;
+
+    /// Record a freshly attested node (or re-attestation of a known one).
+    fn upsert_node(&self, node: &Node) -> impl Future<Output = Result<()>> + Send;
+
+    fn get_node(&self, id: &SpiffeId) -> impl Future<Output = Result<Option<Node>>> + Send;
+
+    fn list_nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
+
+    /// Record the agent SVID just issued to a node (renewal).
+    fn set_node_svid(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<Node>> + Send;
+
+    fn set_node_banned(
+        &self,
+        id: &SpiffeId,
+        banned: bool,
+        now: i64,
+    ) -> impl Future<Output = Result<Node>> + Send;
+
+    /// Forget a node (evict): it must attest again.
+    fn delete_node(&self, id: &SpiffeId) -> impl Future<Output = Result<Node>> + Send;
+
+    /// Store a join token by its hash.
+    fn create_join_token(
+        &self,
+        token_hash: &str,
+        token: &JoinToken,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Atomically remove and return a join token: a token can be consumed once.
+    fn consume_join_token(
+        &self,
+        token_hash: &str,
+    ) -> impl Future<Output = Result<Option<JoinToken>>> + Send;
+
+    fn get_bundle(
+        &self,
+        trust_domain: &str,
+    ) -> impl Future<Output = Result<Option<StoredBundle>>> + Send;
+
+    /// Store a new bundle document; the sequence number increases by one on every
+    /// call (starting at 1) and is returned.
+    fn put_bundle(
+        &self,
+        trust_domain: &str,
+        document: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// A random identifier (32 hex characters) for new entries.
+pub fn new_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).map_err(|e| StoreError::Database(format!("random: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}

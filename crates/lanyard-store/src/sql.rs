@@ -1,0 +1,519 @@
+//! The SQL backends. Both dialects accept the same statements (positional `$n`
+//! parameters, `RETURNING`, `ON CONFLICT`), so one macro implements [`Store`] for
+//! each pool type; only the migrations and connection setup differ.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use lanyard_core::{Selector, SpiffeId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+
+use crate::{Entry, EntrySpec, JoinToken, Node, Result, Store, StoreError, StoredBundle, new_id};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn selectors_json(s: &[Selector]) -> Result<String> {
+    serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_selectors(json: &str) -> Result<Vec<Selector>> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("selectors {json:?}: {e}")))
+}
+
+fn parse_id(s: &str) -> Result<SpiffeId> {
+    SpiffeId::new(s).map_err(|e| StoreError::Corrupt(format!("SPIFFE ID {s:?}: {e}")))
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Database(format!("{v} does not fit a 64-bit column")))
+}
+
+fn to_u64(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
+}
+
+const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, revision, created_at, updated_at";
+const NODE_COLUMNS: &str =
+    "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at";
+
+macro_rules! impl_store {
+    ($store:ident, $row:ty) => {
+        fn entry_from_row(row: &$row) -> Result<Entry> {
+            let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db_err);
+            let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(db_err);
+            let dns: String = get_s("dns_names")?;
+            Ok(Entry {
+                id: get_s("id")?,
+                spec: EntrySpec {
+                    spiffe_id: parse_id(&get_s("spiffe_id")?)?,
+                    parent_id: parse_id(&get_s("parent_id")?)?,
+                    selectors: parse_selectors(&get_s("selectors")?)?,
+                    owner: get_s("owner")?,
+                    environment: row.try_get::<Option<String>, _>("environment").map_err(db_err)?,
+                    x509_ttl: to_u64(get_i("x509_ttl")?)?,
+                    jwt_ttl: to_u64(get_i("jwt_ttl")?)?,
+                    dns_names: serde_json::from_str(&dns)
+                        .map_err(|e| StoreError::Corrupt(format!("dns_names: {e}")))?,
+                    hint: row.try_get::<Option<String>, _>("hint").map_err(db_err)?,
+                    admin: row.try_get::<bool, _>("admin").map_err(db_err)?,
+                    downstream: row.try_get::<bool, _>("downstream").map_err(db_err)?,
+                    expires_at: row.try_get::<Option<i64>, _>("expires_at").map_err(db_err)?,
+                },
+                revision: get_i("revision")?,
+                created_at: get_i("created_at")?,
+                updated_at: get_i("updated_at")?,
+            })
+        }
+
+        fn node_from_row(row: &$row) -> Result<Node> {
+            let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db_err);
+            let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(db_err);
+            Ok(Node {
+                spiffe_id: parse_id(&get_s("spiffe_id")?)?,
+                attestation_type: get_s("attestation_type")?,
+                selectors: parse_selectors(&get_s("selectors")?)?,
+                serial: get_s("serial")?,
+                expires_at: get_i("expires_at")?,
+                banned: row.try_get::<bool, _>("banned").map_err(db_err)?,
+                created_at: get_i("created_at")?,
+                updated_at: get_i("updated_at")?,
+            })
+        }
+
+        fn duplicate_entry(spec: &EntrySpec) -> StoreError {
+            StoreError::Duplicate(format!(
+                "an entry for {} under parent {} with the same selectors already exists; update it instead of creating another",
+                spec.spiffe_id, spec.parent_id
+            ))
+        }
+
+        impl Store for $store {
+            async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry> {
+                let id = new_id()?;
+                let sql = format!(
+                    "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,1,$14,$14) RETURNING {ENTRY_COLUMNS}"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(&id)
+                    .bind(spec.spiffe_id.to_string())
+                    .bind(spec.parent_id.to_string())
+                    .bind(selectors_json(&spec.canonical_selectors())?)
+                    .bind(&spec.owner)
+                    .bind(&spec.environment)
+                    .bind(to_i64(spec.x509_ttl)?)
+                    .bind(to_i64(spec.jwt_ttl)?)
+                    .bind(serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                    .bind(&spec.hint)
+                    .bind(spec.admin)
+                    .bind(spec.downstream)
+                    .bind(spec.expires_at)
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| if is_unique_violation(&e) { duplicate_entry(spec) } else { db_err(e) })?;
+                entry_from_row(&row)
+            }
+
+            async fn update_entry(
+                &self,
+                id: &str,
+                spec: &EntrySpec,
+                expected_revision: Option<i64>,
+                now: i64,
+            ) -> Result<Entry> {
+                let sql = format!(
+                    "UPDATE entries SET spiffe_id=$2, parent_id=$3, selectors=$4, owner=$5, environment=$6, x509_ttl=$7, jwt_ttl=$8, dns_names=$9, hint=$10, admin=$11, downstream=$12, expires_at=$13, revision=revision+1, updated_at=$14 \
+                     WHERE id=$1 AND ($15 IS NULL OR revision=$15) RETURNING {ENTRY_COLUMNS}"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(spec.spiffe_id.to_string())
+                    .bind(spec.parent_id.to_string())
+                    .bind(selectors_json(&spec.canonical_selectors())?)
+                    .bind(&spec.owner)
+                    .bind(&spec.environment)
+                    .bind(to_i64(spec.x509_ttl)?)
+                    .bind(to_i64(spec.jwt_ttl)?)
+                    .bind(serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                    .bind(&spec.hint)
+                    .bind(spec.admin)
+                    .bind(spec.downstream)
+                    .bind(spec.expires_at)
+                    .bind(now)
+                    .bind(expected_revision)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| if is_unique_violation(&e) { duplicate_entry(spec) } else { db_err(e) })?;
+                match row {
+                    Some(r) => entry_from_row(&r),
+                    None => match self.get_entry(id).await? {
+                        None => Err(StoreError::NotFound { what: "entry", id: id.to_string() }),
+                        Some(current) => Err(StoreError::Conflict {
+                            what: "entry",
+                            id: id.to_string(),
+                            expected: expected_revision.unwrap_or_default(),
+                            actual: current.revision,
+                        }),
+                    },
+                }
+            }
+
+            async fn delete_entry(&self, id: &str) -> Result<Entry> {
+                let sql = format!("DELETE FROM entries WHERE id=$1 RETURNING {ENTRY_COLUMNS}");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
+                match row {
+                    Some(r) => entry_from_row(&r),
+                    None => Err(StoreError::NotFound { what: "entry", id: id.to_string() }),
+                }
+            }
+
+            async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
+                let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
+                row.as_ref().map(entry_from_row).transpose()
+            }
+
+            async fn list_entries(&self) -> Result<Vec<Entry>> {
+                let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries ORDER BY spiffe_id, id");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await.map_err(db_err)?;
+                rows.iter().map(entry_from_row).collect()
+            }
+
+            async fn list_entries_by_parent(&self, parent: &SpiffeId) -> Result<Vec<Entry>> {
+                let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE parent_id=$1 ORDER BY spiffe_id, id");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(parent.to_string())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(entry_from_row).collect()
+            }
+
+            async fn upsert_node(&self, node: &Node) -> Result<()> {
+                let sql = format!(
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) \
+                     ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type=excluded.attestation_type, selectors=excluded.selectors, \
+                     serial=excluded.serial, expires_at=excluded.expires_at, updated_at=excluded.updated_at"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(node.spiffe_id.to_string())
+                    .bind(&node.attestation_type)
+                    .bind(selectors_json(&node.selectors)?)
+                    .bind(&node.serial)
+                    .bind(node.expires_at)
+                    .bind(node.banned)
+                    .bind(node.created_at)
+                    .bind(node.updated_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn get_node(&self, id: &SpiffeId) -> Result<Option<Node>> {
+                let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE spiffe_id=$1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(node_from_row).transpose()
+            }
+
+            async fn list_nodes(&self) -> Result<Vec<Node>> {
+                let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY spiffe_id");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await.map_err(db_err)?;
+                rows.iter().map(node_from_row).collect()
+            }
+
+            async fn set_node_svid(&self, id: &SpiffeId, serial: &str, expires_at: i64, now: i64) -> Result<Node> {
+                let sql = format!(
+                    "UPDATE nodes SET serial=$2, expires_at=$3, updated_at=$4 WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .bind(serial)
+                    .bind(expires_at)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref()
+                    .map(node_from_row)
+                    .transpose()?
+                    .ok_or_else(|| StoreError::NotFound { what: "agent", id: id.to_string() })
+            }
+
+            async fn set_node_banned(&self, id: &SpiffeId, banned: bool, now: i64) -> Result<Node> {
+                let sql = format!("UPDATE nodes SET banned=$2, updated_at=$3 WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .bind(banned)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref()
+                    .map(node_from_row)
+                    .transpose()?
+                    .ok_or_else(|| StoreError::NotFound { what: "agent", id: id.to_string() })
+            }
+
+            async fn delete_node(&self, id: &SpiffeId) -> Result<Node> {
+                let sql = format!("DELETE FROM nodes WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref()
+                    .map(node_from_row)
+                    .transpose()?
+                    .ok_or_else(|| StoreError::NotFound { what: "agent", id: id.to_string() })
+            }
+
+            async fn create_join_token(&self, token_hash: &str, token: &JoinToken, now: i64) -> Result<()> {
+                sqlx::query("INSERT INTO join_tokens (token_hash, spiffe_id, expires_at, created_at) VALUES ($1,$2,$3,$4)")
+                    .bind(token_hash)
+                    .bind(token.spiffe_id.as_ref().map(|i| i.to_string()))
+                    .bind(token.expires_at)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Duplicate("this join token already exists".to_string())
+                        } else {
+                            db_err(e)
+                        }
+                    })?;
+                Ok(())
+            }
+
+            async fn consume_join_token(&self, token_hash: &str) -> Result<Option<JoinToken>> {
+                let row = sqlx::query("DELETE FROM join_tokens WHERE token_hash=$1 RETURNING spiffe_id, expires_at")
+                    .bind(token_hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let Some(row) = row else { return Ok(None) };
+                let spiffe_id = row
+                    .try_get::<Option<String>, _>("spiffe_id")
+                    .map_err(db_err)?
+                    .map(|s| parse_id(&s))
+                    .transpose()?;
+                Ok(Some(JoinToken {
+                    spiffe_id,
+                    expires_at: row.try_get::<i64, _>("expires_at").map_err(db_err)?,
+                }))
+            }
+
+            async fn get_bundle(&self, trust_domain: &str) -> Result<Option<StoredBundle>> {
+                let row = sqlx::query("SELECT sequence, document FROM bundles WHERE trust_domain=$1")
+                    .bind(trust_domain)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some(StoredBundle {
+                    sequence: to_u64(row.try_get::<i64, _>("sequence").map_err(db_err)?)?,
+                    document: row.try_get::<String, _>("document").map_err(db_err)?,
+                }))
+            }
+
+            async fn put_bundle(&self, trust_domain: &str, document: &str, now: i64) -> Result<u64> {
+                let row = sqlx::query(
+                    "INSERT INTO bundles (trust_domain, sequence, document, updated_at) VALUES ($1, 1, $2, $3) \
+                     ON CONFLICT (trust_domain) DO UPDATE SET sequence=bundles.sequence+1, document=excluded.document, updated_at=excluded.updated_at \
+                     RETURNING sequence",
+                )
+                .bind(trust_domain)
+                .bind(document)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+                to_u64(row.try_get::<i64, _>("sequence").map_err(db_err)?)
+            }
+        }
+    };
+}
+
+/// The embedded SQLite backend (one file, WAL, synchronous=FULL).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database file at `path` and run migrations.
+    pub async fn open(path: &std::path::Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        SQLITE_MIGRATIONS
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Open(format!("migrating {}: {e}", path.display())))?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// The PostgreSQL backend, for several servers sharing one database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user@host:port/db`) and run migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Open(format!(
+                "bad database URL: {e}; expected postgres://user[:password]@host[:port]/database"
+            ))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Open(format!("cannot connect to PostgreSQL: {e}")))?;
+        PG_MIGRATIONS
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Open(format!("migrating PostgreSQL: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+mod sqlite_impl {
+    use super::*;
+    impl_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+}
+
+mod pg_impl {
+    use super::*;
+    impl_store!(PgStore, sqlx::postgres::PgRow);
+}
+
+/// Either backend, chosen at run time from the configuration.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// `postgres://…` connects to PostgreSQL; anything else is a SQLite file path.
+    pub async fn open(location: &str) -> Result<Self> {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            Ok(Self::Postgres(PgStore::connect(location).await?))
+        } else {
+            let path = location.strip_prefix("sqlite://").unwrap_or(location);
+            Ok(Self::Sqlite(
+                SqliteStore::open(std::path::Path::new(path)).await?,
+            ))
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e.await,
+            AnyStore::Postgres($s) => $e.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry> {
+        delegate!(self, s => s.create_entry(spec, now))
+    }
+    async fn update_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+        rev: Option<i64>,
+        now: i64,
+    ) -> Result<Entry> {
+        delegate!(self, s => s.update_entry(id, spec, rev, now))
+    }
+    async fn delete_entry(&self, id: &str) -> Result<Entry> {
+        delegate!(self, s => s.delete_entry(id))
+    }
+    async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
+        delegate!(self, s => s.get_entry(id))
+    }
+    async fn list_entries(&self) -> Result<Vec<Entry>> {
+        delegate!(self, s => s.list_entries())
+    }
+    async fn list_entries_by_parent(&self, parent: &SpiffeId) -> Result<Vec<Entry>> {
+        delegate!(self, s => s.list_entries_by_parent(parent))
+    }
+    async fn upsert_node(&self, node: &Node) -> Result<()> {
+        delegate!(self, s => s.upsert_node(node))
+    }
+    async fn get_node(&self, id: &SpiffeId) -> Result<Option<Node>> {
+        delegate!(self, s => s.get_node(id))
+    }
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        delegate!(self, s => s.list_nodes())
+    }
+    async fn set_node_svid(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<Node> {
+        delegate!(self, s => s.set_node_svid(id, serial, expires_at, now))
+    }
+    async fn set_node_banned(&self, id: &SpiffeId, banned: bool, now: i64) -> Result<Node> {
+        delegate!(self, s => s.set_node_banned(id, banned, now))
+    }
+    async fn delete_node(&self, id: &SpiffeId) -> Result<Node> {
+        delegate!(self, s => s.delete_node(id))
+    }
+    async fn create_join_token(&self, hash: &str, token: &JoinToken, now: i64) -> Result<()> {
+        delegate!(self, s => s.create_join_token(hash, token, now))
+    }
+    async fn consume_join_token(&self, hash: &str) -> Result<Option<JoinToken>> {
+        delegate!(self, s => s.consume_join_token(hash))
+    }
+    async fn get_bundle(&self, td: &str) -> Result<Option<StoredBundle>> {
+        delegate!(self, s => s.get_bundle(td))
+    }
+    async fn put_bundle(&self, td: &str, document: &str, now: i64) -> Result<u64> {
+        delegate!(self, s => s.put_bundle(td, document, now))
+    }
+}

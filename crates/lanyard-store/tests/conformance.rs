@@ -1,0 +1,354 @@
+//! The datastore conformance suite: the same checks against SQLite and PostgreSQL.
+//!
+//! PostgreSQL comes from `LANYARD_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each run creates and drops its own
+//! database. `scripts/test` makes sure a server is running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use lanyard_core::{Selector, SpiffeId};
+use lanyard_store::{
+    AnyStore, EntrySpec, JoinToken, Node, PgStore, SqliteStore, Store, StoreError,
+};
+use sqlx::Connection;
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::new(s).unwrap()
+}
+
+fn sel(s: &str) -> Selector {
+    Selector::new(s).unwrap()
+}
+
+fn spec(path: &str) -> EntrySpec {
+    EntrySpec {
+        spiffe_id: id(&format!("spiffe://example.org{path}")),
+        parent_id: id("spiffe://example.org/agent/a1"),
+        selectors: vec![sel("unix:uid:1000"), sel("unix:gid:100")],
+        owner: "team-a".into(),
+        environment: Some("prod".into()),
+        x509_ttl: 3600,
+        jwt_ttl: 0,
+        dns_names: vec!["web.local".into()],
+        hint: Some("web".into()),
+        admin: false,
+        downstream: false,
+        expires_at: Some(1_900_000_000),
+    }
+}
+
+async fn entries<S: Store>(s: &S) {
+    let e = s.create_entry(&spec("/web"), 100).await.unwrap();
+    assert_eq!(e.revision, 1);
+    assert_eq!(e.created_at, 100);
+    assert_eq!(e.id.len(), 32);
+    // Selectors are stored canonically (sorted).
+    assert_eq!(
+        e.spec.selectors,
+        vec![sel("unix:gid:100"), sel("unix:uid:1000")]
+    );
+    assert_eq!(s.get_entry(&e.id).await.unwrap().unwrap(), e);
+
+    // The same identity with the same selectors in another order is a duplicate.
+    let mut dup = spec("/web");
+    dup.selectors.reverse();
+    let err = s.create_entry(&dup, 101).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    // Different selectors are another entry.
+    let mut other = spec("/web");
+    other.selectors = vec![sel("unix:uid:0")];
+    let e2 = s.create_entry(&other, 102).await.unwrap();
+    assert_ne!(e2.id, e.id);
+
+    // Update with and without revision checks.
+    let mut changed = spec("/web");
+    changed.owner = "team-b".into();
+    changed.environment = None;
+    changed.hint = None;
+    changed.expires_at = None;
+    changed.admin = true;
+    let u = s.update_entry(&e.id, &changed, Some(1), 200).await.unwrap();
+    assert_eq!(u.revision, 2);
+    assert_eq!(u.spec.owner, "team-b");
+    assert_eq!(u.spec.environment, None);
+    assert!(u.spec.admin);
+    assert_eq!(u.created_at, 100);
+    assert_eq!(u.updated_at, 200);
+    let err = s
+        .update_entry(&e.id, &changed, Some(1), 201)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 2, .. }),
+        "{err:?}"
+    );
+    let u3 = s.update_entry(&e.id, &changed, None, 202).await.unwrap();
+    assert_eq!(u3.revision, 3);
+    let err = s
+        .update_entry("nope", &changed, None, 203)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    // Updating into a duplicate of another entry is refused and changes nothing.
+    let err = s
+        .update_entry(&e2.id, &changed, None, 204)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    assert_eq!(s.get_entry(&e2.id).await.unwrap().unwrap(), e2);
+
+    // Listing.
+    let e3 = s.create_entry(&spec("/db"), 300).await.unwrap();
+    let all = s.list_entries().await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].id, e3.id, "ordered by SPIFFE ID");
+    let by_parent = s
+        .list_entries_by_parent(&id("spiffe://example.org/agent/a1"))
+        .await
+        .unwrap();
+    assert_eq!(by_parent.len(), 3);
+    assert!(
+        s.list_entries_by_parent(&id("spiffe://example.org/agent/zz"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Delete returns what was deleted; a second delete is NotFound.
+    let d = s.delete_entry(&e3.id).await.unwrap();
+    assert_eq!(d, e3);
+    assert!(matches!(
+        s.delete_entry(&e3.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(s.get_entry(&e3.id).await.unwrap().is_none());
+    assert_eq!(s.list_entries().await.unwrap().len(), 2);
+}
+
+async fn nodes<S: Store>(s: &S) {
+    let agent = id("spiffe://example.org/lanyard/agent/join_token/abc");
+    let n = Node {
+        spiffe_id: agent.clone(),
+        attestation_type: "join_token".into(),
+        selectors: vec![sel("join_token:abc")],
+        serial: "01".into(),
+        expires_at: 1000,
+        banned: false,
+        created_at: 10,
+        updated_at: 10,
+    };
+    s.upsert_node(&n).await.unwrap();
+    assert_eq!(s.get_node(&agent).await.unwrap().unwrap(), n);
+    let r = s.set_node_svid(&agent, "02", 2000, 20).await.unwrap();
+    assert_eq!(
+        (r.serial.as_str(), r.expires_at, r.updated_at, r.created_at),
+        ("02", 2000, 20, 10)
+    );
+    let b = s.set_node_banned(&agent, true, 30).await.unwrap();
+    assert!(b.banned);
+    // Re-attestation (upsert) does not lift a ban.
+    s.upsert_node(&Node {
+        serial: "03".into(),
+        updated_at: 40,
+        ..n.clone()
+    })
+    .await
+    .unwrap();
+    let again = s.get_node(&agent).await.unwrap().unwrap();
+    assert!(again.banned, "a ban survives re-attestation");
+    assert_eq!(again.serial, "03");
+    assert_eq!(again.created_at, 10);
+    assert_eq!(s.list_nodes().await.unwrap().len(), 1);
+    let evicted = s.delete_node(&agent).await.unwrap();
+    assert_eq!(evicted.spiffe_id, agent);
+    assert!(s.get_node(&agent).await.unwrap().is_none());
+    let ghost = id("spiffe://example.org/ghost");
+    assert!(matches!(
+        s.delete_node(&ghost).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.set_node_banned(&ghost, true, 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.set_node_svid(&ghost, "1", 1, 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn join_tokens<S: Store>(s: &S) {
+    let t = JoinToken {
+        spiffe_id: Some(id("spiffe://example.org/node/1")),
+        expires_at: 600,
+    };
+    s.create_join_token("h1", &t, 0).await.unwrap();
+    assert!(matches!(
+        s.create_join_token("h1", &t, 0).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    s.create_join_token(
+        "h2",
+        &JoinToken {
+            spiffe_id: None,
+            expires_at: 600,
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.consume_join_token("h1").await.unwrap(), Some(t));
+    assert_eq!(
+        s.consume_join_token("h1").await.unwrap(),
+        None,
+        "single use"
+    );
+    assert_eq!(
+        s.consume_join_token("h2").await.unwrap().unwrap().spiffe_id,
+        None
+    );
+    assert_eq!(s.consume_join_token("unknown").await.unwrap(), None);
+}
+
+async fn concurrent_token_use_succeeds_once<S: Store + Clone + 'static>(s: &S) {
+    s.create_join_token(
+        "race",
+        &JoinToken {
+            spiffe_id: None,
+            expires_at: 600,
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            s.consume_join_token("race").await.unwrap().is_some()
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        if h.await.unwrap() {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "a join token is consumed exactly once");
+}
+
+async fn bundles<S: Store>(s: &S) {
+    assert!(s.get_bundle("example.org").await.unwrap().is_none());
+    assert_eq!(
+        s.put_bundle("example.org", "{\"keys\":[]}", 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.put_bundle("example.org", "{\"keys\":[1]}", 2)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(s.put_bundle("other.org", "{}", 2).await.unwrap(), 1);
+    let b = s.get_bundle("example.org").await.unwrap().unwrap();
+    assert_eq!(b.sequence, 2);
+    assert_eq!(b.document, "{\"keys\":[1]}");
+}
+
+async fn suite<S: Store + Clone + 'static>(s: S) {
+    entries(&s).await;
+    nodes(&s).await;
+    join_tokens(&s).await;
+    concurrent_token_use_succeeds_once(&s).await;
+    bundles(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lanyard.db");
+    suite(SqliteStore::open(&path).await.unwrap()).await;
+    // Everything acknowledged survives closing and reopening the database.
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(reopened.list_entries().await.unwrap().len(), 2);
+    assert_eq!(
+        reopened
+            .get_bundle("example.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .sequence,
+        2
+    );
+    // And through the run-time selected store.
+    let any = AnyStore::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(any.list_entries().await.unwrap().len(), 2);
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("LANYARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A fresh database on the test server, dropped by [`drop_pg_db`].
+async fn fresh_pg_db() -> (String, String) {
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required for the conformance suite ({admin}): {e}. \
+             Run ./scripts/test, which starts it, or set LANYARD_TEST_POSTGRES_URL"
+            )
+        });
+    let name = format!("lanyard_test_{}", lanyard_store::new_id().unwrap());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+    (format!("{base}/{name}"), name)
+}
+
+async fn drop_pg_db(name: &str) {
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conformance() {
+    let (url, name) = fresh_pg_db().await;
+    {
+        let store = PgStore::connect(&url).await.unwrap();
+        suite(store.clone()).await;
+        store.pool().close().await;
+        let reopened = PgStore::connect(&url).await.unwrap();
+        assert_eq!(reopened.list_entries().await.unwrap().len(), 2);
+        let any = AnyStore::open(&url).await.unwrap();
+        assert_eq!(any.list_entries().await.unwrap().len(), 2);
+        reopened.pool().close().await;
+        if let AnyStore::Postgres(p) = any {
+            p.pool().close().await;
+        }
+    }
+    drop_pg_db(&name).await;
+}
+
+#[tokio::test]
+async fn bad_locations_are_clear_errors() {
+    let err = AnyStore::open("postgres://nobody@127.0.0.1:1/x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Open(_)), "{err:?}");
+    let err = SqliteStore::open(std::path::Path::new("/nonexistent-dir/x/lanyard.db"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
+}
