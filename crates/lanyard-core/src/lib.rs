@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod clock;
 pub mod dns;
+pub mod duration;
 pub mod id;
 pub mod selector;
 pub mod x509;

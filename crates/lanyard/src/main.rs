@@ -22,8 +22,62 @@ pub enum Output {
     Json,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+struct AdminArgs {
+    /// The server's admin socket (DATA_DIR/admin.sock).
+    #[arg(long, env = "LANYARD_ADMIN_SOCKET", global = true)]
+    admin_socket: Option<std::path::PathBuf>,
+    #[arg(long, value_enum, default_value_t, global = true)]
+    output: Output,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the Lanyard server (CA, datastore, admin API, agent API).
+    Server {
+        /// TOML configuration file; flags override it.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Directory for the database, CA keys (mode 0600) and admin socket.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// The trust domain, e.g. example.org.
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// Agent API address (default 127.0.0.1:8081; port 0 picks a free port).
+        #[arg(long)]
+        bind: Option<String>,
+        /// Health endpoint address (default 127.0.0.1:8082).
+        #[arg(long)]
+        http_bind: Option<String>,
+        /// Admin socket path (default DATA_DIR/admin.sock).
+        #[arg(long)]
+        admin_socket: Option<std::path::PathBuf>,
+        /// PostgreSQL URL (default: SQLite in the data dir).
+        #[arg(long, env = "LANYARD_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Manage registration entries (admin API).
+    Entry {
+        #[command(subcommand)]
+        command: EntryCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Join tokens for node attestation (admin API).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Attested agents (admin API).
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Work with SPIFFE IDs.
     Id {
         #[command(subcommand)]
@@ -68,7 +122,75 @@ enum SvidCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum EntryCommand {
+    /// Create an entry; prints its id.
+    Create {
+        #[command(flatten)]
+        flags: cmd::admin::EntryFlags,
+    },
+    /// Change an entry; only the given flags change.
+    Update {
+        /// The entry id.
+        id: String,
+        #[command(flatten)]
+        flags: cmd::admin::EntryFlags,
+    },
+    /// Delete an entry by id.
+    Delete { id: String },
+    /// Show one entry.
+    Show { id: String },
+    /// List entries, optionally filtered.
+    List {
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long)]
+        parent_id: Option<String>,
+        #[arg(long)]
+        selector: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Generate a single-use join token.
+    Generate {
+        /// Lifetime (default 10m).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Agent ID the node using this token will get.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// List attested agents.
+    List,
+    /// Show one agent.
+    Show { spiffe_id: String },
+    /// Ban an agent: it is refused from now on, even with a valid SVID.
+    Ban { spiffe_id: String },
+    /// Evict an agent: forget it; it must attest again.
+    Evict { spiffe_id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+enum BundleFormat {
+    #[default]
+    Pem,
+    Jwks,
+}
+
+#[derive(Debug, Subcommand)]
 enum BundleCommand {
+    /// Show the server's trust bundle (admin API).
+    Show {
+        #[arg(long, value_enum, default_value_t)]
+        format: BundleFormat,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Inspect a SPIFFE bundle (JWK Set JSON).
     Inspect {
         /// The bundle file.
@@ -83,10 +205,116 @@ enum BundleCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = dispatch(cli);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Offline inspectors exit 2 when they could not run at all (1 means "invalid").
+fn could_not_run(r: Result<ExitCode, String>) -> Result<ExitCode, String> {
+    r.or_else(|e| {
+        eprintln!("error: {e}");
+        Ok(ExitCode::from(2))
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    use cmd::admin as a;
+    match cli.command {
+        Command::Server {
+            config,
+            data_dir,
+            trust_domain,
+            bind,
+            http_bind,
+            admin_socket,
+            database_url,
+        } => runtime()?.block_on(cmd::server::run(lanyard_server::Overrides {
+            config,
+            trust_domain,
+            data_dir,
+            bind,
+            http_bind,
+            admin_socket,
+            database_url,
+        })),
+        Command::Entry { command, admin } => {
+            let s = admin.admin_socket.as_deref();
+            let out = admin.output;
+            runtime()?.block_on(async move {
+                match command {
+                    EntryCommand::Create { flags } => a::entry_create(s, &flags, out).await,
+                    EntryCommand::Update { id, flags } => {
+                        a::entry_update(s, &id, &flags, out).await
+                    }
+                    EntryCommand::Delete { id } => a::entry_delete(s, &id, out).await,
+                    EntryCommand::Show { id } => a::entry_show(s, &id, out).await,
+                    EntryCommand::List {
+                        spiffe_id,
+                        parent_id,
+                        selector,
+                    } => {
+                        let filter = lanyard_proto::admin::ListEntriesRequest {
+                            spiffe_id: spiffe_id.unwrap_or_default(),
+                            parent_id: parent_id.unwrap_or_default(),
+                            selector: selector.unwrap_or_default(),
+                        };
+                        a::entry_list(s, filter, out).await
+                    }
+                }
+            })
+        }
+        Command::Token {
+            command: TokenCommand::Generate { ttl, spiffe_id },
+            admin,
+        } => runtime()?.block_on(a::token_generate(
+            admin.admin_socket.as_deref(),
+            ttl,
+            spiffe_id,
+            admin.output,
+        )),
+        Command::Agent { command, admin } => {
+            let (action, id) = match &command {
+                AgentCommand::List => ("list", None),
+                AgentCommand::Show { spiffe_id } => ("show", Some(spiffe_id.as_str())),
+                AgentCommand::Ban { spiffe_id } => ("ban", Some(spiffe_id.as_str())),
+                AgentCommand::Evict { spiffe_id } => ("evict", Some(spiffe_id.as_str())),
+            };
+            runtime()?.block_on(a::agent(
+                admin.admin_socket.as_deref(),
+                action,
+                id,
+                admin.output,
+            ))
+        }
+        Command::Bundle {
+            command: BundleCommand::Show { format, admin },
+        } => {
+            let f = match format {
+                BundleFormat::Pem => "pem",
+                BundleFormat::Jwks => "jwks",
+            };
+            runtime()?.block_on(a::bundle_show(
+                admin.admin_socket.as_deref(),
+                f,
+                admin.output,
+            ))
+        }
         Command::Id {
             command: IdCommand::Check { id, output },
-        } => cmd::inspect::id_check(&id, output),
+        } => could_not_run(cmd::inspect::id_check(&id, output)),
         Command::Svid {
             command:
                 SvidCommand::Inspect {
@@ -94,7 +322,7 @@ fn main() -> ExitCode {
                     bundle,
                     output,
                 },
-        } => cmd::inspect::svid_inspect(&file, bundle.as_deref(), output),
+        } => could_not_run(cmd::inspect::svid_inspect(&file, bundle.as_deref(), output)),
         Command::Bundle {
             command:
                 BundleCommand::Inspect {
@@ -102,13 +330,10 @@ fn main() -> ExitCode {
                     trust_domain,
                     output,
                 },
-        } => cmd::inspect::bundle_inspect(&file, trust_domain.as_deref(), output),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        } => could_not_run(cmd::inspect::bundle_inspect(
+            &file,
+            trust_domain.as_deref(),
+            output,
+        )),
     }
 }

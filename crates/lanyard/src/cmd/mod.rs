@@ -1,3 +1,5 @@
 //! Command implementations, one module per area.
 
+pub mod admin;
 pub mod inspect;
+pub mod server;

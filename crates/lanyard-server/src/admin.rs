@@ -1,0 +1,401 @@
+//! The admin API (`lanyard.admin.v1.Admin`), served on the local Unix socket. Every
+//! input is validated before anything is written; a refused request changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_core::{Selector, SpiffeId};
+use lanyard_proto::admin as pb;
+use lanyard_store::{Entry, EntrySpec, JoinToken, Node, Store, StoreError};
+use tonic::{Request, Response, Status};
+
+use crate::node::sha256_hex;
+use crate::state::Shared;
+
+/// Longest owner / environment / hint accepted.
+const MAX_LABEL: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    shared: Arc<Shared>,
+}
+
+impl AdminService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Duplicate(m) => Status::already_exists(m),
+        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        StoreError::Conflict { .. } => Status::aborted(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "datastore error");
+            Status::internal(other.to_string())
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+fn label(field: &str, v: &str, required: bool) -> Result<Option<String>, Status> {
+    let t = v.trim();
+    if t.is_empty() {
+        if required {
+            return Err(bad(format!(
+                "{field} is required: every identity must have an owner (a team or person), e.g. --owner payments-team"
+            )));
+        }
+        return Ok(None);
+    }
+    if t.len() > MAX_LABEL {
+        return Err(bad(format!(
+            "{field} is longer than {MAX_LABEL} characters"
+        )));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(bad(format!("{field} contains control characters")));
+    }
+    Ok(Some(t.to_string()))
+}
+
+/// Validate an entry from the wire into a domain spec.
+pub fn validate_entry(shared: &Shared, e: &pb::Entry) -> Result<EntrySpec, Status> {
+    let td = &shared.config.trust_domain;
+    let spiffe_id = SpiffeId::new(&e.spiffe_id)
+        .map_err(|err| bad(format!("spiffe_id {:?}: {err}", e.spiffe_id)))?;
+    if !spiffe_id.is_member_of(td) {
+        return Err(bad(format!(
+            "spiffe_id {spiffe_id} is not in this server's trust domain {td}; use spiffe://{td}/..."
+        )));
+    }
+    if spiffe_id.is_root() {
+        return Err(bad(format!(
+            "spiffe_id {spiffe_id} names the trust domain itself; give it a path, e.g. {spiffe_id}/service"
+        )));
+    }
+    if spiffe_id.path().starts_with("/lanyard/") {
+        return Err(bad(format!(
+            "spiffe_id {spiffe_id}: the /lanyard/ path is reserved for the server and agents"
+        )));
+    }
+    let parent_id = SpiffeId::new(&e.parent_id)
+        .map_err(|err| bad(format!("parent_id {:?}: {err}", e.parent_id)))?;
+    if !parent_id.is_member_of(td) {
+        return Err(bad(format!(
+            "parent_id {parent_id} is not in this server's trust domain {td}"
+        )));
+    }
+    if e.selectors.is_empty() {
+        return Err(bad(
+            "at least one selector is required, e.g. --selector unix:uid:1000",
+        ));
+    }
+    let selectors = e
+        .selectors
+        .iter()
+        .map(|s| Selector::new(s).map_err(|err| bad(format!("selector {s:?}: {err}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let owner = label("owner", &e.owner, true)?.unwrap_or_default();
+    let environment = label("environment", &e.environment, false)?;
+    let hint = label("hint", &e.hint, false)?;
+    let ca_ttl = shared.config.ca_ttl.as_secs();
+    for (field, ttl) in [
+        ("x509_ttl", e.x509_ttl_seconds),
+        ("jwt_ttl", e.jwt_ttl_seconds),
+    ] {
+        if ttl > ca_ttl {
+            return Err(bad(format!(
+                "{field} of {ttl}s exceeds the CA lifetime of {ca_ttl}s; an SVID never outlives its CA"
+            )));
+        }
+    }
+    for d in &e.dns_names {
+        lanyard_core::dns::validate_dns_name(d).map_err(|err| bad(format!("dns_name: {err}")))?;
+    }
+    let expires_at = match e.expires_at {
+        0 => None,
+        t if t <= shared.clock.unix_seconds() => {
+            return Err(bad(format!(
+                "expires_at {t} is in the past; give a future time or none"
+            )));
+        }
+        t => Some(t),
+    };
+    Ok(EntrySpec {
+        spiffe_id,
+        parent_id,
+        selectors,
+        owner,
+        environment,
+        x509_ttl: e.x509_ttl_seconds,
+        jwt_ttl: e.jwt_ttl_seconds,
+        dns_names: e.dns_names.clone(),
+        hint,
+        admin: e.admin,
+        downstream: e.downstream,
+        expires_at,
+    })
+}
+
+pub fn to_pb_entry(e: &Entry) -> pb::Entry {
+    pb::Entry {
+        id: e.id.clone(),
+        spiffe_id: e.spec.spiffe_id.to_string(),
+        parent_id: e.spec.parent_id.to_string(),
+        selectors: e.spec.selectors.iter().map(ToString::to_string).collect(),
+        owner: e.spec.owner.clone(),
+        environment: e.spec.environment.clone().unwrap_or_default(),
+        x509_ttl_seconds: e.spec.x509_ttl,
+        jwt_ttl_seconds: e.spec.jwt_ttl,
+        dns_names: e.spec.dns_names.clone(),
+        hint: e.spec.hint.clone().unwrap_or_default(),
+        admin: e.spec.admin,
+        downstream: e.spec.downstream,
+        expires_at: e.spec.expires_at.unwrap_or(0),
+        revision: e.revision,
+        created_at: e.created_at,
+        updated_at: e.updated_at,
+    }
+}
+
+fn to_pb_agent(n: &Node) -> pb::Agent {
+    pb::Agent {
+        spiffe_id: n.spiffe_id.to_string(),
+        attestation_type: n.attestation_type.clone(),
+        selectors: n.selectors.iter().map(ToString::to_string).collect(),
+        serial: n.serial.clone(),
+        expires_at: n.expires_at,
+        banned: n.banned,
+        created_at: n.created_at,
+        updated_at: n.updated_at,
+    }
+}
+
+fn agent_id(s: &str) -> Result<SpiffeId, Status> {
+    SpiffeId::new(s).map_err(|e| bad(format!("agent ID {s:?}: {e}")))
+}
+
+fn entry_id(s: &str) -> Result<&str, Status> {
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad(format!(
+            "entry id {s:?} is malformed; entry ids are the 32 hex characters that `lanyard entry create` and `list` print"
+        )));
+    }
+    Ok(s)
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_entry(&self, req: Request<pb::Entry>) -> Result<Response<pb::Entry>, Status> {
+        let spec = validate_entry(&self.shared, req.get_ref())?;
+        let e = self
+            .shared
+            .store
+            .create_entry(&spec, self.shared.clock.unix_seconds())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, owner = %e.spec.owner, "entry created");
+        self.shared.notify();
+        Ok(Response::new(to_pb_entry(&e)))
+    }
+
+    async fn update_entry(
+        &self,
+        req: Request<pb::UpdateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let r = req.into_inner();
+        let e = r.entry.ok_or_else(|| bad("entry is required"))?;
+        let id = entry_id(&e.id)?;
+        let spec = validate_entry(&self.shared, &e)?;
+        let expected = (r.expected_revision > 0).then_some(r.expected_revision);
+        let updated = self
+            .shared
+            .store
+            .update_entry(id, &spec, expected, self.shared.clock.unix_seconds())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(entry = %updated.id, revision = updated.revision, "entry updated");
+        self.shared.notify();
+        Ok(Response::new(to_pb_entry(&updated)))
+    }
+
+    async fn delete_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {
+        let id = entry_id(&req.get_ref().id)?;
+        let e = self
+            .shared
+            .store
+            .delete_entry(id)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, "entry deleted");
+        self.shared.notify();
+        Ok(Response::new(to_pb_entry(&e)))
+    }
+
+    async fn get_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {
+        let id = entry_id(&req.get_ref().id)?;
+        let e = self
+            .shared
+            .store
+            .get_entry(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no entry with id {id:?}")))?;
+        Ok(Response::new(to_pb_entry(&e)))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::EntryList>, Status> {
+        let f = req.into_inner();
+        let spiffe = (!f.spiffe_id.is_empty())
+            .then(|| SpiffeId::new(&f.spiffe_id).map_err(|e| bad(format!("spiffe_id filter: {e}"))))
+            .transpose()?;
+        let parent = (!f.parent_id.is_empty())
+            .then(|| SpiffeId::new(&f.parent_id).map_err(|e| bad(format!("parent_id filter: {e}"))))
+            .transpose()?;
+        let selector = (!f.selector.is_empty())
+            .then(|| Selector::new(&f.selector).map_err(|e| bad(format!("selector filter: {e}"))))
+            .transpose()?;
+        let entries = self
+            .shared
+            .store
+            .list_entries()
+            .await
+            .map_err(store_status)?;
+        let entries = entries
+            .iter()
+            .filter(|e| spiffe.as_ref().is_none_or(|s| &e.spec.spiffe_id == s))
+            .filter(|e| parent.as_ref().is_none_or(|p| &e.spec.parent_id == p))
+            .filter(|e| {
+                selector
+                    .as_ref()
+                    .is_none_or(|s| e.spec.selectors.contains(s))
+            })
+            .map(to_pb_entry)
+            .collect();
+        Ok(Response::new(pb::EntryList { entries }))
+    }
+
+    async fn generate_join_token(
+        &self,
+        req: Request<pb::JoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        let r = req.into_inner();
+        let ttl = if r.ttl_seconds == 0 {
+            self.shared.config.join_token_ttl
+        } else {
+            Duration::from_secs(r.ttl_seconds)
+        };
+        if ttl > Duration::from_secs(7 * 86_400) {
+            return Err(bad("a join token may live at most 7d; use a shorter --ttl"));
+        }
+        let spiffe_id = if r.spiffe_id.is_empty() {
+            None
+        } else {
+            let id = SpiffeId::new(&r.spiffe_id).map_err(|e| bad(format!("spiffe_id: {e}")))?;
+            if !id.is_member_of(&self.shared.config.trust_domain) || id.is_root() {
+                return Err(bad(format!(
+                    "spiffe_id {id} must be a path in trust domain {}",
+                    self.shared.config.trust_domain
+                )));
+            }
+            Some(id)
+        };
+        let mut raw = [0u8; 24];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|e| Status::internal(e.to_string()))?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let now = self.shared.clock.unix_seconds();
+        let expires_at = now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        self.shared
+            .store
+            .create_join_token(
+                &sha256_hex(token.as_bytes()),
+                &JoinToken {
+                    spiffe_id: spiffe_id.clone(),
+                    expires_at,
+                },
+                now,
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(expires_at, "join token created");
+        Ok(Response::new(pb::JoinTokenResponse {
+            token,
+            expires_at,
+            spiffe_id: spiffe_id.map(|i| i.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<pb::AgentList>, Status> {
+        let nodes = self.shared.store.list_nodes().await.map_err(store_status)?;
+        Ok(Response::new(pb::AgentList {
+            agents: nodes.iter().map(to_pb_agent).collect(),
+        }))
+    }
+
+    async fn get_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
+        let id = agent_id(&req.get_ref().spiffe_id)?;
+        let n = self
+            .shared
+            .store
+            .get_node(&id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no attested agent {id}")))?;
+        Ok(Response::new(to_pb_agent(&n)))
+    }
+
+    async fn ban_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
+        let id = agent_id(&req.get_ref().spiffe_id)?;
+        let n = self
+            .shared
+            .store
+            .set_node_banned(&id, true, self.shared.clock.unix_seconds())
+            .await
+            .map_err(store_status)?;
+        tracing::warn!(agent = %id, "agent banned");
+        self.shared.notify();
+        Ok(Response::new(to_pb_agent(&n)))
+    }
+
+    async fn evict_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
+        let id = agent_id(&req.get_ref().spiffe_id)?;
+        let n = self
+            .shared
+            .store
+            .delete_node(&id)
+            .await
+            .map_err(store_status)?;
+        tracing::warn!(agent = %id, "agent evicted");
+        self.shared.notify();
+        Ok(Response::new(to_pb_agent(&n)))
+    }
+
+    async fn get_bundle(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<pb::BundleResponse>, Status> {
+        let p = self.shared.published();
+        let pem = p
+            .bundle
+            .as_ref()
+            .map(|b| b.x509_authorities_pem())
+            .unwrap_or_default();
+        Ok(Response::new(pb::BundleResponse {
+            trust_domain: self.shared.config.trust_domain.to_string(),
+            sequence: p.sequence,
+            jwks: p.document,
+            pem,
+        }))
+    }
+}

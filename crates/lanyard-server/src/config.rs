@@ -1,0 +1,340 @@
+//! Server configuration: a TOML file (unknown keys are errors naming the key) with
+//! command-line overrides. Every setting is documented in docs/server-config.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lanyard_ca::KeyAlgorithm;
+use lanyard_core::TrustDomain;
+use lanyard_core::duration::parse_duration;
+use serde::Deserialize;
+
+/// Problems with the configuration, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("setting `{0}` is required (in the config file or as --{1})")]
+    Missing(&'static str, &'static str),
+}
+
+/// The TOML file, as written by the operator.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub trust_domain: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub http_bind: Option<String>,
+    pub admin_socket: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub agent_svid_ttl: Option<String>,
+    pub join_token_ttl: Option<String>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub ca: FileCaConfig,
+    #[serde(default)]
+    pub x509pop: FileX509PopConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCaConfig {
+    pub key_type: Option<String>,
+    pub ca_ttl: Option<String>,
+    pub x509_svid_ttl: Option<String>,
+    pub jwt_svid_ttl: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub common_name: Option<String>,
+    pub upstream_cert: Option<PathBuf>,
+    pub upstream_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileX509PopConfig {
+    /// PEM file of CA certificates that node certificates must chain to.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Command-line overrides (each wins over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub trust_domain: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub http_bind: Option<String>,
+    pub admin_socket: Option<PathBuf>,
+    pub database_url: Option<String>,
+}
+
+/// The effective, validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub trust_domain: TrustDomain,
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub http_bind: SocketAddr,
+    pub admin_socket: PathBuf,
+    /// `None`: SQLite at `data_dir/lanyard.db`.
+    pub database_url: Option<String>,
+    pub agent_svid_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub key_type: KeyAlgorithm,
+    pub ca_ttl: Duration,
+    pub x509_svid_ttl: Duration,
+    pub jwt_svid_ttl: Duration,
+    pub jwt_issuer: Option<String>,
+    pub ca_common_name: String,
+    pub upstream_cert: Option<PathBuf>,
+    pub upstream_key: Option<PathBuf>,
+    pub x509pop_ca_bundle: Option<PathBuf>,
+    pub log_level: String,
+}
+
+fn dur(key: &'static str, v: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = parse_duration(s).map_err(|reason| ConfigError::Invalid { key, reason })?;
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be greater than zero".to_string(),
+                });
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn addr(key: &'static str, v: Option<&String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let s = v.map(String::as_str).unwrap_or(default);
+    s.parse().map_err(|e| ConfigError::Invalid {
+        key,
+        reason: format!("{s:?} is not an address: {e}; write ip:port, e.g. 127.0.0.1:8081"),
+    })
+}
+
+impl ServerConfig {
+    /// Read the file named by `--config` (if any) and apply the overrides.
+    pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
+        let file = match &o.config {
+            None => FileConfig::default(),
+            Some(path) => Self::read_file(path)?,
+        };
+        Self::resolve(file, o)
+    }
+
+    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn resolve(f: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+        let td = o
+            .trust_domain
+            .clone()
+            .or(f.trust_domain)
+            .ok_or(ConfigError::Missing("trust_domain", "trust-domain"))?;
+        let trust_domain = TrustDomain::new(&td).map_err(|e| ConfigError::Invalid {
+            key: "trust_domain",
+            reason: e.to_string(),
+        })?;
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(f.data_dir)
+            .ok_or(ConfigError::Missing("data_dir", "data-dir"))?;
+        let bind = addr(
+            "bind",
+            o.bind.as_ref().or(f.bind.as_ref()),
+            "127.0.0.1:8081",
+        )?;
+        let http_bind = addr(
+            "http_bind",
+            o.http_bind.as_ref().or(f.http_bind.as_ref()),
+            "127.0.0.1:8082",
+        )?;
+        let admin_socket = o
+            .admin_socket
+            .clone()
+            .or(f.admin_socket)
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
+        let database_url = o.database_url.clone().or(f.database_url);
+        if let Some(u) = &database_url
+            && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "database_url",
+                reason: format!(
+                    "{u:?} is not a PostgreSQL URL; use postgres://user@host:port/db, or leave it unset for SQLite in the data dir"
+                ),
+            });
+        }
+        let key_type = match &f.ca.key_type {
+            None => KeyAlgorithm::EcP256,
+            Some(k) => k
+                .parse()
+                .map_err(|e: lanyard_ca::CaError| ConfigError::Invalid {
+                    key: "ca.key_type",
+                    reason: e.to_string(),
+                })?,
+        };
+        let ca_ttl = dur(
+            "ca.ca_ttl",
+            f.ca.ca_ttl.as_ref(),
+            Duration::from_secs(86_400),
+        )?;
+        let x509_svid_ttl = dur(
+            "ca.x509_svid_ttl",
+            f.ca.x509_svid_ttl.as_ref(),
+            Duration::from_secs(3600),
+        )?;
+        let jwt_svid_ttl = dur(
+            "ca.jwt_svid_ttl",
+            f.ca.jwt_svid_ttl.as_ref(),
+            Duration::from_secs(300),
+        )?;
+        for (key, d) in [
+            ("ca.x509_svid_ttl", x509_svid_ttl),
+            ("ca.jwt_svid_ttl", jwt_svid_ttl),
+        ] {
+            if d > ca_ttl {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!(
+                        "{}s exceeds ca.ca_ttl ({}s); an SVID never outlives its CA",
+                        d.as_secs(),
+                        ca_ttl.as_secs()
+                    ),
+                });
+            }
+        }
+        if ca_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid {
+                key: "ca.ca_ttl",
+                reason: "must be at least 1m".to_string(),
+            });
+        }
+        let agent_svid_ttl = dur(
+            "agent_svid_ttl",
+            f.agent_svid_ttl.as_ref(),
+            Duration::from_secs(3600),
+        )?;
+        if agent_svid_ttl > ca_ttl {
+            return Err(ConfigError::Invalid {
+                key: "agent_svid_ttl",
+                reason: "exceeds ca.ca_ttl".to_string(),
+            });
+        }
+        let join_token_ttl = dur(
+            "join_token_ttl",
+            f.join_token_ttl.as_ref(),
+            Duration::from_secs(600),
+        )?;
+        if f.ca.upstream_cert.is_some() != f.ca.upstream_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "ca.upstream_cert",
+                reason: "ca.upstream_cert and ca.upstream_key must be set together".to_string(),
+            });
+        }
+        let log_level = f.log_level.unwrap_or_else(|| "info".to_string());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                reason: format!("{log_level:?}; use error, warn, info, debug or trace"),
+            });
+        }
+        Ok(Self {
+            trust_domain,
+            data_dir,
+            bind,
+            http_bind,
+            admin_socket,
+            database_url,
+            agent_svid_ttl,
+            join_token_ttl,
+            key_type,
+            ca_ttl,
+            x509_svid_ttl,
+            jwt_svid_ttl,
+            jwt_issuer: f.ca.jwt_issuer,
+            ca_common_name: f.ca.common_name.unwrap_or_else(|| "Lanyard CA".to_string()),
+            upstream_cert: f.ca.upstream_cert,
+            upstream_key: f.ca.upstream_key,
+            x509pop_ca_bundle: f.x509pop.ca_bundle,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Overrides {
+        Overrides {
+            trust_domain: Some("example.org".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Overrides::default()
+        }
+    }
+
+    fn parse(toml_text: &str) -> Result<ServerConfig, ConfigError> {
+        let f: FileConfig = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
+            path: "test".into(),
+            reason: e.to_string(),
+        })?;
+        ServerConfig::resolve(f, &base())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.admin_socket, PathBuf::from("/tmp/x/admin.sock"));
+        assert_eq!(c.ca_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.join_token_ttl, Duration::from_secs(600));
+        assert_eq!(c.key_type, KeyAlgorithm::EcP256);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("surprise = 1", "surprise"),
+            ("[ca]\nkey_typ = \"ec-p256\"", "key_typ"),
+            ("[ca]\nkey_type = \"ed25519\"", "ca.key_type"),
+            ("[ca]\nca_ttl = \"forever\"", "ca.ca_ttl"),
+            ("[ca]\nx509_svid_ttl = \"48h\"", "ca.x509_svid_ttl"),
+            ("bind = \"localhost\"", "bind"),
+            ("database_url = \"mysql://x\"", "database_url"),
+            ("log_level = \"loud\"", "log_level"),
+            ("[ca]\nupstream_cert = \"/a\"", "ca.upstream_cert"),
+            ("agent_svid_ttl = \"0s\"", "agent_svid_ttl"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+        let e = ServerConfig::resolve(FileConfig::default(), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("trust_domain"), "{e}");
+        let mut o = base();
+        o.trust_domain = Some("Bad.Domain".into());
+        let e = ServerConfig::resolve(FileConfig::default(), &o).unwrap_err();
+        assert!(e.to_string().contains("trust_domain"), "{e}");
+    }
+}

@@ -1,0 +1,256 @@
+//! The Lanyard server: the trust root of a trust domain.
+//!
+//! [`start`] opens the datastore, loads or creates the CA, and serves:
+//! * the admin API on a local Unix socket (mode 0600: trusted by file permissions);
+//! * the agent API (node attestation, pushed entries, signing) over TLS;
+//! * `/live` and `/ready` on an HTTP port.
+//!
+//! A background task rotates the CA and renews the server's own SVID.
+
+pub mod admin;
+pub mod config;
+pub mod node;
+pub mod state;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use lanyard_core::Clock;
+use lanyard_proto::admin::admin_server::AdminServer;
+use lanyard_proto::node::node_server::NodeServer;
+use lanyard_store::Store;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+
+pub use config::{ConfigError, Overrides, ServerConfig};
+pub use state::{ServerError, Shared};
+
+/// How often the CA rotation task runs.
+pub const TICK: Duration = Duration::from_secs(5);
+/// Longest a TLS handshake may take on the agent API.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub shared: Arc<Shared>,
+    pub agent_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_socket: PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Run until a task fails or shutdown is requested.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        while let Some(r) = self.tasks.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = self.shutdown.send(true);
+                    return Err(e);
+                }
+                Err(e) => {
+                    let _ = self.shutdown.send(true);
+                    return Err(ServerError::Other(format!("a server task failed: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask every listener to stop, then wait for them.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        let path = self.admin_socket.clone();
+        let r = self.wait().await;
+        let _ = std::fs::remove_file(path);
+        r
+    }
+
+    /// A handle that stops the server when sent `true`.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+async fn until(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Bind the admin socket, refusing to steal it from a running server.
+async fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServerError> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ServerError::Other(format!(
+                "{} is in use: another lanyard server runs on this data dir",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| ServerError::Io(format!("cannot remove stale {}: {e}", path.display())))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ServerError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| {
+        ServerError::Io(format!("cannot bind admin socket {}: {e}", path.display()))
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ServerError::Io(format!("cannot restrict {}: {e}", path.display())))?;
+    Ok(l)
+}
+
+/// Start the server with the given configuration and clock.
+pub async fn start(
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, ServerError> {
+    let shared = Shared::open(config, clock).await?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    // Admin API on the Unix socket.
+    let admin_socket = shared.config.admin_socket.clone();
+    let admin_listener = bind_admin_socket(&admin_socket).await?;
+    let admin = AdminServer::new(admin::AdminService::new(shared.clone()));
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), until(rx))
+            .await
+            .map_err(|e| ServerError::Other(format!("admin API: {e}")))
+    });
+
+    // Agent API over TLS.
+    let listener = TcpListener::bind(shared.config.bind).await.map_err(|e| {
+        ServerError::Io(format!("cannot bind agent API {}: {e}", shared.config.bind))
+    })?;
+    let agent_addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Io(e.to_string()))?;
+    let verifier = Arc::new(tls::SpiffeClientVerifier::new(
+        shared.bundles.clone(),
+        false,
+    ));
+    let tls_cfg =
+        tls::server_config(shared.server_tls.clone(), verifier).map_err(ServerError::Other)?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls_cfg));
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let mut stop = Box::pin(until(rx));
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    };
+                    let acceptor = acceptor.clone();
+                    let conn_tx = conn_tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => { let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await; }
+                            Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake refused"),
+                            Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    let node_svc = NodeServer::new(node::NodeService::new(shared.clone()));
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(node_svc)
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), until(rx))
+            .await
+            .map_err(|e| ServerError::Other(format!("agent API: {e}")))
+    });
+
+    // Health.
+    let http = TcpListener::bind(shared.config.http_bind)
+        .await
+        .map_err(|e| {
+            ServerError::Io(format!("cannot bind HTTP {}: {e}", shared.config.http_bind))
+        })?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| ServerError::Io(e.to_string()))?;
+    let ready_state = shared.clone();
+    let app = axum::Router::new()
+        .route("/live", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            axum::routing::get(move || {
+                let s = ready_state.clone();
+                async move {
+                    let ca_ok = s.ca_read().map(|c| c.active().is_some()).unwrap_or(false);
+                    let db_ok = s
+                        .store
+                        .get_bundle(s.config.trust_domain.name())
+                        .await
+                        .is_ok();
+                    if ca_ok && db_ok {
+                        (StatusCode::OK, "ready\n".to_string())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: ca_active={ca_ok} datastore={db_ok}\n"),
+                        )
+                    }
+                }
+            }),
+        );
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(until(rx))
+            .await
+            .map_err(|e| ServerError::Other(format!("HTTP: {e}")))
+    });
+
+    // CA rotation and server SVID renewal.
+    let rot = shared.clone();
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let mut stop = Box::pin(until(rx));
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = tokio::time::sleep(TICK) => {
+                    if let Err(e) = rot.tick().await {
+                        tracing::error!(error = %e, "CA rotation step failed; retrying");
+                    }
+                }
+            }
+        }
+    });
+
+    Ok(RunningServer {
+        shared,
+        agent_addr,
+        http_addr,
+        admin_socket,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,526 @@
+//! The agent API (`lanyard.node.v1.Node`): node attestation (join token, x509pop),
+//! agent SVID renewal, the pushed stream of authorized entries, and SVID signing.
+//! Every RPC except `Attest` authenticates the caller by its agent X509-SVID and
+//! re-checks, on every request, that the agent is attested, not banned, and entitled
+//! to the entry it asks for.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use futures_util::Stream;
+use lanyard_ca::SubjectKey;
+use lanyard_core::{PublicJwk, Selector, SpiffeId, TrustDomain};
+use lanyard_proto::node as pb;
+use lanyard_store::{Entry, JoinToken, Node, Store};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state::Shared;
+use crate::tls::peer_spiffe_id;
+
+/// How long an x509pop agent has to answer the challenge.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most SVIDs signed in one batch request.
+pub const MAX_BATCH: usize = 1000;
+
+/// The placeholder trust domain under which x509pop CA certificates are kept.
+pub fn x509pop_trust_domain() -> Result<TrustDomain, String> {
+    TrustDomain::new("x509pop").map_err(|e| e.to_string())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    digest::digest(&digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal(e.to_string())
+}
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct NodeService {
+    shared: Arc<Shared>,
+}
+
+impl NodeService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+fn peer_id<T>(req: &Request<T>) -> Option<SpiffeId> {
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    peer_spiffe_id(&certs)
+}
+
+/// Authenticate an agent: a verified agent SVID whose node is attested and not banned.
+async fn authenticate(shared: &Shared, id: Option<SpiffeId>) -> Result<Node, Status> {
+    let id = id.ok_or_else(|| {
+        Status::unauthenticated("this RPC requires the agent's X509-SVID as TLS client certificate")
+    })?;
+    let node = shared
+        .store
+        .get_node(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "{id} is not an attested agent (it was evicted or never attested); attest again"
+            ))
+        })?;
+    if node.banned {
+        return Err(Status::permission_denied(format!(
+            "agent {id} is banned; evict it (`lanyard agent evict`) to let it attest again"
+        )));
+    }
+    Ok(node)
+}
+
+fn agent_svid(shared: &Shared, id: &SpiffeId, minted: &lanyard_ca::MintedX509) -> pb::AgentSvid {
+    let published = shared.published();
+    pb::AgentSvid {
+        spiffe_id: id.to_string(),
+        cert_chain: minted.chain.clone(),
+        expires_at: minted.not_after,
+        bundle: published.document,
+        bundle_sequence: published.sequence,
+    }
+}
+
+/// Issue an agent SVID to a node that just proved itself, and record the node.
+async fn admit(
+    shared: &Shared,
+    id: SpiffeId,
+    attestation_type: &str,
+    selectors: Vec<Selector>,
+    csr: &[u8],
+) -> Result<pb::AgentSvid, Status> {
+    if let Some(existing) = shared.store.get_node(&id).await.map_err(internal)?
+        && existing.banned
+    {
+        return Err(Status::permission_denied(format!(
+            "agent {id} is banned; evict it (`lanyard agent evict`) to let it attest again"
+        )));
+    }
+    let now = shared.clock.unix_seconds();
+    let minted = {
+        let ca = shared.ca_read().map_err(internal)?;
+        ca.mint_x509_svid(
+            &id,
+            SubjectKey::Csr(csr),
+            Some(shared.config.agent_svid_ttl),
+            &[],
+            now,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+    };
+    let node = Node {
+        spiffe_id: id.clone(),
+        attestation_type: attestation_type.to_string(),
+        selectors,
+        serial: minted.serial.clone(),
+        expires_at: minted.not_after,
+        banned: false,
+        created_at: now,
+        updated_at: now,
+    };
+    shared.store.upsert_node(&node).await.map_err(internal)?;
+    tracing::info!(agent = %id, attestation = attestation_type, serial = %minted.serial, "node attested");
+    shared.notify();
+    Ok(agent_svid(shared, &id, &minted))
+}
+
+async fn attest_join_token(
+    shared: &Shared,
+    j: pb::JoinTokenAttestation,
+) -> Result<pb::AgentSvid, Status> {
+    if j.token.is_empty() {
+        return Err(Status::invalid_argument("the join token is empty"));
+    }
+    let hash = sha256_hex(j.token.as_bytes());
+    let token: JoinToken = shared
+        .store
+        .consume_join_token(&hash)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            tracing::warn!("node attestation refused: unknown or used join token");
+            Status::permission_denied(
+                "the join token is unknown or was already used; generate a new one with `lanyard token generate`",
+            )
+        })?;
+    let now = shared.clock.unix_seconds();
+    if token.expires_at <= now {
+        tracing::warn!("node attestation refused: expired join token");
+        return Err(Status::permission_denied(format!(
+            "the join token expired {}s ago; generate a new one with `lanyard token generate`",
+            now - token.expires_at
+        )));
+    }
+    let id = match token.spiffe_id {
+        Some(id) => id,
+        None => SpiffeId::from_parts(
+            &shared.config.trust_domain,
+            &format!("/lanyard/agent/join_token/{}", &hash[..32]),
+        )
+        .map_err(internal)?,
+    };
+    let selectors = Selector::from_parts("join_token", &hash[..32])
+        .map(|s| vec![s])
+        .unwrap_or_default();
+    admit(shared, id, "join_token", selectors, &j.csr).await
+}
+
+fn verify_pop_signature(spki_der: &[u8], nonce: &[u8], sig: &[u8]) -> Result<(), String> {
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, RSA_PKCS1_2048_8192_SHA256,
+        UnparsedPublicKey, VerificationAlgorithm,
+    };
+    use x509_parser::prelude::FromDer;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| format!("bad public key: {e}"))?;
+    let alg: &'static dyn VerificationAlgorithm =
+        match PublicJwk::from_spki_der(spki_der).map_err(|e| e.to_string())? {
+            PublicJwk::Ec { crv, .. } if crv == "P-256" => &ECDSA_P256_SHA256_ASN1,
+            PublicJwk::Ec { crv, .. } if crv == "P-384" => &ECDSA_P384_SHA384_ASN1,
+            PublicJwk::Rsa { .. } => &RSA_PKCS1_2048_8192_SHA256,
+            other => return Err(format!("unsupported key {}", other.describe())),
+        };
+    UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
+        .verify(nonce, sig)
+        .map_err(|_| "the challenge signature does not verify".to_string())
+}
+
+fn challenge_algorithm(spki_der: &[u8]) -> String {
+    match PublicJwk::from_spki_der(spki_der) {
+        Ok(PublicJwk::Ec { crv, .. }) if crv == "P-384" => "ecdsa-p384-sha384".to_string(),
+        Ok(PublicJwk::Ec { .. }) => "ecdsa-p256-sha256".to_string(),
+        Ok(PublicJwk::Rsa { .. }) => "rsa-pkcs1-sha256".to_string(),
+        Err(_) => "unsupported".to_string(),
+    }
+}
+
+async fn attest_x509pop(
+    shared: &Shared,
+    x: pb::X509PopAttestation,
+    inbound: &mut Streaming<pb::AttestRequest>,
+    tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
+) -> Result<pb::AgentSvid, Status> {
+    let roots = shared.x509pop_roots.as_ref().ok_or_else(|| {
+        Status::failed_precondition(
+            "x509pop attestation is not enabled on this server; set x509pop.ca_bundle in the server config",
+        )
+    })?;
+    if x.cert_chain.is_empty() {
+        return Err(Status::invalid_argument("x509pop: no certificate given"));
+    }
+    let td = x509pop_trust_domain().map_err(internal)?;
+    lanyard_core::x509::verify_path(&x.cert_chain, &td, roots, shared.clock.as_ref()).map_err(
+        |e| {
+            tracing::warn!(reason = %e, "x509pop attestation refused");
+            Status::permission_denied(format!("x509pop: the node certificate is not trusted: {e}"))
+        },
+    )?;
+    let leaf = &x.cert_chain[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| Status::invalid_argument(format!("x509pop: bad certificate: {e}")))?;
+    let spki = cert.public_key().raw.to_vec();
+    let mut nonce = vec![0u8; 32];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(internal)?;
+    tx.send(Ok(pb::AttestResponse {
+        step: Some(pb::attest_response::Step::Challenge(pb::Challenge {
+            nonce: nonce.clone(),
+            algorithm: challenge_algorithm(&spki),
+        })),
+    }))
+    .await
+    .map_err(|_| Status::cancelled("the agent went away"))?;
+    let answer = tokio::time::timeout(CHALLENGE_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("x509pop: no answer to the challenge within 30s"))??
+        .ok_or_else(|| {
+            Status::invalid_argument("x509pop: the stream ended before the challenge answer")
+        })?;
+    let Some(pb::attest_request::Step::ChallengeResponse(resp)) = answer.step else {
+        return Err(Status::invalid_argument(
+            "x509pop: expected a challenge_response message",
+        ));
+    };
+    verify_pop_signature(&spki, &nonce, &resp.signature).map_err(|e| {
+        tracing::warn!(reason = %e, "x509pop attestation refused");
+        Status::permission_denied(format!(
+            "x509pop: {e}; the agent does not hold the certificate's key"
+        ))
+    })?;
+    let fingerprint = sha256_hex(leaf);
+    let id = SpiffeId::from_parts(
+        &shared.config.trust_domain,
+        &format!("/lanyard/agent/x509pop/{fingerprint}"),
+    )
+    .map_err(internal)?;
+    let mut selectors = Vec::new();
+    if let Some(cn) = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        && let Ok(s) = Selector::from_parts("x509pop", &format!("subject:cn:{cn}"))
+    {
+        selectors.push(s);
+    }
+    if let Ok(s) = Selector::from_parts("x509pop", &format!("fingerprint:{fingerprint}")) {
+        selectors.push(s);
+    }
+    admit(shared, id, "x509pop", selectors, &x.csr).await
+}
+
+fn to_pb_entry(e: &Entry) -> pb::RegistrationEntry {
+    pb::RegistrationEntry {
+        id: e.id.clone(),
+        spiffe_id: e.spec.spiffe_id.to_string(),
+        parent_id: e.spec.parent_id.to_string(),
+        selectors: e.spec.selectors.iter().map(ToString::to_string).collect(),
+        x509_ttl_seconds: e.spec.x509_ttl,
+        jwt_ttl_seconds: e.spec.jwt_ttl,
+        dns_names: e.spec.dns_names.clone(),
+        hint: e.spec.hint.clone().unwrap_or_default(),
+        admin: e.spec.admin,
+        downstream: e.spec.downstream,
+        expires_at: e.spec.expires_at.unwrap_or(0),
+        revision: e.revision,
+        owner: e.spec.owner.clone(),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::node_server::Node for NodeService {
+    type AttestStream = BoxStream<pb::AttestResponse>;
+    type SyncStream = BoxStream<pb::SyncUpdate>;
+
+    async fn attest(
+        &self,
+        req: Request<Streaming<pb::AttestRequest>>,
+    ) -> Result<Response<Self::AttestStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty attestation request"))?;
+        let (tx, rx) = mpsc::channel(4);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let result = match first.step {
+                Some(pb::attest_request::Step::JoinToken(j)) => attest_join_token(&shared, j).await,
+                Some(pb::attest_request::Step::X509pop(x)) => {
+                    attest_x509pop(&shared, x, &mut inbound, &tx).await
+                }
+                _ => Err(Status::invalid_argument(
+                    "the first attestation message must be join_token or x509pop",
+                )),
+            };
+            let msg = result.map(|svid| pb::AttestResponse {
+                step: Some(pb::attest_response::Step::Result(svid)),
+            });
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::AgentSvid>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let csr = req.into_inner().csr;
+        let now = self.shared.clock.unix_seconds();
+        let minted = {
+            let ca = self.shared.ca_read().map_err(internal)?;
+            ca.mint_x509_svid(
+                &node.spiffe_id,
+                SubjectKey::Csr(&csr),
+                Some(self.shared.config.agent_svid_ttl),
+                &[],
+                now,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
+        self.shared
+            .store
+            .set_node_svid(&node.spiffe_id, &minted.serial, minted.not_after, now)
+            .await
+            .map_err(internal)?;
+        tracing::info!(agent = %node.spiffe_id, serial = %minted.serial, "agent SVID renewed");
+        Ok(Response::new(agent_svid(
+            &self.shared,
+            &node.spiffe_id,
+            &minted,
+        )))
+    }
+
+    async fn sync(
+        &self,
+        req: Request<pb::SyncRequest>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let shared = self.shared.clone();
+        let mut changes = shared.changes.subscribe();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last: Option<pb::SyncUpdate> = None;
+            loop {
+                changes.mark_unchanged();
+                // Re-check the agent on every round: a ban or eviction ends the stream.
+                let current = match authenticate(&shared, Some(node.spiffe_id.clone())).await {
+                    Ok(n) => n,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let update = match shared.authorized_entries(&current).await {
+                    Ok(entries) => {
+                        let published = shared.published();
+                        pb::SyncUpdate {
+                            entries: entries.iter().map(to_pb_entry).collect(),
+                            bundle: published.document,
+                            bundle_sequence: published.sequence,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
+                if last.as_ref() != Some(&update) {
+                    if tx.send(Ok(update.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(update);
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    // Entry expiry is time-driven, not write-driven: re-check now and then.
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn batch_new_x509_svid(
+        &self,
+        req: Request<pb::BatchX509SvidRequest>,
+    ) -> Result<Response<pb::BatchX509SvidResponse>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let requests = req.into_inner().requests;
+        if requests.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} requests in one batch; at most {MAX_BATCH} are allowed",
+                requests.len()
+            )));
+        }
+        let entries: HashMap<String, Entry> = self
+            .shared
+            .authorized_entries(&node)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        let now = self.shared.clock.unix_seconds();
+        let ca = self.shared.ca_read().map_err(internal)?;
+        let results = requests
+            .iter()
+            .map(|r| {
+                let Some(entry) = entries.get(&r.entry_id) else {
+                    tracing::warn!(agent = %node.spiffe_id, entry = %r.entry_id, "X509-SVID refused: entry not authorized for agent");
+                    return pb::X509SvidResult {
+                        entry_id: r.entry_id.clone(),
+                        error: format!(
+                            "entry {:?} does not exist or is not authorized for agent {}",
+                            r.entry_id, node.spiffe_id
+                        ),
+                        ..Default::default()
+                    };
+                };
+                let ttl = (entry.spec.x509_ttl > 0).then(|| Duration::from_secs(entry.spec.x509_ttl));
+                match ca.mint_x509_svid(
+                    &entry.spec.spiffe_id,
+                    SubjectKey::Csr(&r.csr),
+                    ttl,
+                    &entry.spec.dns_names,
+                    now,
+                ) {
+                    Ok(m) => {
+                        tracing::debug!(agent = %node.spiffe_id, spiffe_id = %entry.spec.spiffe_id, serial = %m.serial, "X509-SVID issued");
+                        pb::X509SvidResult {
+                            entry_id: r.entry_id.clone(),
+                            cert_chain: m.chain,
+                            expires_at: m.not_after,
+                            error: String::new(),
+                        }
+                    }
+                    Err(e) => pb::X509SvidResult {
+                        entry_id: r.entry_id.clone(),
+                        error: e.to_string(),
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchX509SvidResponse { results }))
+    }
+
+    async fn new_jwt_svid(
+        &self,
+        req: Request<pb::JwtSvidRequest>,
+    ) -> Result<Response<pb::JwtSvidResponse>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let r = req.into_inner();
+        let entry = self
+            .shared
+            .authorized_entries(&node)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|e| e.id == r.entry_id)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "entry {:?} does not exist or is not authorized for agent {}",
+                    r.entry_id, node.spiffe_id
+                ))
+            })?;
+        let ttl = if r.ttl_seconds > 0 {
+            Some(Duration::from_secs(r.ttl_seconds))
+        } else if entry.spec.jwt_ttl > 0 {
+            Some(Duration::from_secs(entry.spec.jwt_ttl))
+        } else {
+            None
+        };
+        let now = self.shared.clock.unix_seconds();
+        let minted = {
+            let ca = self.shared.ca_read().map_err(internal)?;
+            ca.mint_jwt_svid(&entry.spec.spiffe_id, &r.audience, ttl, now)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
+        Ok(Response::new(pb::JwtSvidResponse {
+            token: minted.token,
+            expires_at: minted.expiry,
+            spiffe_id: entry.spec.spiffe_id.to_string(),
+        }))
+    }
+}
