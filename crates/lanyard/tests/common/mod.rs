@@ -1,0 +1,242 @@
+//! Helpers for end-to-end tests: run the real `lanyard` binary, talk to it as an
+//! agent would (gRPC over SPIFFE mTLS), and provision PostgreSQL databases.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lanyard_core::{Bundle, BundleSet, SpiffeId, TrustDomain};
+use lanyard_proto::node::node_client::NodeClient;
+use lanyard_server::tls::{SpiffeServerVerifier, SvidResolver, certified_key, client_config};
+use tonic::transport::{Channel, Endpoint};
+
+pub const TD: &str = "example.org";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lanyard")
+}
+
+/// A running `lanyard server`, killed on drop.
+pub struct ServerProc {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub agent_addr: String,
+    pub http_addr: String,
+    pub admin_socket: PathBuf,
+    pub database_url: Option<String>,
+    pub config: Option<PathBuf>,
+}
+
+impl ServerProc {
+    pub fn start(dir: &Path, database_url: Option<&str>, config: Option<&Path>) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "server",
+            "--trust-domain",
+            TD,
+            "--bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("server.log"))
+                .unwrap(),
+        ));
+        if let Some(u) = database_url {
+            cmd.args(["--database-url", u]);
+        }
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().expect("start lanyard server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("lanyard server ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                panic!("server did not become ready; log:\n{log}")
+            });
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .to_string()
+        };
+        Self {
+            child,
+            dir: dir.to_path_buf(),
+            agent_addr: field("agent_api"),
+            http_addr: field("http"),
+            admin_socket: PathBuf::from(field("admin_socket")),
+            database_url: database_url.map(str::to_string),
+            config: config.map(Path::to_path_buf),
+        }
+    }
+
+    /// Stop (SIGKILL: nothing acknowledged may be lost) and start again on the same state.
+    pub fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self.dir.clone();
+        let url = self.database_url.clone();
+        let config = self.config.clone();
+        drop(self);
+        Self::start(&dir, url.as_deref(), config.as_deref())
+    }
+
+    /// Run a CLI command against this server's admin socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("LANYARD_ADMIN_SOCKET", &self.admin_socket)
+            .output()
+            .unwrap()
+    }
+
+    /// Run a CLI command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Run a CLI command that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            !o.status.success(),
+            "{args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    pub fn bundle(&self) -> Bundle {
+        let doc = self.ok(&["bundle", "show", "--format", "jwks"]);
+        Bundle::parse(TrustDomain::new(TD).unwrap(), doc.as_bytes()).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn shared_bundles(b: Bundle) -> Arc<RwLock<BundleSet>> {
+    Arc::new(RwLock::new([b].into_iter().collect()))
+}
+
+/// A node-API client over SPIFFE mTLS; `identity` is (DER chain, PKCS#8 key).
+pub async fn node_client(
+    addr: &str,
+    bundles: Arc<RwLock<BundleSet>>,
+    identity: Option<(&[Vec<u8>], &[u8])>,
+) -> NodeClient<Channel> {
+    let server_id = SpiffeId::new(&format!("spiffe://{TD}/lanyard/server")).unwrap();
+    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id));
+    let resolver = identity
+        .map(|(chain, key)| Arc::new(SvidResolver::new(certified_key(chain, key).unwrap())));
+    let cfg = Arc::new(client_config(verifier, resolver).unwrap());
+    let addr = addr.to_string();
+    let channel = Endpoint::try_from(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let cfg = cfg.clone();
+            let addr = addr.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("lanyard-server").unwrap();
+                let tls = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .expect("connect to the agent API");
+    NodeClient::new(channel)
+}
+
+/// A fresh PostgreSQL database, dropped with the guard.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+    admin: String,
+}
+
+impl PgDb {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let admin = std::env::var("LANYARD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL is required ({admin}): {e}; run ./scripts/test, which starts it")
+            });
+        let mut raw = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut raw).unwrap();
+        let name = format!(
+            "lanyard_e2e_{}",
+            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+            admin,
+        }
+    }
+
+    pub async fn drop_db(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}

@@ -1,0 +1,714 @@
+//! End-to-end: the real `lanyard server` binary, the admin CLI, and a test agent that
+//! speaks the agent API over SPIFFE mTLS. The main scenario runs on SQLite and on
+//! PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PgDb, ServerProc, TD, node_client, shared_bundles};
+use lanyard_core::{BundleSet, SystemClock, X509Svid};
+use lanyard_proto::node as pb;
+use rcgen::{CertificateParams, KeyPair};
+use tokio_stream::StreamExt;
+
+fn csr(key: &KeyPair) -> Vec<u8> {
+    CertificateParams::default()
+        .serialize_request(key)
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+async fn attest_join_token(
+    server: &ServerProc,
+    token: &str,
+    key: &KeyPair,
+) -> Result<pb::AgentSvid, tonic::Status> {
+    let mut c = node_client(&server.agent_addr, shared_bundles(server.bundle()), None).await;
+    let req = pb::AttestRequest {
+        step: Some(pb::attest_request::Step::JoinToken(
+            pb::JoinTokenAttestation {
+                token: token.to_string(),
+                csr: csr(key),
+            },
+        )),
+    };
+    let mut stream = c.attest(tokio_stream::iter(vec![req])).await?.into_inner();
+    let msg = stream.next().await.expect("one response")?;
+    match msg.step {
+        Some(pb::attest_response::Step::Result(svid)) => Ok(svid),
+        other => panic!("unexpected attestation step {other:?}"),
+    }
+}
+
+fn token(server: &ServerProc, extra: &[&str]) -> String {
+    let mut args = vec!["token", "generate"];
+    args.extend_from_slice(extra);
+    server.json(&args)["token"].as_str().unwrap().to_string()
+}
+
+fn create_entry(server: &ServerProc, path: &str, parent: &str, extra: &[&str]) -> String {
+    let spiffe_id = format!("spiffe://{TD}{path}");
+    let mut args = vec![
+        "entry",
+        "create",
+        "--spiffe-id",
+        &spiffe_id,
+        "--parent-id",
+        parent,
+        "--selector",
+        "unix:uid:1000",
+        "--owner",
+        "team-a",
+    ];
+    args.extend_from_slice(extra);
+    server.json(&args)["id"].as_str().unwrap().to_string()
+}
+
+fn verify(chain: &[Vec<u8>], server: &ServerProc) -> X509Svid {
+    let set: BundleSet = [server.bundle()].into_iter().collect();
+    X509Svid::validate(chain.to_vec(), &set, &SystemClock).unwrap()
+}
+
+async fn scenario(database_url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), database_url, None);
+
+    // Health.
+    let live = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{}/ready", server.http_addr)])
+        .output();
+    if let Ok(o) = live {
+        assert!(
+            o.status.success(),
+            "/ready: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+
+    // Join-token attestation.
+    let agent_key = KeyPair::generate().unwrap();
+    let t = token(&server, &[]);
+    let svid = attest_join_token(&server, &t, &agent_key).await.unwrap();
+    assert!(
+        svid.spiffe_id
+            .starts_with(&format!("spiffe://{TD}/lanyard/agent/join_token/")),
+        "{}",
+        svid.spiffe_id
+    );
+    let agent_id = svid.spiffe_id.clone();
+    let checked = verify(&svid.cert_chain, &server);
+    assert_eq!(checked.spiffe_id().to_string(), agent_id);
+    assert!(svid.bundle_sequence >= 1);
+
+    // A used token is refused; so is an expired one.
+    let err = attest_join_token(&server, &t, &KeyPair::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("already used"), "{}", err.message());
+    let short = token(&server, &["--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = attest_join_token(&server, &short, &KeyPair::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("expired"), "{}", err.message());
+    let err = attest_join_token(&server, "not-a-token", &KeyPair::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // The agent syncs over mTLS with its SVID; an entry created while it is connected
+    // reaches it in well under a second.
+    let key_der = agent_key.serialize_der();
+    let bundles = shared_bundles(server.bundle());
+    let mut agent = node_client(
+        &server.agent_addr,
+        bundles.clone(),
+        Some((&svid.cert_chain, &key_der)),
+    )
+    .await;
+    let mut sync = agent.sync(pb::SyncRequest {}).await.unwrap().into_inner();
+    let first = sync.next().await.unwrap().unwrap();
+    assert!(first.entries.is_empty());
+    assert!(!first.bundle.is_empty());
+    let started = Instant::now();
+    let entry_id = create_entry(&server, "/web", &agent_id, &["--dns-name", "web.local"]);
+    let update = tokio::time::timeout(Duration::from_secs(5), sync.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let latency = started.elapsed();
+    assert_eq!(update.entries.len(), 1);
+    assert_eq!(update.entries[0].id, entry_id);
+    assert_eq!(update.entries[0].spiffe_id, format!("spiffe://{TD}/web"));
+    // The CLI round trip (process start + gRPC) is included; the push itself is far faster.
+    assert!(
+        latency < Duration::from_secs(2),
+        "entry took {latency:?} to arrive"
+    );
+
+    // An entry parented to someone else is not sent to this agent.
+    let other_entry = create_entry(
+        &server,
+        "/db",
+        &format!("spiffe://{TD}/lanyard/agent/other"),
+        &[],
+    );
+
+    // Signing: the agent gets an SVID for its entry, and nothing for another agent's entry.
+    let wl_key = KeyPair::generate().unwrap();
+    let batch = agent
+        .batch_new_x509_svid(pb::BatchX509SvidRequest {
+            requests: vec![
+                pb::X509SvidRequest {
+                    entry_id: entry_id.clone(),
+                    csr: csr(&wl_key),
+                },
+                pb::X509SvidRequest {
+                    entry_id: other_entry.clone(),
+                    csr: csr(&wl_key),
+                },
+                pb::X509SvidRequest {
+                    entry_id: entry_id.clone(),
+                    csr: b"garbage".to_vec(),
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.results.len(), 3);
+    assert!(
+        batch.results[0].error.is_empty(),
+        "{}",
+        batch.results[0].error
+    );
+    let wl = verify(&batch.results[0].cert_chain, &server);
+    assert_eq!(wl.spiffe_id().to_string(), format!("spiffe://{TD}/web"));
+    assert!(
+        batch.results[1].error.contains("not authorized"),
+        "{}",
+        batch.results[1].error
+    );
+    assert!(batch.results[1].cert_chain.is_empty());
+    assert!(
+        batch.results[2].error.contains("signing request"),
+        "{}",
+        batch.results[2].error
+    );
+
+    let jwt = agent
+        .new_jwt_svid(pb::JwtSvidRequest {
+            entry_id: entry_id.clone(),
+            audience: vec!["db".into()],
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwt.spiffe_id, format!("spiffe://{TD}/web"));
+    assert_eq!(jwt.token.split('.').count(), 3);
+    let err = agent
+        .new_jwt_svid(pb::JwtSvidRequest {
+            entry_id: other_entry.clone(),
+            audience: vec!["db".into()],
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // Renewal over mTLS.
+    let new_key = KeyPair::generate().unwrap();
+    let renewed = agent
+        .renew_agent(pb::RenewRequest { csr: csr(&new_key) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.spiffe_id, agent_id);
+    assert_ne!(renewed.cert_chain[0], svid.cert_chain[0]);
+    let shown = server.json(&["agent", "show", &agent_id]);
+    assert_eq!(
+        shown["serial"].as_str().unwrap(),
+        verify(&renewed.cert_chain, &server).serial()
+    );
+
+    // Deleting the entry reaches the agent too.
+    server.ok(&["entry", "delete", &entry_id]);
+    let update = tokio::time::timeout(Duration::from_secs(5), sync.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(update.entries.is_empty());
+    let entry_id = create_entry(&server, "/web", &agent_id, &[]);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sync.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // Without a client certificate, only attestation is possible.
+    let mut anon = node_client(&server.agent_addr, bundles.clone(), None).await;
+    let err = anon.sync(pb::SyncRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // A restart (after SIGKILL) keeps entries, agents, CA keys and the bundle.
+    let bundle_before = server.ok(&["bundle", "show", "--format", "jwks"]);
+    let entries_before = server.json(&["entry", "list"]);
+    server = server.restart();
+    assert_eq!(
+        server.ok(&["bundle", "show", "--format", "jwks"]),
+        bundle_before
+    );
+    assert_eq!(server.json(&["entry", "list"]), entries_before);
+    assert_eq!(server.json(&["agent", "list"]).as_array().unwrap().len(), 1);
+    let mut agent = node_client(
+        &server.agent_addr,
+        bundles.clone(),
+        Some((&svid.cert_chain, &key_der)),
+    )
+    .await;
+    let mut sync = agent.sync(pb::SyncRequest {}).await.unwrap().into_inner();
+    let state = sync.next().await.unwrap().unwrap();
+    assert_eq!(state.entries.len(), 1);
+    assert_eq!(state.entries[0].id, entry_id);
+
+    // Banning: the open stream ends with PermissionDenied and every RPC is refused.
+    server.ok(&["agent", "ban", &agent_id]);
+    let end = tokio::time::timeout(Duration::from_secs(5), sync.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let err = agent
+        .renew_agent(pb::RenewRequest { csr: csr(&new_key) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("banned"), "{}", err.message());
+    // The ban survives a restart.
+    server = server.restart();
+    let mut agent = node_client(
+        &server.agent_addr,
+        bundles.clone(),
+        Some((&svid.cert_chain, &key_der)),
+    )
+    .await;
+    let err = agent.sync(pb::SyncRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // Eviction forgets the agent; its old SVID no longer works.
+    server.ok(&["agent", "evict", &agent_id]);
+    let err = agent.sync(pb::SyncRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("not an attested agent"),
+        "{}",
+        err.message()
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_scenario_sqlite() {
+    scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_scenario_postgres() {
+    let db = PgDb::create().await;
+    scenario(Some(&db.url)).await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_pem_is_a_spiffe_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), None, None);
+    let pem = server.ok(&["bundle", "show", "--format", "pem"]);
+    let certs = lanyard_core::bundle::pem_certificates(pem.as_bytes()).unwrap();
+    assert_eq!(certs.len(), 1);
+    let report = lanyard_core::x509::rule_report(&certs[0], false).unwrap();
+    assert!(report.iter().all(|c| c.passed), "{report:?}");
+    let summary = lanyard_core::x509::summarize(&certs[0]).unwrap();
+    assert_eq!(summary.uri_sans, vec![format!("spiffe://{TD}")]);
+    assert_eq!(
+        summary.not_after - summary.not_before,
+        86_400 + 10,
+        "24h CA, back-dated 10s"
+    );
+    // The JWKS form is a valid SPIFFE bundle with one X.509 and one JWT authority.
+    let b = server.bundle();
+    assert_eq!(b.x509_authorities().len(), 1);
+    assert_eq!(b.jwt_authorities().count(), 1);
+    assert!(b.sequence().unwrap() >= 1);
+    let jwks_file = dir.path().join("b.json");
+    std::fs::write(
+        &jwks_file,
+        server.ok(&["bundle", "show", "--format", "jwks"]),
+    )
+    .unwrap();
+    let o = server.cli(&["bundle", "inspect", jwks_file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // Keys on disk are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("ca-keys.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mode = std::fs::metadata(&server.admin_socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_admin_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), None, None);
+    let parent = format!("spiffe://{TD}/lanyard/agent/a");
+    let ok_id = create_entry(&server, "/web", &parent, &[]);
+    let base = |id: &str| -> Vec<String> {
+        vec![
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--parent-id",
+            &parent,
+            "--selector",
+            "unix:uid:1000",
+            "--owner",
+            "o",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (base("spiffe://example.org/a/"), "trailing slash"),
+        (
+            base("spiffe://other.org/a"),
+            "not in this server's trust domain",
+        ),
+        (base("spiffe://example.org"), "trust domain itself"),
+        (base("https://example.org/a"), "spiffe://"),
+        (
+            vec![
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                &parent,
+                "--selector",
+                "unix:uid:1000",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "owner is required",
+        ),
+        (
+            [
+                base("spiffe://example.org/x"),
+                vec!["--selector".into(), "unix:uid:abc".into()],
+            ]
+            .concat(),
+            "unix:uid",
+        ),
+        (
+            [
+                base("spiffe://example.org/x"),
+                vec!["--x509-ttl".into(), "48h".into()],
+            ]
+            .concat(),
+            "exceeds the CA lifetime",
+        ),
+        (
+            [
+                base("spiffe://example.org/x"),
+                vec!["--x509-ttl".into(), "soon".into()],
+            ]
+            .concat(),
+            "--x509-ttl",
+        ),
+        (
+            [
+                base("spiffe://example.org/x"),
+                vec!["--dns-name".into(), "bad name".into()],
+            ]
+            .concat(),
+            "dns_name",
+        ),
+        (
+            [
+                base("spiffe://example.org/x"),
+                vec!["--expires-at".into(), "2000-01-01T00:00:00Z".into()],
+            ]
+            .concat(),
+            "in the past",
+        ),
+        (
+            [
+                base("spiffe://example.org/x"),
+                vec!["--expires-at".into(), "tomorrow".into()],
+            ]
+            .concat(),
+            "RFC 3339",
+        ),
+        (base("spiffe://example.org/web"), "already exists"),
+    ];
+    for (args, needle) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = server.fails(&a);
+        assert!(err.contains(needle), "{a:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    assert!(
+        server
+            .fails(&["entry", "delete", "xyz"])
+            .contains("malformed")
+    );
+    assert!(
+        server
+            .fails(&["entry", "delete", &"0".repeat(32)])
+            .contains("no entry")
+    );
+    assert!(
+        server
+            .fails(&["entry", "show", &"0".repeat(32)])
+            .contains("no entry")
+    );
+    assert!(
+        server
+            .fails(&["agent", "ban", "spiffe://example.org/nobody"])
+            .contains("no agent")
+    );
+    assert!(
+        server
+            .fails(&["agent", "show", "not-an-id"])
+            .contains("agent ID")
+    );
+    assert!(
+        server
+            .fails(&["token", "generate", "--ttl", "30d"])
+            .contains("7d")
+    );
+    assert!(
+        server
+            .fails(&["token", "generate", "--spiffe-id", "spiffe://other.org/a"])
+            .contains("trust domain")
+    );
+    // Nothing changed: still exactly the one entry.
+    let list = server.json(&["entry", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], ok_id.as_str());
+    // Partial update keeps the other fields and bumps the revision.
+    let updated = server.json(&[
+        "entry",
+        "update",
+        &ok_id,
+        "--owner",
+        "team-b",
+        "--environment",
+        "prod",
+    ]);
+    assert_eq!(updated["owner"], "team-b");
+    assert_eq!(updated["environment"], "prod");
+    assert_eq!(updated["selectors"][0], "unix:uid:1000");
+    assert_eq!(updated["revision"], 2);
+    // A missing socket is a clear error.
+    let o = std::process::Command::new(common::bin())
+        .args(["entry", "list", "--admin-socket", "/nonexistent/admin.sock"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is `lanyard server` running"));
+    // Bad server configuration names the key.
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "trust_domain = \"example.org\"\n[ca]\nca_tl = \"1h\"\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(common::bin())
+        .args([
+            "server",
+            "--data-dir",
+            dir.path().join("other").to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ca_tl"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A second server on the same data dir is refused instead of stealing the socket.
+    let o = std::process::Command::new(common::bin())
+        .args([
+            "server",
+            "--trust-domain",
+            TD,
+            "--bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// x509pop: the agent proves possession of a key whose certificate chains to the
+/// configured CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_attestation() {
+    use rcgen::{BasicConstraints, DnType, IsCa, Issuer, KeyUsagePurpose};
+    let dir = tempfile::tempdir().unwrap();
+    // A node CA and a node certificate.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "node CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let node_key = KeyPair::generate().unwrap();
+    let mut node_params = CertificateParams::default();
+    node_params
+        .distinguished_name
+        .push(DnType::CommonName, "node-1");
+    node_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let node_cert = node_params
+        .signed_by(&node_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    std::fs::write(dir.path().join("node-ca.pem"), ca_cert.pem()).unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[x509pop]\nca_bundle = \"{}\"\n",
+            dir.path().join("node-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), None, Some(&cfg));
+
+    let run = |chain: Vec<Vec<u8>>, signer: &KeyPair| {
+        let server_addr = server.agent_addr.clone();
+        let bundle = server.bundle();
+        let signer_der = signer.serialize_der();
+        async move {
+            let mut c = node_client(&server_addr, shared_bundles(bundle), None).await;
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tx.send(pb::AttestRequest {
+                step: Some(pb::attest_request::Step::X509pop(pb::X509PopAttestation {
+                    cert_chain: chain,
+                    csr: csr(&KeyPair::generate().unwrap()),
+                })),
+            })
+            .await
+            .unwrap();
+            let mut stream = c
+                .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let challenge = match stream.next().await.unwrap()?.step {
+                Some(pb::attest_response::Step::Challenge(ch)) => ch,
+                other => panic!("expected a challenge, got {other:?}"),
+            };
+            assert_eq!(challenge.algorithm, "ecdsa-p256-sha256");
+            let kp = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                &signer_der,
+            )
+            .unwrap();
+            let sig = kp
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), &challenge.nonce)
+                .unwrap();
+            tx.send(pb::AttestRequest {
+                step: Some(pb::attest_request::Step::ChallengeResponse(
+                    pb::ChallengeResponse {
+                        signature: sig.as_ref().to_vec(),
+                    },
+                )),
+            })
+            .await
+            .unwrap();
+            match stream.next().await.unwrap()?.step {
+                Some(pb::attest_response::Step::Result(svid)) => Ok::<_, tonic::Status>(svid),
+                other => panic!("expected a result, got {other:?}"),
+            }
+        }
+    };
+
+    let svid = run(vec![node_cert.der().to_vec()], &node_key)
+        .await
+        .unwrap();
+    assert!(
+        svid.spiffe_id
+            .starts_with(&format!("spiffe://{TD}/lanyard/agent/x509pop/")),
+        "{}",
+        svid.spiffe_id
+    );
+    let agent = server.json(&["agent", "show", &svid.spiffe_id]);
+    assert_eq!(agent["attestation_type"], "x509pop");
+    assert!(
+        agent["selectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "x509pop:subject:cn:node-1")
+    );
+
+    // The right certificate but the wrong key: the challenge fails.
+    let err = run(
+        vec![node_cert.der().to_vec()],
+        &KeyPair::generate().unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("does not hold"), "{}", err.message());
+
+    // A certificate from an unknown CA is refused before any challenge.
+    let rogue_key = KeyPair::generate().unwrap();
+    let rogue = CertificateParams::default()
+        .self_signed(&rogue_key)
+        .unwrap();
+    let mut c = node_client(&server.agent_addr, shared_bundles(server.bundle()), None).await;
+    let req = pb::AttestRequest {
+        step: Some(pb::attest_request::Step::X509pop(pb::X509PopAttestation {
+            cert_chain: vec![rogue.der().to_vec()],
+            csr: csr(&rogue_key),
+        })),
+    };
+    let mut stream = c
+        .attest(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("not trusted"), "{}", err.message());
+}
