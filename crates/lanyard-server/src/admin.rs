@@ -9,8 +9,11 @@ use lanyard_proto::admin as pb;
 use lanyard_store::{Entry, EntrySpec, JoinToken, Node, Store, StoreError};
 use tonic::{Request, Response, Status};
 
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
 use crate::node::sha256_hex;
 use crate::state::Shared;
+use crate::tls::peer_spiffe_id;
 
 /// Longest owner / environment / hint accepted.
 const MAX_LABEL: usize = 256;
@@ -18,11 +21,58 @@ const MAX_LABEL: usize = 256;
 #[derive(Debug, Clone)]
 pub struct AdminService {
     shared: Arc<Shared>,
+    /// On the mTLS listener every caller must present the X509-SVID of an admin
+    /// entry; on the local socket, file permissions are the gate.
+    require_admin_svid: bool,
 }
 
 impl AdminService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    /// The service for the local Unix socket.
+    pub fn local(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            require_admin_svid: false,
+        }
+    }
+
+    /// The service for the mTLS listener.
+    pub fn mtls(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            require_admin_svid: true,
+        }
+    }
+
+    async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if !self.require_admin_svid {
+            return Ok(());
+        }
+        let peer = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|c| peer_spiffe_id(&c))
+            .ok_or_else(|| {
+                tracing::warn!("admin call refused: no client SVID");
+                Status::unauthenticated("the admin API over TLS requires an admin X509-SVID")
+            })?;
+        let now = self.shared.clock.unix_seconds();
+        let entries = self
+            .shared
+            .store
+            .list_entries()
+            .await
+            .map_err(store_status)?;
+        if entries.iter().any(|e| {
+            e.spec.spiffe_id == peer && e.spec.admin && e.spec.expires_at.is_none_or(|t| t > now)
+        }) {
+            Ok(())
+        } else {
+            tracing::warn!(caller = %peer, "admin call refused: not an admin identity");
+            Err(Status::permission_denied(format!(
+                "{peer} is not an admin identity; only SVIDs of entries created with --admin may use the admin API"
+            )))
+        }
     }
 }
 
@@ -192,6 +242,7 @@ fn entry_id(s: &str) -> Result<&str, Status> {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn create_entry(&self, req: Request<pb::Entry>) -> Result<Response<pb::Entry>, Status> {
+        self.authorize(&req).await?;
         let spec = validate_entry(&self.shared, req.get_ref())?;
         let e = self
             .shared
@@ -208,6 +259,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UpdateEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
+        self.authorize(&req).await?;
         let r = req.into_inner();
         let e = r.entry.ok_or_else(|| bad("entry is required"))?;
         let id = entry_id(&e.id)?;
@@ -225,6 +277,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn delete_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {
+        self.authorize(&req).await?;
         let id = entry_id(&req.get_ref().id)?;
         let e = self
             .shared
@@ -238,6 +291,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {
+        self.authorize(&req).await?;
         let id = entry_id(&req.get_ref().id)?;
         let e = self
             .shared
@@ -253,6 +307,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::EntryList>, Status> {
+        self.authorize(&req).await?;
         let f = req.into_inner();
         let spiffe = (!f.spiffe_id.is_empty())
             .then(|| SpiffeId::new(&f.spiffe_id).map_err(|e| bad(format!("spiffe_id filter: {e}"))))
@@ -287,6 +342,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        self.authorize(&req).await?;
         let r = req.into_inner();
         let ttl = if r.ttl_seconds == 0 {
             self.shared.config.join_token_ttl
@@ -335,8 +391,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_agents(
         &self,
-        _req: Request<pb::Empty>,
+        req: Request<pb::Empty>,
     ) -> Result<Response<pb::AgentList>, Status> {
+        self.authorize(&req).await?;
         let nodes = self.shared.store.list_nodes().await.map_err(store_status)?;
         Ok(Response::new(pb::AgentList {
             agents: nodes.iter().map(to_pb_agent).collect(),
@@ -344,6 +401,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
+        self.authorize(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
         let n = self
             .shared
@@ -356,6 +414,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn ban_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
+        self.authorize(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
         let n = self
             .shared
@@ -369,6 +428,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn evict_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
+        self.authorize(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
         let n = self
             .shared
@@ -383,8 +443,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn get_bundle(
         &self,
-        _req: Request<pb::Empty>,
+        req: Request<pb::Empty>,
     ) -> Result<Response<pb::BundleResponse>, Status> {
+        self.authorize(&req).await?;
         let p = self.shared.published();
         let pem = p
             .bundle

@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub bind: Option<String>,
     pub http_bind: Option<String>,
     pub admin_socket: Option<PathBuf>,
+    pub admin_bind: Option<String>,
     pub database_url: Option<String>,
     pub agent_svid_ttl: Option<String>,
     pub join_token_ttl: Option<String>,
@@ -82,6 +83,8 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     pub http_bind: SocketAddr,
     pub admin_socket: PathBuf,
+    /// Admin API over mTLS for admin SVIDs; `None`: not served.
+    pub admin_bind: Option<SocketAddr>,
     /// `None`: SQLite at `data_dir/lanyard.db`.
     pub database_url: Option<String>,
     pub agent_svid_ttl: Duration,
@@ -173,6 +176,10 @@ impl ServerConfig {
             .clone()
             .or(f.admin_socket)
             .unwrap_or_else(|| data_dir.join("admin.sock"));
+        let admin_bind = match &f.admin_bind {
+            None => None,
+            Some(a) => Some(addr("admin_bind", Some(a), "")?),
+        };
         let database_url = o.database_url.clone().or(f.database_url);
         if let Some(u) = &database_url
             && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
@@ -264,6 +271,7 @@ impl ServerConfig {
             bind,
             http_bind,
             admin_socket,
+            admin_bind,
             database_url,
             agent_svid_ttl,
             join_token_ttl,
@@ -322,6 +330,7 @@ mod tests {
             ("[ca]\nca_ttl = \"forever\"", "ca.ca_ttl"),
             ("[ca]\nx509_svid_ttl = \"48h\"", "ca.x509_svid_ttl"),
             ("bind = \"localhost\"", "bind"),
+            ("admin_bind = \"nowhere\"", "admin_bind"),
             ("database_url = \"mysql://x\"", "database_url"),
             ("log_level = \"loud\"", "log_level"),
             ("[ca]\nupstream_cert = \"/a\"", "ca.upstream_cert"),

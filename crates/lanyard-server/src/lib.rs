@@ -42,6 +42,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RunningServer {
     pub shared: Arc<Shared>,
     pub agent_addr: SocketAddr,
+    /// The admin mTLS listener, when `admin_bind` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
     pub admin_socket: PathBuf,
     shutdown: watch::Sender<bool>,
@@ -115,51 +117,39 @@ async fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(l)
 }
 
-/// Start the server with the given configuration and clock.
-pub async fn start(
-    config: ServerConfig,
-    clock: Arc<dyn Clock>,
-) -> Result<RunningServer, ServerError> {
-    let shared = Shared::open(config, clock).await?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+type TlsConns = tokio::sync::mpsc::Receiver<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+>;
 
-    // Admin API on the Unix socket.
-    let admin_socket = shared.config.admin_socket.clone();
-    let admin_listener = bind_admin_socket(&admin_socket).await?;
-    let admin = AdminServer::new(admin::AdminService::new(shared.clone()));
-    let rx = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(admin)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), until(rx))
-            .await
-            .map_err(|e| ServerError::Other(format!("admin API: {e}")))
-    });
-
-    // Agent API over TLS.
-    let listener = TcpListener::bind(shared.config.bind).await.map_err(|e| {
-        ServerError::Io(format!("cannot bind agent API {}: {e}", shared.config.bind))
-    })?;
-    let agent_addr = listener
+/// Accept TCP connections, complete SPIFFE mTLS handshakes off the accept loop, and
+/// hand finished TLS streams to a gRPC server. Failed handshakes are logged only.
+async fn tls_listener(
+    shared: &Arc<Shared>,
+    bind: SocketAddr,
+    client_cert_mandatory: bool,
+    shutdown: watch::Receiver<bool>,
+    tasks: &mut JoinSet<Result<(), ServerError>>,
+) -> Result<(SocketAddr, TlsConns), ServerError> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| ServerError::Io(format!("cannot bind {bind}: {e}")))?;
+    let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Io(e.to_string()))?;
     let verifier = Arc::new(tls::SpiffeClientVerifier::new(
         shared.bundles.clone(),
-        false,
+        client_cert_mandatory,
     ));
     let tls_cfg =
         tls::server_config(shared.server_tls.clone(), verifier).map_err(ServerError::Other)?;
     let acceptor = TlsAcceptor::from(Arc::new(tls_cfg));
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
-    let rx = shutdown_rx.clone();
     tasks.spawn(async move {
-        let mut stop = Box::pin(until(rx));
+        let mut stop = Box::pin(until(shutdown));
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
-                accepted = listener.accept() => {
-                    let (tcp, peer) = match accepted {
+                accepted = listener.accept() => {                    let (tcp, peer) = match accepted {
                         Ok(x) => x,
                         Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
                     };
@@ -176,6 +166,40 @@ pub async fn start(
             }
         }
     });
+    Ok((addr, conn_rx))
+}
+
+/// Start the server with the given configuration and clock.
+pub async fn start(
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, ServerError> {
+    let shared = Shared::open(config, clock).await?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    // Admin API on the Unix socket.
+    let admin_socket = shared.config.admin_socket.clone();
+    let admin_listener = bind_admin_socket(&admin_socket).await?;
+    let admin = AdminServer::new(admin::AdminService::local(shared.clone()));
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), until(rx))
+            .await
+            .map_err(|e| ServerError::Other(format!("admin API: {e}")))
+    });
+
+    // Agent API over TLS (client certificate optional: attestation has none yet).
+    let (agent_addr, conn_rx) = tls_listener(
+        &shared,
+        shared.config.bind,
+        false,
+        shutdown_rx.clone(),
+        &mut tasks,
+    )
+    .await?;
     let node_svc = NodeServer::new(node::NodeService::new(shared.clone()));
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -185,6 +209,25 @@ pub async fn start(
             .await
             .map_err(|e| ServerError::Other(format!("agent API: {e}")))
     });
+
+    // Admin API over mTLS for admin SVIDs (client certificate mandatory).
+    let admin_addr = match shared.config.admin_bind {
+        None => None,
+        Some(bind) => {
+            let (addr, conns) =
+                tls_listener(&shared, bind, true, shutdown_rx.clone(), &mut tasks).await?;
+            let svc = AdminServer::new(admin::AdminService::mtls(shared.clone()));
+            let rx = shutdown_rx.clone();
+            tasks.spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(ReceiverStream::new(conns), until(rx))
+                    .await
+                    .map_err(|e| ServerError::Other(format!("admin mTLS API: {e}")))
+            });
+            Some(addr)
+        }
+    };
 
     // Health.
     let http = TcpListener::bind(shared.config.http_bind)
@@ -248,6 +291,7 @@ pub async fn start(
     Ok(RunningServer {
         shared,
         agent_addr,
+        admin_addr,
         http_addr,
         admin_socket,
         shutdown,

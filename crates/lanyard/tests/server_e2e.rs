@@ -712,3 +712,89 @@ async fn x509pop_attestation() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(err.message().contains("not trusted"), "{}", err.message());
 }
+
+/// The admin API over mTLS serves only SVIDs of admin entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_over_mtls_requires_an_admin_svid() {
+    use lanyard_proto::admin as apb;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "admin_bind = \"127.0.0.1:0\"\n").unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), None, Some(&cfg));
+    let mtls_addr = server
+        .admin_mtls
+        .clone()
+        .expect("admin_mtls in the ready line");
+
+    // An agent, an admin entry and a plain entry, and an SVID for each.
+    let agent_key = KeyPair::generate().unwrap();
+    let svid = attest_join_token(&server, &token(&server, &[]), &agent_key)
+        .await
+        .unwrap();
+    let bundles = shared_bundles(server.bundle());
+    let mut agent = node_client(
+        &server.agent_addr,
+        bundles.clone(),
+        Some((&svid.cert_chain, &agent_key.serialize_der())),
+    )
+    .await;
+    let admin_entry = create_entry(&server, "/ops/admin", &svid.spiffe_id, &["--admin"]);
+    let plain_entry = create_entry(&server, "/ops/plain", &svid.spiffe_id, &[]);
+    let mut identities = Vec::new();
+    for entry_id in [&admin_entry, &plain_entry] {
+        let key = KeyPair::generate().unwrap();
+        let r = agent
+            .batch_new_x509_svid(pb::BatchX509SvidRequest {
+                requests: vec![pb::X509SvidRequest {
+                    entry_id: entry_id.clone(),
+                    csr: csr(&key),
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        identities.push((r.results[0].cert_chain.clone(), key.serialize_der()));
+    }
+
+    let client = |i: usize| {
+        let (chain, key) = identities[i].clone();
+        let addr = mtls_addr.clone();
+        let bundles = bundles.clone();
+        async move {
+            let ch = common::tls_channel(&addr, bundles, Some((&chain, &key)))
+                .await
+                .unwrap();
+            apb::admin_client::AdminClient::new(ch)
+        }
+    };
+    let mut admin = client(0).await;
+    let list = admin
+        .list_entries(apb::ListEntriesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.entries.len(), 2);
+    let mut plain = client(1).await;
+    let err = plain
+        .list_entries(apb::ListEntriesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("not an admin identity"),
+        "{}",
+        err.message()
+    );
+    let err = plain.create_entry(apb::Entry::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // No client certificate: the TLS handshake itself is refused.
+    let anon = common::tls_channel(&mtls_addr, bundles.clone(), None).await;
+    if let Ok(ch) = anon {
+        let err = apb::admin_client::AdminClient::new(ch)
+            .list_entries(apb::ListEntriesRequest::default())
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), tonic::Code::Ok);
+    }
+}

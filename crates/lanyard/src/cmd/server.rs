@@ -27,8 +27,12 @@ pub async fn run(o: Overrides) -> Result<ExitCode, String> {
     tracing::info!(trust_domain = %td, agent_api = %running.agent_addr, http = %running.http_addr,
         admin_socket = %running.admin_socket.display(), "lanyard server ready");
     // One machine-readable line on stdout, for scripts and tests.
+    let mtls = running
+        .admin_addr
+        .map(|a| format!(" admin_mtls={a}"))
+        .unwrap_or_default();
     println!(
-        "lanyard server ready trust_domain={td} agent_api={} http={} admin_socket={}",
+        "lanyard server ready trust_domain={td} agent_api={} http={} admin_socket={}{mtls}",
         running.agent_addr,
         running.http_addr,
         running.admin_socket.display()

@@ -27,6 +27,7 @@ pub struct ServerProc {
     pub agent_addr: String,
     pub http_addr: String,
     pub admin_socket: PathBuf,
+    pub admin_mtls: Option<String>,
     pub database_url: Option<String>,
     pub config: Option<PathBuf>,
 }
@@ -88,6 +89,10 @@ impl ServerProc {
             agent_addr: field("agent_api"),
             http_addr: field("http"),
             admin_socket: PathBuf::from(field("admin_socket")),
+            admin_mtls: line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("admin_mtls="))
+                .map(str::to_string),
             database_url: database_url.map(str::to_string),
             config: config.map(Path::to_path_buf),
         }
@@ -169,6 +174,19 @@ pub async fn node_client(
     bundles: Arc<RwLock<BundleSet>>,
     identity: Option<(&[Vec<u8>], &[u8])>,
 ) -> NodeClient<Channel> {
+    NodeClient::new(
+        tls_channel(addr, bundles, identity)
+            .await
+            .expect("connect to the agent API"),
+    )
+}
+
+/// A gRPC channel over SPIFFE mTLS to the server.
+pub async fn tls_channel(
+    addr: &str,
+    bundles: Arc<RwLock<BundleSet>>,
+    identity: Option<(&[Vec<u8>], &[u8])>,
+) -> Result<Channel, tonic::transport::Error> {
     let server_id = SpiffeId::new(&format!("spiffe://{TD}/lanyard/server")).unwrap();
     let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id));
     let resolver = identity
@@ -189,9 +207,8 @@ pub async fn node_client(
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
         }))
-        .await
-        .expect("connect to the agent API");
-    NodeClient::new(channel)
+        .await?;
+    Ok(channel)
 }
 
 /// A fresh PostgreSQL database, dropped with the guard.
