@@ -358,3 +358,33 @@ fn jwt_svids_carry_the_required_header_and_claims() {
     assert_eq!(c["iss"], "https://example.org");
     assert_eq!(c["jti"], j.jti.as_str());
 }
+
+#[test]
+fn minted_jwt_svids_validate_with_the_published_bundle() {
+    for alg in [
+        KeyAlgorithm::EcP256,
+        KeyAlgorithm::EcP384,
+        KeyAlgorithm::Rsa2048,
+    ] {
+        let ca = ca_with(alg);
+        let j = ca
+            .mint_jwt_svid(&id("spiffe://example.org/w"), &["db".into()], None, T0)
+            .unwrap();
+        let svid = lanyard_core::JwtSvid::validate(
+            &j.token,
+            &["db"],
+            &bundles(&ca),
+            &FakeClock::at(T0 + 1),
+        )
+        .unwrap();
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/w");
+        assert_eq!(svid.kid(), j.kid);
+        let late = lanyard_core::JwtSvid::validate(
+            &j.token,
+            &["db"],
+            &bundles(&ca),
+            &FakeClock::at(j.expiry),
+        );
+        assert!(late.is_err(), "{alg}");
+    }
+}

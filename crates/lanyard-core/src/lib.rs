@@ -8,11 +8,13 @@ pub mod clock;
 pub mod dns;
 pub mod duration;
 pub mod id;
+pub mod jwt;
 pub mod selector;
 pub mod x509;
 
 pub use bundle::{Bundle, BundleError, BundleSet, JwtAuthority, PublicJwk, X509Authority};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use id::{IdError, SpiffeId, TrustDomain};
+pub use jwt::{JwtError, JwtSvid};
 pub use selector::{Selector, SelectorError};
 pub use x509::{Rule, RuleCheck, Severity, X509Error, X509Svid};
