@@ -71,6 +71,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Whole-system benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Attested agents (admin API).
     Agent {
         #[command(subcommand)]
@@ -147,6 +152,15 @@ enum EntryCommand {
         parent_id: Option<String>,
         #[arg(long)]
         selector: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// X509-SVIDs per second through the agent API, next to raw P-256 sign+verify.
+    Issue {
+        #[command(flatten)]
+        args: cmd::bench::IssueArgs,
     },
 }
 
@@ -285,6 +299,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             spiffe_id,
             admin.output,
         )),
+        Command::Bench {
+            command: BenchCommand::Issue { args },
+        } => runtime()?.block_on(cmd::bench::issue(args)),
         Command::Agent { command, admin } => {
             let (action, id) = match &command {
                 AgentCommand::List => ("list", None),

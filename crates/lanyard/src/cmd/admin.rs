@@ -9,7 +9,7 @@ use lanyard_proto::admin::admin_client::AdminClient;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::Output;
 
@@ -25,18 +25,9 @@ pub async fn connect(socket: Option<&Path>) -> Result<AdminClient<Channel>, Stri
             path.display()
         ));
     }
-    let p = path.clone();
-    let channel = Endpoint::try_from("http://lanyard.admin")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(p).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
+    let channel = lanyard_server::client::unix_channel(&path)
         .await
-        .map_err(|e| format!("cannot connect to the admin socket {}: {e}", path.display()))?;
+        .map_err(|e| e.to_string())?;
     Ok(AdminClient::new(channel))
 }
 

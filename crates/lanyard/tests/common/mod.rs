@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use lanyard_core::{Bundle, BundleSet, SpiffeId, TrustDomain};
 use lanyard_proto::node::node_client::NodeClient;
-use lanyard_server::tls::{SpiffeServerVerifier, SvidResolver, certified_key, client_config};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub const TD: &str = "example.org";
 
@@ -186,29 +185,9 @@ pub async fn tls_channel(
     addr: &str,
     bundles: Arc<RwLock<BundleSet>>,
     identity: Option<(&[Vec<u8>], &[u8])>,
-) -> Result<Channel, tonic::transport::Error> {
+) -> Result<Channel, lanyard_server::client::ConnectError> {
     let server_id = SpiffeId::new(&format!("spiffe://{TD}/lanyard/server")).unwrap();
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id));
-    let resolver = identity
-        .map(|(chain, key)| Arc::new(SvidResolver::new(certified_key(chain, key).unwrap())));
-    let cfg = Arc::new(client_config(verifier, resolver).unwrap());
-    let addr = addr.to_string();
-    let channel = Endpoint::try_from(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let cfg = cfg.clone();
-            let addr = addr.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let name = rustls::pki_types::ServerName::try_from("lanyard-server").unwrap();
-                let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await?;
-    Ok(channel)
+    lanyard_server::client::tls_channel(addr, bundles, server_id, identity).await
 }
 
 /// A fresh PostgreSQL database, dropped with the guard.

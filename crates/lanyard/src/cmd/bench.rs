@@ -1,0 +1,298 @@
+//! `lanyard bench issue`: whole-system X509-SVID issuance through the agent API,
+//! reported next to raw P-256 sign+verify measured in the same run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
+use lanyard_core::{BundleSet, SpiffeId, SystemClock, TrustDomain};
+use lanyard_proto::admin as apb;
+use lanyard_proto::node as pb;
+use lanyard_server::{Overrides, ServerConfig};
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use crate::Output;
+
+/// Options of `lanyard bench issue`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueArgs {
+    /// How long each measurement runs.
+    #[arg(long, default_value = "5s")]
+    pub duration: String,
+    /// Concurrent agent-API clients.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// CSRs per BatchNewX509Svid request.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Raw P-256: sign and verify a 32-byte message, one thread, for `d`.
+fn p256_sign_verify_per_sec(d: Duration) -> Result<f64, String> {
+    let rng = SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|e| e.to_string())?;
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref())
+        .map_err(|e| e.to_string())?;
+    let public =
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
+    let msg = [7u8; 32];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < d {
+        for _ in 0..64 {
+            let sig = key.sign(&rng, &msg).map_err(|e| e.to_string())?;
+            public
+                .verify(&msg, sig.as_ref())
+                .map_err(|e| e.to_string())?;
+            n += 1;
+        }
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn temp_dir() -> Result<PathBuf, String> {
+    let mut raw = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|e| e.to_string())?;
+    let name: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("lanyard-bench-{name}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+pub async fn issue(args: IssueArgs) -> Result<ExitCode, String> {
+    let duration = lanyard_core::duration::parse_duration(&args.duration)
+        .map_err(|e| format!("--duration: {e}"))?;
+    if args.concurrency == 0 || args.batch == 0 || args.batch > lanyard_server::node::MAX_BATCH {
+        return Err(format!(
+            "--concurrency must be at least 1 and --batch between 1 and {}",
+            lanyard_server::node::MAX_BATCH
+        ));
+    }
+    eprintln!(
+        "measuring raw P-256 sign+verify for {}s ...",
+        duration.as_secs()
+    );
+    let raw = tokio::task::spawn_blocking(move || p256_sign_verify_per_sec(duration))
+        .await
+        .map_err(|e| e.to_string())??;
+
+    let dir = temp_dir()?;
+    let result = run_issue(&args, duration, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (svids, elapsed, errors) = result?;
+    let per_sec = svids as f64 / elapsed.as_secs_f64();
+    let ratio = per_sec / raw;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    match args.output {
+        Output::Text => {
+            println!("raw P-256 sign+verify (1 thread):   {raw:>10.0} ops/s");
+            println!(
+                "X509-SVIDs via agent API:           {per_sec:>10.0} SVIDs/s  ({svids} in {:.1}s, {} clients x batch {}, {errors} errors)",
+                elapsed.as_secs_f64(),
+                args.concurrency,
+                args.batch
+            );
+            println!(
+                "ratio SVIDs/s : raw sign+verify/s:  {ratio:>10.2}  (whole system vs one thread of raw crypto)"
+            );
+            println!(
+                "ratio per core:                     {:>10.2}  ({cores} cores, shared by server and clients)",
+                ratio / cores as f64
+            );
+        }
+        Output::Json => println!(
+            "{}",
+            json!({
+                "raw_p256_sign_verify_per_sec": raw,
+                "x509_svids_per_sec": per_sec,
+                "ratio": ratio,
+                "ratio_per_core": ratio / cores as f64,
+                "svids": svids,
+                "errors": errors,
+                "seconds": elapsed.as_secs_f64(),
+                "concurrency": args.concurrency,
+                "batch": args.batch,
+                "cores": cores,
+            })
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_issue(
+    args: &IssueArgs,
+    duration: Duration,
+    dir: &std::path::Path,
+) -> Result<(u64, Duration, u64), String> {
+    let td = "bench.example";
+    let config = ServerConfig::load(&Overrides {
+        trust_domain: Some(td.to_string()),
+        data_dir: Some(dir.to_path_buf()),
+        bind: Some("127.0.0.1:0".to_string()),
+        http_bind: Some("127.0.0.1:0".to_string()),
+        ..Overrides::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let server = lanyard_server::start(config, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut admin = apb::admin_client::AdminClient::new(
+        lanyard_server::client::unix_channel(&server.admin_socket)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let bundle_doc = admin
+        .get_bundle(apb::Empty {})
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .jwks;
+    let bundle = lanyard_core::Bundle::parse(
+        TrustDomain::new(td).map_err(|e| e.to_string())?,
+        bundle_doc.as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let bundles: Arc<RwLock<BundleSet>> = Arc::new(RwLock::new([bundle].into_iter().collect()));
+    let server_id =
+        SpiffeId::new(&format!("spiffe://{td}/lanyard/server")).map_err(|e| e.to_string())?;
+    let addr = server.agent_addr.to_string();
+
+    // Attest a bench agent with a join token.
+    let token = admin
+        .generate_join_token(apb::JoinTokenRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .token;
+    let agent_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let csr = |k: &rcgen::KeyPair| -> Result<Vec<u8>, String> {
+        Ok(rcgen::CertificateParams::default()
+            .serialize_request(k)
+            .map_err(|e| e.to_string())?
+            .der()
+            .to_vec())
+    };
+    let mut anon = pb::node_client::NodeClient::new(
+        lanyard_server::client::tls_channel(&addr, bundles.clone(), server_id.clone(), None)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let req = pb::AttestRequest {
+        step: Some(pb::attest_request::Step::JoinToken(
+            pb::JoinTokenAttestation {
+                token,
+                csr: csr(&agent_key)?,
+            },
+        )),
+    };
+    let mut stream = anon
+        .attest(tokio_stream::iter(vec![req]))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let svid = match stream.next().await {
+        Some(Ok(pb::AttestResponse {
+            step: Some(pb::attest_response::Step::Result(s)),
+        })) => s,
+        other => return Err(format!("bench agent attestation failed: {other:?}")),
+    };
+    let agent_pkcs8 = agent_key.serialize_der();
+
+    // Entries for the agent, and a pool of CSRs (client key generation is not timed).
+    let mut entry_ids = Vec::new();
+    for i in 0..8 {
+        let e = admin
+            .create_entry(apb::Entry {
+                spiffe_id: format!("spiffe://{td}/bench/w{i}"),
+                parent_id: svid.spiffe_id.clone(),
+                selectors: vec![format!("unix:uid:{}", 1000 + i)],
+                owner: "bench".to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        entry_ids.push(e.id);
+    }
+    let mut csrs = Vec::new();
+    for _ in 0..64 {
+        csrs.push(csr(&rcgen::KeyPair::generate().map_err(|e| e.to_string())?)?);
+    }
+    let csrs = Arc::new(csrs);
+    let entry_ids = Arc::new(entry_ids);
+
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency {
+        clients.push(pb::node_client::NodeClient::new(
+            lanyard_server::client::tls_channel(
+                &addr,
+                bundles.clone(),
+                server_id.clone(),
+                Some((&svid.cert_chain, &agent_pkcs8)),
+            )
+            .await
+            .map_err(|e| e.to_string())?,
+        ));
+    }
+    eprintln!(
+        "issuing X509-SVIDs through the agent API for {}s ...",
+        duration.as_secs()
+    );
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut handles = Vec::new();
+    for (c, mut client) in clients.into_iter().enumerate() {
+        let csrs = csrs.clone();
+        let entry_ids = entry_ids.clone();
+        let batch = args.batch;
+        handles.push(tokio::spawn(async move {
+            let (mut ok, mut errors, mut i) = (0u64, 0u64, c);
+            while Instant::now() < deadline {
+                let requests = (0..batch)
+                    .map(|k| pb::X509SvidRequest {
+                        entry_id: entry_ids[(i + k) % entry_ids.len()].clone(),
+                        csr: csrs[(i + k) % csrs.len()].clone(),
+                    })
+                    .collect();
+                i += batch;
+                match client
+                    .batch_new_x509_svid(pb::BatchX509SvidRequest { requests })
+                    .await
+                {
+                    Ok(r) => {
+                        for res in r.into_inner().results {
+                            if res.error.is_empty() {
+                                ok += 1
+                            } else {
+                                errors += 1
+                            }
+                        }
+                    }
+                    Err(_) => errors += batch as u64,
+                }
+            }
+            (ok, errors)
+        }));
+    }
+    let (mut total, mut errors) = (0u64, 0u64);
+    for h in handles {
+        let (o, e) = h.await.map_err(|e| e.to_string())?;
+        total += o;
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    server.shutdown().await.map_err(|e| e.to_string())?;
+    Ok((total, elapsed, errors))
+}
