@@ -77,18 +77,6 @@ async fn scenario(database_url: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProc::start(dir.path(), database_url, None);
 
-    // Health.
-    let live = std::process::Command::new("curl")
-        .args(["-sf", &format!("http://{}/ready", server.http_addr)])
-        .output();
-    if let Ok(o) = live {
-        assert!(
-            o.status.success(),
-            "/ready: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
-    }
-
     // Join-token attestation.
     let agent_key = KeyPair::generate().unwrap();
     let t = token(&server, &[]);
@@ -797,4 +785,87 @@ async fn admin_api_over_mtls_requires_an_admin_svid() {
             .unwrap_err();
         assert_ne!(err.code(), tonic::Code::Ok);
     }
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Health endpoints, and an upstream CA from disk: our CA becomes an intermediate and
+/// SVID chains verify to the upstream root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_upstream_ca() {
+    use rcgen::{BasicConstraints, DnType, IsCa, KeyUsagePurpose};
+    let dir = tempfile::tempdir().unwrap();
+    let up_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "Corp Root CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root = p.self_signed(&up_key).unwrap();
+    std::fs::write(dir.path().join("up.pem"), root.pem()).unwrap();
+    std::fs::write(dir.path().join("up-key.pem"), up_key.serialize_pem()).unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ca]\nupstream_cert = \"{}\"\nupstream_key = \"{}\"\n",
+            dir.path().join("up.pem").display(),
+            dir.path().join("up-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), None, Some(&cfg));
+
+    let live = http_get(&server.http_addr, "/live").await;
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    let ready = http_get(&server.http_addr, "/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    // The bundle holds the upstream root, not our intermediate.
+    let b = server.bundle();
+    assert_eq!(b.x509_authorities().len(), 1);
+    assert_eq!(b.x509_authorities()[0].der(), root.der().as_ref());
+
+    let agent_key = KeyPair::generate().unwrap();
+    let svid = attest_join_token(&server, &token(&server, &[]), &agent_key)
+        .await
+        .unwrap();
+    assert_eq!(svid.cert_chain.len(), 2, "leaf and Lanyard's intermediate");
+    let checked = verify(&svid.cert_chain, &server);
+    assert_eq!(checked.spiffe_id().to_string(), svid.spiffe_id);
+
+    // A mismatched upstream key is refused at start with a clear error.
+    let other = KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("up-key.pem"), other.serialize_pem()).unwrap();
+    let o = std::process::Command::new(common::bin())
+        .args([
+            "server",
+            "--trust-domain",
+            TD,
+            "--bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data2"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not belong"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
