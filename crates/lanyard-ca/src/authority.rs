@@ -698,6 +698,24 @@ impl CertificateAuthority {
     }
 }
 
+/// Check a PKCS#10 CSR (DER) and its self-signature (proof of possession); returns
+/// the DER SubjectPublicKeyInfo it certifies.
+pub fn verify_csr(der: &[u8]) -> Result<Vec<u8>, CaError> {
+    let (rest, csr) = X509CertificationRequest::from_der(der)
+        .map_err(|e| CaError::BadCsr(format!("not a DER PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(CaError::BadCsr(
+            "trailing bytes after the request".to_string(),
+        ));
+    }
+    csr.verify_signature().map_err(|e| {
+        CaError::BadCsr(format!(
+            "its signature does not verify, so possession of the key is not proven: {e}"
+        ))
+    })?;
+    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
 /// Sign a compact JWS.
 pub fn sign_compact(key: &SigningKey, header: &Value, claims: &Value) -> Result<String, CaError> {
     let enc = |v: &Value| -> Result<String, CaError> {

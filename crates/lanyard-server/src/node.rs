@@ -148,6 +148,8 @@ async fn attest_join_token(
     if j.token.is_empty() {
         return Err(Status::invalid_argument("the join token is empty"));
     }
+    // Check the request before spending the single-use token on it.
+    lanyard_ca::verify_csr(&j.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let hash = sha256_hex(j.token.as_bytes());
     let token: JoinToken = shared
         .store
@@ -225,6 +227,7 @@ async fn attest_x509pop(
     if x.cert_chain.is_empty() {
         return Err(Status::invalid_argument("x509pop: no certificate given"));
     }
+    lanyard_ca::verify_csr(&x.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let td = x509pop_trust_domain().map_err(internal)?;
     lanyard_core::x509::verify_path(&x.cert_chain, &td, roots, shared.clock.as_ref()).map_err(
         |e| {

@@ -92,6 +92,36 @@ async fn scenario(database_url: Option<&str>) {
     assert_eq!(checked.spiffe_id().to_string(), agent_id);
     assert!(svid.bundle_sequence >= 1);
 
+    // A bad CSR is refused without spending the token.
+    let t2 = token(&server, &[]);
+    let mut c = node_client(&server.agent_addr, shared_bundles(server.bundle()), None).await;
+    let req = pb::AttestRequest {
+        step: Some(pb::attest_request::Step::JoinToken(
+            pb::JoinTokenAttestation {
+                token: t2.clone(),
+                csr: b"junk".to_vec(),
+            },
+        )),
+    };
+    let err = c
+        .attest(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("signing request"),
+        "{}",
+        err.message()
+    );
+    attest_join_token(&server, &t2, &KeyPair::generate().unwrap())
+        .await
+        .unwrap();
+
     // A used token is refused; so is an expired one.
     let err = attest_join_token(&server, &t, &KeyPair::generate().unwrap())
         .await
@@ -256,7 +286,7 @@ async fn scenario(database_url: Option<&str>) {
         bundle_before
     );
     assert_eq!(server.json(&["entry", "list"]), entries_before);
-    assert_eq!(server.json(&["agent", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(server.json(&["agent", "list"]).as_array().unwrap().len(), 2);
     let mut agent = node_client(
         &server.agent_addr,
         bundles.clone(),
