@@ -2,7 +2,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["lanyard/admin.proto", "lanyard/node.proto"];
+    let files = [
+        "lanyard/admin.proto",
+        "lanyard/node.proto",
+        "spiffe/workload.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

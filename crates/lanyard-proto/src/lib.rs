@@ -16,3 +16,8 @@ pub mod admin {
 pub mod node {
     tonic::include_proto!("lanyard.node.v1");
 }
+
+/// The SPIFFE Workload API (no proto package).
+pub mod workload {
+    tonic::include_proto!("_");
+}

@@ -77,6 +77,34 @@ pub async fn tls_channel_with(
         })
 }
 
+/// A TLS channel that does NOT verify the server: only for an agent's explicitly
+/// requested insecure first contact, after which the bundle it receives is trusted.
+pub async fn insecure_channel(addr: &str) -> Result<Channel, ConnectError> {
+    let cfg = Arc::new(crate::tls::insecure_client_config().map_err(ConnectError::Identity)?);
+    let target = addr.to_string();
+    let err = |reason: String| ConnectError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    Endpoint::try_from(format!("http://{addr}"))
+        .map_err(|e| err(e.to_string()))?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let cfg = cfg.clone();
+            let target = target.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(target).await?;
+                let name = rustls::pki_types::ServerName::try_from("lanyard-server")
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
 /// A gRPC channel over a Unix socket (the admin socket).
 pub async fn unix_channel(path: &Path) -> Result<Channel, ConnectError> {
     let p = path.to_path_buf();

@@ -76,12 +76,21 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Attested agents (admin API).
+    /// Run the agent (no subcommand), or manage attested agents (admin API).
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
         #[command(subcommand)]
-        command: AgentCommand,
+        command: Option<AgentCommand>,
         #[command(flatten)]
-        admin: AdminArgs,
+        run: cmd::agent::AgentArgs,
+    },
+    /// Server and agent in one process with an entry for your uid: try Lanyard now.
+    Dev {
+        /// Data directory (default: a directory in the temp dir for your uid).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "example.org")]
+        trust_domain: String,
     },
     /// Work with SPIFFE IDs.
     Id {
@@ -113,6 +122,37 @@ enum IdCommand {
 
 #[derive(Debug, Subcommand)]
 enum SvidCommand {
+    /// Fetch X509-SVIDs from the Workload API (SPIFFE_ENDPOINT_SOCKET or --socket).
+    Fetch {
+        #[arg(long)]
+        socket: Option<String>,
+        /// Write svid.pem, svid.key and bundle.pem into this directory.
+        #[arg(long)]
+        write: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Fetch a JWT-SVID for an audience.
+    Jwt {
+        #[arg(long)]
+        socket: Option<String>,
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Validate a JWT-SVID through the Workload API.
+    Validate {
+        #[arg(long)]
+        socket: Option<String>,
+        #[arg(long)]
+        audience: String,
+        token: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Inspect an X509-SVID (PEM, leaf first): SPIFFE ID, validity and every spec rule;
     /// with --bundle, the chain is verified too.
     Inspect {
@@ -180,13 +220,28 @@ enum TokenCommand {
 #[derive(Debug, Subcommand)]
 enum AgentCommand {
     /// List attested agents.
-    List,
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show one agent.
-    Show { spiffe_id: String },
+    Show {
+        spiffe_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Ban an agent: it is refused from now on, even with a valid SVID.
-    Ban { spiffe_id: String },
+    Ban {
+        spiffe_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Evict an agent: forget it; it must attest again.
-    Evict { spiffe_id: String },
+    Evict {
+        spiffe_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -198,6 +253,13 @@ enum BundleFormat {
 
 #[derive(Debug, Subcommand)]
 enum BundleCommand {
+    /// Fetch trust bundles from the Workload API (PEM; --format jwks for JWT bundles).
+    Fetch {
+        #[arg(long)]
+        socket: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: BundleFormat,
+    },
     /// Show the server's trust bundle (admin API).
     Show {
         #[arg(long, value_enum, default_value_t)]
@@ -302,12 +364,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Bench {
             command: BenchCommand::Issue { args },
         } => runtime()?.block_on(cmd::bench::issue(args)),
-        Command::Agent { command, admin } => {
-            let (action, id) = match &command {
-                AgentCommand::List => ("list", None),
-                AgentCommand::Show { spiffe_id } => ("show", Some(spiffe_id.as_str())),
-                AgentCommand::Ban { spiffe_id } => ("ban", Some(spiffe_id.as_str())),
-                AgentCommand::Evict { spiffe_id } => ("evict", Some(spiffe_id.as_str())),
+        Command::Agent { command: None, run } => runtime()?.block_on(cmd::agent::run(run)),
+        Command::Dev { dir, trust_domain } => {
+            runtime()?.block_on(cmd::agent::dev(dir, trust_domain))
+        }
+        Command::Agent {
+            command: Some(command),
+            ..
+        } => {
+            let (action, id, admin) = match &command {
+                AgentCommand::List { admin } => ("list", None, admin),
+                AgentCommand::Show { spiffe_id, admin } => {
+                    ("show", Some(spiffe_id.as_str()), admin)
+                }
+                AgentCommand::Ban { spiffe_id, admin } => ("ban", Some(spiffe_id.as_str()), admin),
+                AgentCommand::Evict { spiffe_id, admin } => {
+                    ("evict", Some(spiffe_id.as_str()), admin)
+                }
             };
             runtime()?.block_on(a::agent(
                 admin.admin_socket.as_deref(),
@@ -329,6 +402,52 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 admin.output,
             ))
         }
+        Command::Svid {
+            command:
+                SvidCommand::Fetch {
+                    socket,
+                    write,
+                    output,
+                },
+        } => runtime()?.block_on(cmd::workload::svid_fetch(
+            socket.as_deref(),
+            write.as_deref(),
+            output,
+        )),
+        Command::Svid {
+            command:
+                SvidCommand::Jwt {
+                    socket,
+                    audience,
+                    spiffe_id,
+                    output,
+                },
+        } => runtime()?.block_on(cmd::workload::svid_jwt(
+            socket.as_deref(),
+            audience,
+            spiffe_id,
+            output,
+        )),
+        Command::Svid {
+            command:
+                SvidCommand::Validate {
+                    socket,
+                    audience,
+                    token,
+                    output,
+                },
+        } => runtime()?.block_on(cmd::workload::svid_validate(
+            socket.as_deref(),
+            audience,
+            token,
+            output,
+        )),
+        Command::Bundle {
+            command: BundleCommand::Fetch { socket, format },
+        } => runtime()?.block_on(cmd::workload::bundle_fetch(
+            socket.as_deref(),
+            format == BundleFormat::Jwks,
+        )),
         Command::Id {
             command: IdCommand::Check { id, output },
         } => could_not_run(cmd::inspect::id_check(&id, output)),

@@ -1,6 +1,8 @@
 //! Command implementations, one module per area.
 
 pub mod admin;
+pub mod agent;
 pub mod bench;
 pub mod inspect;
 pub mod server;
+pub mod workload;

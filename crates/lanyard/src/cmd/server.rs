@@ -57,3 +57,18 @@ pub async fn run(o: Overrides) -> Result<ExitCode, String> {
     result.map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// Wait for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,168 @@
+//! Agent configuration: `--config agent.toml` and/or flags (flags win). Unknown keys
+//! and bad values are errors naming the key.
+
+use std::path::{Path, PathBuf};
+
+use lanyard_core::bundle::pem_certificates;
+use lanyard_core::{Bundle, SpiffeId, TrustDomain, X509Authority};
+use serde::Deserialize;
+
+/// How the agent proves itself to the server when it has no stored agent SVID.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    None,
+    JoinToken(String),
+    X509Pop {
+        cert_chain: Vec<Vec<u8>>,
+        key_pem: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub trust_domain: Option<String>,
+    pub server_address: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub socket_path: Option<PathBuf>,
+    pub join_token: Option<String>,
+    pub trust_bundle: Option<PathBuf>,
+    pub insecure_bootstrap: Option<bool>,
+    pub x509pop_cert: Option<PathBuf>,
+    pub x509pop_key: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+/// Command-line values (each wins over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub trust_domain: Option<String>,
+    pub server_address: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub socket_path: Option<PathBuf>,
+    pub join_token: Option<String>,
+    pub trust_bundle: Option<PathBuf>,
+    pub insecure_bootstrap: bool,
+    pub x509pop_cert: Option<PathBuf>,
+    pub x509pop_key: Option<PathBuf>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub trust_domain: TrustDomain,
+    pub server_address: String,
+    pub server_id: SpiffeId,
+    pub data_dir: PathBuf,
+    pub socket_path: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub trust_bundle: Option<Bundle>,
+    pub insecure_bootstrap: bool,
+    pub log_level: String,
+}
+
+fn invalid(key: &str, reason: impl std::fmt::Display) -> String {
+    format!("setting `{key}`: {reason}")
+}
+
+/// Read a trust bundle file: a SPIFFE bundle (JSON) or PEM CA certificates.
+pub fn read_bundle(path: &Path, td: &TrustDomain) -> Result<Bundle, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Bundle::parse(td.clone(), &bytes).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let mut b = Bundle::new(td.clone());
+    for der in pem_certificates(&bytes).map_err(|e| format!("{}: {e}", path.display()))? {
+        b.add_x509_authority(
+            X509Authority::from_der(der).map_err(|e| format!("{}: {e}", path.display()))?,
+        );
+    }
+    Ok(b)
+}
+
+impl AgentConfig {
+    pub fn load(o: &Overrides) -> Result<Self, String> {
+        let f: FileConfig = match &o.config {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", p.display()))?
+            }
+        };
+        let td = o.trust_domain.clone().or(f.trust_domain).ok_or(
+            "setting `trust_domain` is required (in the config file or as --trust-domain)",
+        )?;
+        let trust_domain = TrustDomain::new(&td).map_err(|e| invalid("trust_domain", e))?;
+        let server_address = o
+            .server_address
+            .clone()
+            .or(f.server_address)
+            .unwrap_or_else(|| "127.0.0.1:8081".to_string());
+        if server_address.parse::<std::net::SocketAddr>().is_err()
+            && server_address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
+            return Err(invalid(
+                "server_address",
+                format!("{server_address:?} is not host:port"),
+            ));
+        }
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(f.data_dir)
+            .ok_or("setting `data_dir` is required (in the config file or as --data-dir)")?;
+        let socket_path = o
+            .socket_path
+            .clone()
+            .or(f.socket_path)
+            .unwrap_or_else(|| data_dir.join("agent.sock"));
+        let trust_bundle = match o.trust_bundle.clone().or(f.trust_bundle) {
+            Some(p) => {
+                Some(read_bundle(&p, &trust_domain).map_err(|e| invalid("trust_bundle", e))?)
+            }
+            None => None,
+        };
+        let insecure_bootstrap = o.insecure_bootstrap || f.insecure_bootstrap.unwrap_or(false);
+        let token = o.join_token.clone().or(f.join_token);
+        let pop_cert = o.x509pop_cert.clone().or(f.x509pop_cert);
+        let pop_key = o.x509pop_key.clone().or(f.x509pop_key);
+        let bootstrap = match (token, pop_cert, pop_key) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(
+                    "give either a join token or an x509pop certificate and key, not both"
+                        .to_string(),
+                );
+            }
+            (Some(t), None, None) => Bootstrap::JoinToken(t),
+            (None, Some(c), Some(k)) => Bootstrap::X509Pop {
+                cert_chain: pem_certificates(
+                    &std::fs::read(&c).map_err(|e| invalid("x509pop_cert", e))?,
+                )
+                .map_err(|e| invalid("x509pop_cert", e))?,
+                key_pem: std::fs::read_to_string(&k).map_err(|e| invalid("x509pop_key", e))?,
+            },
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err("x509pop needs both x509pop_cert and x509pop_key".to_string());
+            }
+            (None, None, None) => Bootstrap::None,
+        };
+        let server_id =
+            SpiffeId::from_parts(&trust_domain, "/lanyard/server").map_err(|e| e.to_string())?;
+        Ok(Self {
+            trust_domain,
+            server_address,
+            server_id,
+            data_dir,
+            socket_path,
+            bootstrap,
+            trust_bundle,
+            insecure_bootstrap,
+            log_level: f.log_level.unwrap_or_else(|| "info".to_string()),
+        })
+    }
+}

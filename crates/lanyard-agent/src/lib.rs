@@ -1,0 +1,149 @@
+//! The Lanyard agent: attests its node to the server, keeps the SVIDs of the entries
+//! it may serve (minted from keys it generates, rotated at about half their life),
+//! and serves the SPIFFE Workload API on a Unix socket, attesting each caller from its
+//! peer credentials.
+
+pub mod attestor;
+pub mod config;
+pub mod state;
+pub mod sync;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub use config::{AgentConfig, Bootstrap, Overrides};
+
+/// A started agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    pub socket_path: PathBuf,
+    pub state: Arc<state::AgentState>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), String>>,
+}
+
+impl RunningAgent {
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Run until stopped or a task fails.
+    pub async fn wait(mut self) -> Result<(), String> {
+        while let Some(r) = self.tasks.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = self.shutdown.send(true);
+                    return Err(e);
+                }
+                Err(e) => {
+                    let _ = self.shutdown.send(true);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+        Ok(())
+    }
+
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+}
+
+async fn until(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Start the agent.
+pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    // Trust: the configured bundle, else the one saved by a previous run.
+    let saved = sync::bundle_file(&cfg.data_dir);
+    let bundle = match &cfg.trust_bundle {
+        Some(b) => Some(b.clone()),
+        None if saved.exists() => Some(config::read_bundle(&saved, &cfg.trust_domain)?),
+        None => None,
+    };
+    if bundle.is_none() && !cfg.insecure_bootstrap {
+        return Err(
+            "no trust bundle: give --trust-bundle (from `lanyard bundle show --format pem` on the server), or --insecure-bootstrap to trust the server on first contact"
+                .to_string(),
+        );
+    }
+    let state = Arc::new(state::AgentState::new(cfg.trust_domain.clone(), bundle));
+
+    // The Workload API socket is public: anyone may ask; attestation decides.
+    let path = cfg.socket_path.clone();
+    if path.exists() {
+        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+            return Err(format!("{} is in use by another agent", path.display()));
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let node = sync::NodeHandle::default();
+    let cfg = Arc::new(cfg);
+    {
+        let (cfg, state, node, rx) = (
+            cfg.clone(),
+            state.clone(),
+            node.clone(),
+            shutdown_rx.clone(),
+        );
+        tasks.spawn(async move {
+            sync::run(cfg, state, node, rx).await;
+            Ok(())
+        });
+    }
+    let svc = workload::WorkloadService::new(
+        state.clone(),
+        Arc::new(attestor::UnixAttestor::default()),
+        node,
+    );
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(svc))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), until(rx))
+            .await
+            .map_err(|e| format!("Workload API: {e}"))
+    });
+    Ok(RunningAgent {
+        socket_path: path,
+        state,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,270 @@
+//! The agent's cache: entries authorized for this agent, the trust bundle, and the
+//! X509-SVIDs (with their private keys) and JWT-SVIDs minted for those entries.
+//! Every change bumps a watch counter that drives the Workload API streams.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use lanyard_core::{Bundle, BundleSet, Selector, SpiffeId, TrustDomain};
+use lanyard_proto::node as pb;
+use tokio::sync::watch;
+
+/// An entry as the agent serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedEntry {
+    pub id: String,
+    pub spiffe_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+    pub hint: String,
+    pub x509_ttl: u64,
+    pub jwt_ttl: u64,
+    pub expires_at: i64,
+    pub revision: i64,
+}
+
+impl CachedEntry {
+    /// Convert at the edge; entries the server should never send are skipped.
+    pub fn from_pb(e: &pb::RegistrationEntry) -> Option<Self> {
+        Some(Self {
+            id: e.id.clone(),
+            spiffe_id: SpiffeId::new(&e.spiffe_id).ok()?,
+            selectors: e
+                .selectors
+                .iter()
+                .map(|s| Selector::new(s))
+                .collect::<Result<_, _>>()
+                .ok()?,
+            hint: e.hint.clone(),
+            x509_ttl: e.x509_ttl_seconds,
+            jwt_ttl: e.jwt_ttl_seconds,
+            expires_at: e.expires_at,
+            revision: e.revision,
+        })
+    }
+
+    /// A workload matches when it has every selector of the entry.
+    pub fn matches(&self, workload: &[Selector], now: i64) -> bool {
+        (self.expires_at == 0 || self.expires_at > now)
+            && !self.selectors.is_empty()
+            && self.selectors.iter().all(|s| workload.contains(s))
+    }
+}
+
+/// An X509-SVID and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedSvid {
+    pub spiffe_id: SpiffeId,
+    pub chain: Vec<Vec<u8>>,
+    pub key_pkcs8: Vec<u8>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    /// When to rotate: about half the lifetime, with jitter.
+    pub rotate_at: i64,
+    pub entry_revision: i64,
+}
+
+/// A cached JWT-SVID.
+#[derive(Debug, Clone)]
+pub struct CachedJwt {
+    pub token: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: Vec<CachedEntry>,
+    bundle: Option<Bundle>,
+    bundle_sequence: u64,
+    svids: HashMap<String, CachedSvid>,
+    jwts: HashMap<(String, Vec<String>), CachedJwt>,
+}
+
+/// Shared agent state.
+#[derive(Debug)]
+pub struct AgentState {
+    pub trust_domain: TrustDomain,
+    inner: RwLock<Inner>,
+    changes: watch::Sender<u64>,
+    /// The trust bundles used to verify the server (and to validate JWT-SVIDs).
+    pub bundles: Arc<RwLock<BundleSet>>,
+}
+
+impl AgentState {
+    pub fn new(trust_domain: TrustDomain, bundle: Option<Bundle>) -> Self {
+        let (changes, _) = watch::channel(0);
+        let set: BundleSet = bundle.iter().cloned().collect();
+        Self {
+            trust_domain,
+            inner: RwLock::new(Inner {
+                bundle,
+                ..Inner::default()
+            }),
+            changes,
+            bundles: Arc::new(RwLock::new(set)),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Apply a pushed update from the server. Returns true if anything changed.
+    pub fn apply_sync(&self, update: &pb::SyncUpdate) -> bool {
+        let entries: Vec<CachedEntry> = update
+            .entries
+            .iter()
+            .filter_map(CachedEntry::from_pb)
+            .collect();
+        let bundle = Bundle::parse(self.trust_domain.clone(), update.bundle.as_bytes()).ok();
+        let mut changed = false;
+        if let Ok(mut inner) = self.inner.write() {
+            if inner.entries != entries {
+                // SVIDs of removed or changed entries go at once.
+                let keep: HashMap<&str, i64> = entries
+                    .iter()
+                    .map(|e| (e.id.as_str(), e.revision))
+                    .collect();
+                inner
+                    .svids
+                    .retain(|id, s| keep.get(id.as_str()) == Some(&s.entry_revision));
+                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                inner.jwts.retain(|(id, _), _| ids.contains(id));
+                inner.entries = entries;
+                changed = true;
+            }
+            if let Some(b) = bundle
+                && (inner.bundle.as_ref() != Some(&b)
+                    || inner.bundle_sequence != update.bundle_sequence)
+            {
+                if let Ok(mut set) = self.bundles.write() {
+                    set.insert(b.clone());
+                }
+                inner.bundle = Some(b);
+                inner.bundle_sequence = update.bundle_sequence;
+                changed = true;
+            }
+        }
+        if changed {
+            self.notify();
+        }
+        changed
+    }
+
+    /// Drop everything (the agent was banned or evicted).
+    pub fn clear_identities(&self) {
+        if let Ok(mut inner) = self.inner.write() {
+            inner.entries.clear();
+            inner.svids.clear();
+            inner.jwts.clear();
+        }
+        self.notify();
+    }
+
+    pub fn entries(&self) -> Vec<CachedEntry> {
+        self.inner
+            .read()
+            .map(|i| i.entries.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn bundle(&self) -> Option<Bundle> {
+        self.inner.read().ok().and_then(|i| i.bundle.clone())
+    }
+
+    pub fn svid(&self, entry_id: &str) -> Option<CachedSvid> {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|i| i.svids.get(entry_id).cloned())
+    }
+
+    /// Entries whose SVID is missing or due for rotation at `now`.
+    pub fn due(&self, now: i64) -> Vec<CachedEntry> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        inner
+            .entries
+            .iter()
+            .filter(|e| e.expires_at == 0 || e.expires_at > now)
+            .filter(|e| match inner.svids.get(&e.id) {
+                None => true,
+                Some(s) => now >= s.rotate_at || s.entry_revision != e.revision,
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn store_svid(&self, entry_id: &str, svid: CachedSvid) {
+        if let Ok(mut inner) = self.inner.write() {
+            // Only if the entry is still ours.
+            if inner.entries.iter().any(|e| e.id == entry_id) {
+                inner.svids.insert(entry_id.to_string(), svid);
+            }
+        }
+        self.notify();
+    }
+
+    /// Remove SVIDs that expired (e.g. the server was unreachable for too long).
+    pub fn drop_expired(&self, now: i64) {
+        let mut changed = false;
+        if let Ok(mut inner) = self.inner.write() {
+            let before = inner.svids.len();
+            inner.svids.retain(|_, s| s.expires_at > now);
+            inner.jwts.retain(|_, j| j.expires_at > now);
+            changed = before != inner.svids.len();
+        }
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Identities of a workload, in entry order: (entry, its current SVID if any).
+    pub fn identities(
+        &self,
+        workload: &[Selector],
+        now: i64,
+    ) -> Vec<(CachedEntry, Option<CachedSvid>)> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        inner
+            .entries
+            .iter()
+            .filter(|e| e.matches(workload, now))
+            .map(|e| {
+                (
+                    e.clone(),
+                    inner
+                        .svids
+                        .get(&e.id)
+                        .filter(|s| s.expires_at > now)
+                        .cloned(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn cached_jwt(&self, entry_id: &str, audience: &[String], now: i64) -> Option<CachedJwt> {
+        let inner = self.inner.read().ok()?;
+        let j = inner.jwts.get(&(entry_id.to_string(), audience.to_vec()))?;
+        // Reuse until half of the lifetime has passed.
+        (now < j.issued_at + (j.expires_at - j.issued_at) / 2).then(|| j.clone())
+    }
+
+    pub fn store_jwt(&self, entry_id: &str, audience: &[String], jwt: CachedJwt) {
+        if let Ok(mut inner) = self.inner.write() {
+            if inner.jwts.len() > 10_000 {
+                inner.jwts.clear();
+            }
+            inner
+                .jwts
+                .insert((entry_id.to_string(), audience.to_vec()), jwt);
+        }
+    }
+}

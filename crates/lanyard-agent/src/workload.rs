@@ -1,0 +1,395 @@
+//! The SPIFFE Workload API served on the agent's Unix socket.
+//!
+//! Every call must carry `workload.spiffe.io: true` (else `InvalidArgument`); the
+//! caller is attested from its peer credentials (failure: `Unavailable`); a caller
+//! with no identity gets `PermissionDenied`. Streams send full state at once and again
+//! on every rotation, entry change or bundle change.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use lanyard_core::{Bundle, BundleSet, Clock, JwtSvid, Selector, SystemClock};
+use lanyard_proto::node as npb;
+use lanyard_proto::workload as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::attestor::UnixAttestor;
+use crate::state::{AgentState, CachedJwt};
+use crate::sync::NodeHandle;
+
+/// How long a first X509-SVID response may wait for SVIDs being minted.
+const FIRST_SVID_WAIT: Duration = Duration::from_secs(10);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The Workload API service.
+#[derive(Clone)]
+pub struct WorkloadService {
+    state: Arc<AgentState>,
+    attestor: Arc<UnixAttestor>,
+    node: NodeHandle,
+}
+
+impl std::fmt::Debug for WorkloadService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadService").finish_non_exhaustive()
+    }
+}
+
+impl WorkloadService {
+    pub fn new(state: Arc<AgentState>, attestor: Arc<UnixAttestor>, node: NodeHandle) -> Self {
+        Self {
+            state,
+            attestor,
+            node,
+        }
+    }
+
+    /// Header check and attestation.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
+        match req.metadata().get("workload.spiffe.io") {
+            Some(v) if v.as_bytes() == b"true" => {}
+            _ => {
+                return Err(Status::invalid_argument(
+                    "security header missing from request: every Workload API call must carry the metadata `workload.spiffe.io: true`",
+                ));
+            }
+        }
+        let cred = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .ok_or_else(|| {
+                Status::unavailable("workload attestation failed: no peer credentials")
+            })?;
+        let pid = cred.pid().ok_or_else(|| {
+            Status::unavailable("workload attestation failed: the caller's pid is unknown")
+        })?;
+        self.attestor
+            .attest(pid, cred.uid(), cred.gid())
+            .map_err(|e| {
+                tracing::warn!(pid, error = %e, "workload attestation failed");
+                Status::unavailable(format!("workload attestation failed: {e}"))
+            })
+    }
+
+    fn bundle_or_unavailable(&self) -> Result<Bundle, Status> {
+        self.state.bundle().ok_or_else(|| {
+            Status::unavailable("the agent has no trust bundle yet; it is still starting")
+        })
+    }
+
+    fn x509_response(
+        &self,
+        selectors: &[Selector],
+    ) -> Result<Option<pb::X509svidResponse>, Status> {
+        let now = SystemClock.unix_seconds();
+        let ids = self.state.identities(selectors, now);
+        if ids.is_empty() {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let bundle = self.bundle_or_unavailable()?.x509_authorities_der();
+        let svids: Vec<pb::X509svid> = ids
+            .iter()
+            .filter_map(|(e, s)| {
+                s.as_ref().map(|s| pb::X509svid {
+                    spiffe_id: e.spiffe_id.to_string(),
+                    x509_svid: s.chain.concat(),
+                    x509_svid_key: s.key_pkcs8.clone(),
+                    bundle: bundle.clone(),
+                    hint: e.hint.clone(),
+                })
+            })
+            .collect();
+        if svids.is_empty() {
+            return Ok(None); // identities exist, SVIDs are being minted
+        }
+        Ok(Some(pb::X509svidResponse {
+            svids,
+            crl: Vec::new(),
+            federated_bundles: HashMap::new(),
+        }))
+    }
+}
+
+fn td_key(b: &Bundle) -> String {
+    b.trust_domain().id_string()
+}
+
+fn jwt_bundle_json(b: &Bundle) -> Vec<u8> {
+    let mut only_jwt = Bundle::new(b.trust_domain().clone());
+    for a in b.jwt_authorities() {
+        only_jwt.add_jwt_authority(a.clone());
+    }
+    if let Some(s) = b.sequence() {
+        only_jwt.set_sequence(s);
+    }
+    if let Some(r) = b.refresh_hint() {
+        only_jwt.set_refresh_hint(r);
+    }
+    only_jwt
+        .to_json()
+        .map(String::into_bytes)
+        .unwrap_or_default()
+}
+
+/// A stream that recomputes `make` on every state change and sends it when it differs
+/// from the last message; an error ends the stream.
+fn watch_stream<T, F>(state: Arc<AgentState>, make: F) -> BoxStream<T>
+where
+    T: Clone + PartialEq + Send + 'static,
+    F: Fn() -> Result<Option<T>, Status> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    let mut changes = state.subscribe();
+    tokio::spawn(async move {
+        let mut last: Option<T> = None;
+        let started = tokio::time::Instant::now();
+        loop {
+            changes.mark_unchanged();
+            match make() {
+                Ok(Some(msg)) => {
+                    if last.as_ref() != Some(&msg) {
+                        if tx.send(Ok(msg.clone())).await.is_err() {
+                            return;
+                        }
+                        last = Some(msg);
+                    }
+                }
+                Ok(None) => {
+                    if last.is_none() && started.elapsed() > FIRST_SVID_WAIT {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "SVIDs are not available yet; retry",
+                            )))
+                            .await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                // Re-check now and then: expiry is time-driven.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn struct_from_json(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), value_from_json(v)))
+            .collect(),
+    }
+}
+
+fn value_from_json(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(value_from_json).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(struct_from_json(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
+    type FetchX509SVIDStream = BoxStream<pb::X509svidResponse>;
+    type FetchX509BundlesStream = BoxStream<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = BoxStream<pb::JwtBundlesResponse>;
+    type FetchWITSVIDStream = BoxStream<pb::WitsvidResponse>;
+    type FetchWITBundlesStream = BoxStream<pb::WitBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = self.caller(&req)?;
+        // Refuse at once (not inside the stream) a caller with no identity.
+        if self
+            .state
+            .identities(&selectors, SystemClock.unix_seconds())
+            .is_empty()
+        {
+            tracing::info!(?selectors, "Workload API: no identity for caller");
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let this = self.clone();
+        Ok(Response::new(watch_stream(self.state.clone(), move || {
+            this.x509_response(&selectors)
+        })))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let selectors = self.caller(&req)?;
+        if self
+            .state
+            .identities(&selectors, SystemClock.unix_seconds())
+            .is_empty()
+        {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let state = self.state.clone();
+        Ok(Response::new(watch_stream(self.state.clone(), move || {
+            let b = state
+                .bundle()
+                .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
+            Ok(Some(pb::X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: HashMap::from([(td_key(&b), b.x509_authorities_der())]),
+            }))
+        })))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        let selectors = self.caller(&req)?;
+        let r = req.into_inner();
+        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience must be specified (one or more non-empty values)",
+            ));
+        }
+        let now = SystemClock.unix_seconds();
+        let mut ids = self.state.identities(&selectors, now);
+        if !r.spiffe_id.is_empty() {
+            ids.retain(|(e, _)| e.spiffe_id.to_string() == r.spiffe_id);
+        }
+        if ids.is_empty() {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let mut audience = r.audience.clone();
+        audience.sort();
+        audience.dedup();
+        let mut svids = Vec::new();
+        for (entry, _) in ids {
+            let token = match self.state.cached_jwt(&entry.id, &audience, now) {
+                Some(j) => j.token,
+                None => {
+                    let mut client = self.node.client().await.ok_or_else(|| {
+                        Status::unavailable("the Lanyard server is not reachable; retry shortly")
+                    })?;
+                    let resp = client
+                        .new_jwt_svid(npb::JwtSvidRequest {
+                            entry_id: entry.id.clone(),
+                            audience: audience.clone(),
+                            ttl_seconds: 0,
+                        })
+                        .await
+                        .map_err(|e| {
+                            Status::unavailable(format!("JWT-SVID minting failed: {}", e.message()))
+                        })?
+                        .into_inner();
+                    self.state.store_jwt(
+                        &entry.id,
+                        &audience,
+                        CachedJwt {
+                            token: resp.token.clone(),
+                            issued_at: now,
+                            expires_at: resp.expires_at,
+                        },
+                    );
+                    resp.token
+                }
+            };
+            svids.push(pb::Jwtsvid {
+                spiffe_id: entry.spiffe_id.to_string(),
+                svid: token,
+                hint: entry.hint.clone(),
+            });
+        }
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let selectors = self.caller(&req)?;
+        if self
+            .state
+            .identities(&selectors, SystemClock.unix_seconds())
+            .is_empty()
+        {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let state = self.state.clone();
+        Ok(Response::new(watch_stream(self.state.clone(), move || {
+            let b = state
+                .bundle()
+                .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
+            Ok(Some(pb::JwtBundlesResponse {
+                bundles: HashMap::from([(td_key(&b), jwt_bundle_json(&b))]),
+            }))
+        })))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let set: BundleSet = self
+            .state
+            .bundles
+            .read()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        let svid = JwtSvid::validate(&r.svid, &[r.audience.as_str()], &set, &SystemClock)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: svid.spiffe_id().to_string(),
+            claims: Some(struct_from_json(svid.claims())),
+        }))
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        _req: Request<pb::WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        Err(Status::unimplemented(
+            "the WIT-SVID profile is not implemented by this agent",
+        ))
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        _req: Request<pb::WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        Err(Status::unimplemented(
+            "the WIT-SVID profile is not implemented by this agent",
+        ))
+    }
+}

@@ -1,0 +1,189 @@
+//! `lanyard agent` (run the agent) and `lanyard dev` (server + agent in one process).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use lanyard_agent::{AgentConfig, Overrides};
+
+/// Flags of `lanyard agent` when it runs the agent.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The trust domain, e.g. example.org.
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// The server's agent API, host:port (default 127.0.0.1:8081).
+    #[arg(long)]
+    pub server_address: Option<String>,
+    /// Directory for the agent SVID (kept across restarts) and the saved bundle.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Workload API socket (default DATA_DIR/agent.sock).
+    #[arg(long)]
+    pub socket_path: Option<PathBuf>,
+    /// Join token for the first attestation.
+    #[arg(long, env = "LANYARD_JOIN_TOKEN")]
+    pub join_token: Option<String>,
+    /// Trust bundle of the server: SPIFFE bundle JSON or PEM CA certificates.
+    #[arg(long)]
+    pub trust_bundle: Option<PathBuf>,
+    /// Trust the server on first contact without a bundle (insecure; explicit only).
+    #[arg(long)]
+    pub insecure_bootstrap: bool,
+    /// x509pop node certificate (PEM chain).
+    #[arg(long)]
+    pub x509pop_cert: Option<PathBuf>,
+    /// x509pop node key (PEM PKCS#8).
+    #[arg(long)]
+    pub x509pop_key: Option<PathBuf>,
+}
+
+pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
+    let cfg = AgentConfig::load(&Overrides {
+        config: a.config,
+        trust_domain: a.trust_domain,
+        server_address: a.server_address,
+        data_dir: a.data_dir,
+        socket_path: a.socket_path,
+        join_token: a.join_token,
+        trust_bundle: a.trust_bundle,
+        insecure_bootstrap: a.insecure_bootstrap,
+        x509pop_cert: a.x509pop_cert,
+        x509pop_key: a.x509pop_key,
+    })?;
+    crate::cmd::server::init_tracing(&cfg.log_level);
+    let agent = lanyard_agent::start(cfg).await?;
+    println!(
+        "lanyard agent ready SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        agent.socket_path.display()
+    );
+    let stop = agent.shutdown_handle();
+    tokio::spawn(async move {
+        crate::cmd::server::wait_for_signal().await;
+        let _ = stop.send(true);
+    });
+    agent.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The uid of this process (the owner of /proc/self).
+fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode, String> {
+    use lanyard_proto::admin as apb;
+    crate::cmd::server::init_tracing("warn");
+    let uid = my_uid();
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("lanyard-dev-{uid}")));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+    let config = lanyard_server::ServerConfig::load(&lanyard_server::Overrides {
+        trust_domain: Some(trust_domain.clone()),
+        data_dir: Some(dir.clone()),
+        bind: Some("127.0.0.1:0".to_string()),
+        http_bind: Some("127.0.0.1:0".to_string()),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let server = lanyard_server::start(config, Arc::new(lanyard_core::SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut admin = apb::admin_client::AdminClient::new(
+        lanyard_server::client::unix_channel(&server.admin_socket)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let agent_id = format!("spiffe://{trust_domain}/lanyard/agent/dev");
+    let token = admin
+        .generate_join_token(apb::JoinTokenRequest {
+            ttl_seconds: 0,
+            spiffe_id: agent_id.clone(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .token;
+    let workload_id = format!("spiffe://{trust_domain}/dev/uid-{uid}");
+    let created = admin
+        .create_entry(apb::Entry {
+            spiffe_id: workload_id.clone(),
+            parent_id: agent_id,
+            selectors: vec![format!("unix:uid:{uid}")],
+            owner: "dev".to_string(),
+            environment: "dev".to_string(),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+        Err(s) => return Err(s.message().to_string()),
+    }
+    let bundle = lanyard_core::Bundle::parse(
+        lanyard_core::TrustDomain::new(&trust_domain).map_err(|e| e.to_string())?,
+        admin
+            .get_bundle(apb::Empty {})
+            .await
+            .map_err(|e| e.message().to_string())?
+            .into_inner()
+            .jwks
+            .as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let agent_dir = dir.join("agent");
+    let socket = dir.join("agent.sock");
+    let mut cfg = AgentConfig::load(&Overrides {
+        trust_domain: Some(trust_domain.clone()),
+        server_address: Some(server.agent_addr.to_string()),
+        data_dir: Some(agent_dir),
+        socket_path: Some(socket.clone()),
+        join_token: Some(token),
+        ..Default::default()
+    })?;
+    cfg.trust_bundle = Some(bundle);
+    let agent = lanyard_agent::start(cfg).await?;
+    // Ready when the workload's SVID is in the cache.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ready =
+            agent.state.entries().iter().any(|e| {
+                e.spiffe_id.to_string() == workload_id && agent.state.svid(&e.id).is_some()
+            });
+        if ready || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    println!(
+        "Lanyard dev is running (trust domain {trust_domain}, data in {}).",
+        dir.display()
+    );
+    println!("SPIFFE_ENDPOINT_SOCKET=unix://{}", socket.display());
+    println!("LANYARD_ADMIN_SOCKET={}", server.admin_socket.display());
+    println!("server HTTP: http://{}", server.http_addr);
+    println!("server agent API: {}", server.agent_addr);
+    println!("workload identity for uid {uid}: {workload_id}");
+    println!(
+        "try: SPIFFE_ENDPOINT_SOCKET=unix://{} lanyard svid fetch --write out/",
+        socket.display()
+    );
+    let stop_agent = agent.shutdown_handle();
+    let stop_server = server.shutdown_handle();
+    tokio::spawn(async move {
+        crate::cmd::server::wait_for_signal().await;
+        let _ = stop_agent.send(true);
+        let _ = stop_server.send(true);
+    });
+    let a = agent.wait().await;
+    let s = server.shutdown().await.map_err(|e| e.to_string());
+    a?;
+    s?;
+    Ok(ExitCode::SUCCESS)
+}
