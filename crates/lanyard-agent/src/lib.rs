@@ -5,6 +5,7 @@
 
 pub mod attestor;
 pub mod config;
+pub mod h2shim;
 pub mod state;
 pub mod sync;
 pub mod workload;
@@ -16,7 +17,7 @@ use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 pub use config::{AgentConfig, Bootstrap, Overrides};
 
@@ -132,11 +133,30 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
         Arc::new(attestor::UnixAttestor::default()),
         node,
     );
+    // Each connection goes through the HTTP/2 shim (see `h2shim`), carrying the
+    // caller's kernel credentials with it.
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    let rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let mut stop = Box::pin(until(rx));
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((sock, _)) => match h2shim::shim(sock) {
+                        Ok(s) => { let _ = conn_tx.send(Ok::<_, std::io::Error>(s)).await; }
+                        Err(e) => tracing::warn!(error = %e, "Workload API connection without credentials refused"),
+                    },
+                    Err(e) => tracing::warn!(error = %e, "Workload API accept failed"),
+                },
+            }
+        }
+    });
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(svc))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), until(rx))
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), until(rx))
             .await
             .map_err(|e| format!("Workload API: {e}"))
     });

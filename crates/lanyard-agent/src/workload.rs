@@ -16,10 +16,10 @@ use lanyard_proto::node as npb;
 use lanyard_proto::workload as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::attestor::UnixAttestor;
+use crate::h2shim::PeerInfo;
 use crate::state::{AgentState, CachedJwt};
 use crate::sync::NodeHandle;
 
@@ -61,22 +61,16 @@ impl WorkloadService {
                 ));
             }
         }
-        let cred = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-            .ok_or_else(|| {
-                Status::unavailable("workload attestation failed: no peer credentials")
-            })?;
-        let pid = cred.pid().ok_or_else(|| {
+        let cred = req.extensions().get::<PeerInfo>().copied().ok_or_else(|| {
+            Status::unavailable("workload attestation failed: no peer credentials")
+        })?;
+        let pid = cred.pid.ok_or_else(|| {
             Status::unavailable("workload attestation failed: the caller's pid is unknown")
         })?;
-        self.attestor
-            .attest(pid, cred.uid(), cred.gid())
-            .map_err(|e| {
-                tracing::warn!(pid, error = %e, "workload attestation failed");
-                Status::unavailable(format!("workload attestation failed: {e}"))
-            })
+        self.attestor.attest(pid, cred.uid, cred.gid).map_err(|e| {
+            tracing::warn!(pid, error = %e, "workload attestation failed");
+            Status::unavailable(format!("workload attestation failed: {e}"))
+        })
     }
 
     fn bundle_or_unavailable(&self) -> Result<Bundle, Status> {

@@ -40,7 +40,9 @@ impl Dev {
         });
         let (mut endpoint, mut admin_socket, mut uid) = (None, None, None);
         while endpoint.is_none() || admin_socket.is_none() || uid.is_none() {
-            let line = rx.recv_timeout(Duration::from_secs(30)).expect("lanyard dev output");
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("lanyard dev output");
             if let Some(v) = line.strip_prefix("SPIFFE_ENDPOINT_SOCKET=") {
                 endpoint = Some(v.to_string());
             } else if let Some(v) = line.strip_prefix("LANYARD_ADMIN_SOCKET=") {
@@ -50,7 +52,11 @@ impl Dev {
             }
         }
         // The issue asks for "ready in under 5 seconds" on these machines.
-        assert!(started.elapsed() < Duration::from_secs(5), "lanyard dev took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "lanyard dev took {:?}",
+            started.elapsed()
+        );
         Self {
             child,
             dir: dir.to_path_buf(),
@@ -75,7 +81,12 @@ impl Dev {
 
     fn ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
-        assert!(o.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
@@ -95,7 +106,10 @@ fn dev_then_fetch_and_openssl_verify() {
     let text = dev.ok(&["svid", "fetch", "--write", out.to_str().unwrap()]);
     assert!(text.contains(&dev.expected_id()), "{text}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(out.join("svid.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(out.join("svid.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let o = Command::new("openssl")
         .args(["verify", "-CAfile"])
@@ -103,27 +117,49 @@ fn dev_then_fetch_and_openssl_verify() {
         .arg(out.join("svid.pem"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "openssl verify: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     // The fetched SVID passes our own inspector with the fetched bundle too.
-    let o = dev.cli(&["svid", "inspect", out.join("svid.pem").to_str().unwrap(), "--bundle", out.join("bundle.pem").to_str().unwrap()]);
+    let o = dev.cli(&[
+        "svid",
+        "inspect",
+        out.join("svid.pem").to_str().unwrap(),
+        "--bundle",
+        out.join("bundle.pem").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 
     // JWT through the CLI; validation through the Workload API.
-    let token = dev.ok(&["svid", "jwt", "--audience", "db"]).trim().to_string();
+    let token = dev
+        .ok(&["svid", "jwt", "--audience", "db"])
+        .trim()
+        .to_string();
     assert_eq!(token.split('.').count(), 3);
-    assert!(dev.ok(&["svid", "validate", "--audience", "db", &token]).contains(&dev.expected_id()));
+    assert!(
+        dev.ok(&["svid", "validate", "--audience", "db", &token])
+            .contains(&dev.expected_id())
+    );
     let o = dev.cli(&["svid", "validate", "--audience", "other", &token]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("audience"));
     assert!(dev.ok(&["bundle", "fetch"]).contains("BEGIN CERTIFICATE"));
-    assert!(dev.ok(&["bundle", "fetch", "--format", "jwks"]).contains("jwt-svid"));
+    assert!(
+        dev.ok(&["bundle", "fetch", "--format", "jwks"])
+            .contains("jwt-svid")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spiffe_crate_clients_and_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Dev::start(dir.path());
-    let client = spiffe::WorkloadApiClient::connect_to(&dev.endpoint).await.unwrap();
+    let client = spiffe::WorkloadApiClient::connect_to(&dev.endpoint)
+        .await
+        .unwrap();
     let svid = client.fetch_x509_svid().await.unwrap();
     assert_eq!(svid.spiffe_id().to_string(), dev.expected_id());
     let token = client.fetch_jwt_token(["aud-1"], None).await.unwrap();
@@ -133,15 +169,27 @@ async fn spiffe_crate_clients_and_rotation() {
     let td = spiffe::TrustDomain::new("example.org").unwrap();
     assert!(jwt_bundles.get(&td).is_some());
 
-    let source = spiffe::X509Source::builder().endpoint(&dev.endpoint).build().await.unwrap();
-    assert_eq!(source.svid().unwrap().spiffe_id().to_string(), dev.expected_id());
-    let jwt_source = spiffe::JwtSource::builder().endpoint(&dev.endpoint).build().await.unwrap();
+    let source = spiffe::X509Source::builder()
+        .endpoint(&dev.endpoint)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        source.svid().unwrap().spiffe_id().to_string(),
+        dev.expected_id()
+    );
+    let jwt_source = spiffe::JwtSource::builder()
+        .endpoint(&dev.endpoint)
+        .build()
+        .await
+        .unwrap();
     let j = jwt_source.fetch_jwt_svid(["aud-2"]).await.unwrap();
     assert_eq!(j.spiffe_id().to_string(), dev.expected_id());
 
     // Rotation: give the entry an 8s TTL; the source sees new leaves (first at once,
     // because the entry changed, then at about half the lifetime).
-    let list: serde_json::Value = serde_json::from_str(&dev.ok(&["entry", "list", "--output", "json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["entry", "list", "--output", "json"])).unwrap();
     let id = list[0]["id"].as_str().unwrap().to_string();
     dev.ok(&["entry", "update", &id, "--x509-ttl", "8s"]);
     let first = source.svid().unwrap().cert_chain()[0].as_ref().to_vec();
@@ -162,8 +210,15 @@ async fn spiffe_crate_clients_and_rotation() {
 
 #[test]
 fn python_spiffe_client() {
-    let have = Command::new("python3").args(["-c", "import spiffe"]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(have, "py-spiffe is required: pip install spiffe (./scripts/test installs it)");
+    let have = Command::new("python3")
+        .args(["-c", "import spiffe"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        have,
+        "py-spiffe is required: pip install spiffe (./scripts/test installs it)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let dev = Dev::start(dir.path());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/py/pyspiffe_interop.py");
@@ -174,7 +229,11 @@ fn python_spiffe_client() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "py-spiffe:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "py-spiffe:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.contains("0 failed"), "{out}");
 }
 
@@ -183,51 +242,118 @@ async fn workload_api_rules() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Dev::start(dir.path());
     let path = dev.endpoint.strip_prefix("unix://").unwrap().to_string();
-    let channel = lanyard_server::client::unix_channel(Path::new(&path)).await.unwrap();
+    let channel = lanyard_server::client::unix_channel(Path::new(&path))
+        .await
+        .unwrap();
     let mut raw = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel.clone());
 
     // No security header: InvalidArgument.
-    let err = raw.fetch_x509svid(wpb::X509svidRequest {}).await.unwrap_err();
+    let err = raw
+        .fetch_x509svid(wpb::X509svidRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let err = raw
-        .fetch_jwtsvid(wpb::JwtsvidRequest { audience: vec!["a".into()], spiffe_id: String::new() })
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
-    let mut c = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
-        Ok(r)
-    });
+    let mut c = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(
+        channel,
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(
+                "workload.spiffe.io",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+            Ok(r)
+        },
+    );
     // WIT profile: Unimplemented.
-    let err = c.fetch_witsvid(wpb::WitsvidRequest::default()).await.unwrap_err();
+    let err = c
+        .fetch_witsvid(wpb::WitsvidRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     // JWT without audience: InvalidArgument.
-    let err = c.fetch_jwtsvid(wpb::JwtsvidRequest::default()).await.unwrap_err();
+    let err = c
+        .fetch_jwtsvid(wpb::JwtsvidRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     // Bundle maps are keyed by the trust domain's SPIFFE ID.
-    let mut s = c.fetch_x509_bundles(wpb::X509BundlesRequest {}).await.unwrap().into_inner();
-    let b = tokio_stream::StreamExt::next(&mut s).await.unwrap().unwrap();
-    assert!(b.bundles.contains_key("spiffe://example.org"), "{:?}", b.bundles.keys());
+    let mut s = c
+        .fetch_x509_bundles(wpb::X509BundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let b = tokio_stream::StreamExt::next(&mut s)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        b.bundles.contains_key("spiffe://example.org"),
+        "{:?}",
+        b.bundles.keys()
+    );
 
     // A second entry for the same workload: two SVIDs, the hint passed through; the
     // open stream gets the new state at once, and loses it when the entry is deleted.
-    let mut stream = c.fetch_x509svid(wpb::X509svidRequest {}).await.unwrap().into_inner();
-    let first = tokio_stream::StreamExt::next(&mut stream).await.unwrap().unwrap();
+    let mut stream = c
+        .fetch_x509svid(wpb::X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio_stream::StreamExt::next(&mut stream)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.svids.len(), 1);
     let sel = format!("unix:uid:{}", dev.uid);
     let created: serde_json::Value = serde_json::from_str(&dev.ok(&[
-        "entry", "create", "--spiffe-id", "spiffe://example.org/second", "--parent-id",
-        "spiffe://example.org/lanyard/agent/dev", "--selector", &sel, "--owner", "dev", "--hint", "external",
-        "--output", "json",
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/second",
+        "--parent-id",
+        "spiffe://example.org/lanyard/agent/dev",
+        "--selector",
+        &sel,
+        "--owner",
+        "dev",
+        "--hint",
+        "external",
+        "--output",
+        "json",
     ]))
     .unwrap();
     let started = Instant::now();
-    let two = tokio::time::timeout(Duration::from_secs(5), tokio_stream::StreamExt::next(&mut stream)).await.unwrap().unwrap().unwrap();
+    let two = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_stream::StreamExt::next(&mut stream),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     assert_eq!(two.svids.len(), 2, "a new message on entry change");
-    assert!(two.svids.iter().any(|s| s.spiffe_id == "spiffe://example.org/second" && s.hint == "external"));
+    assert!(
+        two.svids
+            .iter()
+            .any(|s| s.spiffe_id == "spiffe://example.org/second" && s.hint == "external")
+    );
     dev.ok(&["entry", "delete", created["id"].as_str().unwrap()]);
-    let one = tokio::time::timeout(Duration::from_secs(5), tokio_stream::StreamExt::next(&mut stream)).await.unwrap().unwrap().unwrap();
+    let one = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_stream::StreamExt::next(&mut stream),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     assert_eq!(one.svids.len(), 1, "removal reaches the stream");
     assert!(started.elapsed() < Duration::from_secs(5));
 
@@ -235,7 +361,16 @@ async fn workload_api_rules() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dev.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", common::bin(), "svid", "fetch", "--socket", &dev.endpoint])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::bin(),
+            "svid",
+            "fetch",
+            "--socket",
+            &dev.endpoint,
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
