@@ -202,6 +202,11 @@ enum BenchCommand {
         #[command(flatten)]
         args: cmd::bench::IssueArgs,
     },
+    /// Workload API latencies (p50/p99) and ValidateJWTSVID throughput.
+    Workload {
+        #[command(flatten)]
+        args: cmd::bench::WorkloadArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -364,6 +369,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Bench {
             command: BenchCommand::Issue { args },
         } => runtime()?.block_on(cmd::bench::issue(args)),
+        Command::Bench {
+            command: BenchCommand::Workload { args },
+        } => runtime()?.block_on(cmd::bench::workload(args)),
         Command::Agent { command: None, run } => runtime()?.block_on(cmd::agent::run(run)),
         Command::Dev { dir, trust_domain } => {
             runtime()?.block_on(cmd::agent::dev(dir, trust_domain))

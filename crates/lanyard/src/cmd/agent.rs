@@ -70,18 +70,30 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
 }
 
 /// The uid of this process (the owner of /proc/self).
-fn my_uid() -> u32 {
+pub fn my_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(0)
 }
 
-pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode, String> {
+/// A server and an agent in this process, with an entry for `uid`; used by `lanyard
+/// dev` and `lanyard bench workload`.
+pub struct DevStack {
+    pub server: lanyard_server::RunningServer,
+    pub agent: lanyard_agent::RunningAgent,
+    pub socket: PathBuf,
+    pub workload_id: String,
+    pub dir: PathBuf,
+}
+
+pub async fn start_dev_stack(
+    dir: PathBuf,
+    trust_domain: &str,
+    uid: u32,
+) -> Result<DevStack, String> {
     use lanyard_proto::admin as apb;
-    crate::cmd::server::init_tracing("warn");
-    let uid = my_uid();
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("lanyard-dev-{uid}")));
+    let trust_domain = trust_domain.to_string();
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
     let config = lanyard_server::ServerConfig::load(&lanyard_server::Overrides {
@@ -161,6 +173,26 @@ pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode,
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    Ok(DevStack {
+        server,
+        agent,
+        socket,
+        workload_id,
+        dir,
+    })
+}
+
+pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode, String> {
+    crate::cmd::server::init_tracing("warn");
+    let uid = my_uid();
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("lanyard-dev-{uid}")));
+    let DevStack {
+        server,
+        agent,
+        socket,
+        workload_id,
+        dir,
+    } = start_dev_stack(dir, &trust_domain, uid).await?;
     println!(
         "Lanyard dev is running (trust domain {trust_domain}, data in {}).",
         dir.display()

@@ -296,3 +296,179 @@ async fn run_issue(
     server.shutdown().await.map_err(|e| e.to_string())?;
     Ok((total, elapsed, errors))
 }
+
+/// Options of `lanyard bench workload`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// Calls measured for each latency figure.
+    #[arg(long, default_value_t = 500)]
+    pub calls: usize,
+    /// How long the ValidateJWTSVID throughput run lasts.
+    #[arg(long, default_value = "5s")]
+    pub duration: String,
+    /// Concurrent clients for the throughput run.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e6
+}
+
+/// Warm Workload API latencies (p50/p99) and ValidateJWTSVID throughput, next to raw
+/// P-256 verifications per second measured in the same run.
+pub async fn workload(args: WorkloadArgs) -> Result<ExitCode, String> {
+    use lanyard_proto::workload as wpb;
+    let duration = lanyard_core::duration::parse_duration(&args.duration)
+        .map_err(|e| format!("--duration: {e}"))?;
+    if args.calls == 0 || args.concurrency == 0 {
+        return Err("--calls and --concurrency must be at least 1".to_string());
+    }
+    let dir = temp_dir()?;
+    let uid = crate::cmd::agent::my_uid();
+    let stack = crate::cmd::agent::start_dev_stack(dir.clone(), "bench.example", uid).await?;
+    let endpoint = format!("unix://{}", stack.socket.display());
+    let mut c = crate::cmd::workload::connect(Some(&endpoint)).await?;
+
+    // Warm up, then time FetchX509SVID (first message of the stream) and FetchJWTSVID.
+    let mut x509 = Vec::with_capacity(args.calls);
+    let mut jwt = Vec::with_capacity(args.calls);
+    let aud = vec!["bench".to_string()];
+    let first = c
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: aud.clone(),
+            spiffe_id: String::new(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let token = first
+        .svids
+        .first()
+        .map(|s| s.svid.clone())
+        .ok_or("no JWT-SVID")?;
+    for i in 0..args.calls + 20 {
+        let t = Instant::now();
+        let mut s = c
+            .fetch_x509svid(wpb::X509svidRequest {})
+            .await
+            .map_err(|e| e.message().to_string())?
+            .into_inner();
+        s.next()
+            .await
+            .ok_or("no X509-SVID")?
+            .map_err(|e| e.message().to_string())?;
+        if i >= 20 {
+            x509.push(t.elapsed());
+        }
+        let t = Instant::now();
+        c.fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: aud.clone(),
+            spiffe_id: String::new(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?;
+        if i >= 20 {
+            jwt.push(t.elapsed());
+        }
+    }
+    x509.sort();
+    jwt.sort();
+
+    // Raw P-256 verify, one thread, same run.
+    let raw_verify = tokio::task::spawn_blocking(move || -> Result<f64, String> {
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|e| e.to_string())?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref())
+            .map_err(|e| e.to_string())?;
+        let public =
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
+        let sig = key.sign(&rng, b"m").map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < duration {
+            for _ in 0..64 {
+                public
+                    .verify(b"m", sig.as_ref())
+                    .map_err(|e| e.to_string())?;
+                n += 1;
+            }
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+
+    // ValidateJWTSVID throughput.
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..args.concurrency {
+        let mut c = crate::cmd::workload::connect(Some(&endpoint)).await?;
+        let token = token.clone();
+        handles.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if c.validate_jwtsvid(wpb::ValidateJwtsvidRequest {
+                    audience: "bench".into(),
+                    svid: token.clone(),
+                })
+                .await
+                .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut validated = 0u64;
+    for h in handles {
+        validated += h.await.map_err(|e| e.to_string())?;
+    }
+    let per_sec = validated as f64 / start.elapsed().as_secs_f64();
+    let _ = stack.agent.shutdown().await;
+    let _ = stack.server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (x50, x99, j50, j99) = (
+        percentile(&x509, 0.5),
+        percentile(&x509, 0.99),
+        percentile(&jwt, 0.5),
+        percentile(&jwt, 0.99),
+    );
+    match args.output {
+        Output::Text => {
+            println!(
+                "FetchX509SVID (warm, first message): p50 {x50:>8.0} µs   p99 {x99:>8.0} µs   ({} calls)",
+                x509.len()
+            );
+            println!(
+                "FetchJWTSVID  (warm, cached):        p50 {j50:>8.0} µs   p99 {j99:>8.0} µs   ({} calls)",
+                jwt.len()
+            );
+            println!(
+                "ValidateJWTSVID: {per_sec:>8.0} /s with {} clients; raw P-256 verify (1 thread): {raw_verify:>8.0} /s; ratio {:.2}",
+                args.concurrency,
+                per_sec / raw_verify
+            );
+        }
+        Output::Json => println!(
+            "{}",
+            json!({
+                "fetch_x509_svid_us": {"p50": x50, "p99": x99, "calls": x509.len()},
+                "fetch_jwt_svid_us": {"p50": j50, "p99": j99, "calls": jwt.len()},
+                "validate_jwt_svid_per_sec": per_sec,
+                "raw_p256_verify_per_sec": raw_verify,
+                "ratio": per_sec / raw_verify,
+            })
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
