@@ -377,3 +377,132 @@ async fn workload_api_rules() {
     assert!(!o.status.success());
     assert!(err.contains("PermissionDenied"), "{err}");
 }
+
+/// The standalone `lanyard agent` against a separate `lanyard server`: join token,
+/// restart without a token, serving cached SVIDs while the server is down, and a ban
+/// that takes the identities away.
+#[test]
+fn standalone_agent_survives_server_outage_and_obeys_bans() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = common::ServerProc::start_on(
+        &dir.path().join("server"),
+        None,
+        None,
+        &format!("127.0.0.1:{port}"),
+    );
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
+    };
+    let token = server.json(&[
+        "token",
+        "generate",
+        "--spiffe-id",
+        "spiffe://example.org/lanyard/agent/node-1",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/api",
+        "--parent-id",
+        "spiffe://example.org/lanyard/agent/node-1",
+        "--selector",
+        &format!("unix:uid:{uid}"),
+        "--owner",
+        "api-team",
+    ]);
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
+    let agent_dir = dir.path().join("agent");
+    let socket = dir.path().join("agent.sock");
+    let start_agent = |token: Option<&str>| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args([
+            "agent",
+            "--trust-domain",
+            "example.org",
+            "--server-address",
+            &server.agent_addr,
+        ])
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--trust-bundle")
+        .arg(&bundle)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(t) = token {
+            cmd.args(["--join-token", t]);
+        }
+        cmd.spawn().unwrap()
+    };
+    let endpoint = format!("unix://{}", socket.display());
+    let fetch = |endpoint: &str| {
+        Command::new(common::bin())
+            .args(["svid", "fetch", "--socket", endpoint, "--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let wait_for = |want_ok: bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = fetch(&endpoint);
+            if o.status.success() == want_ok {
+                return o;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fetch never became {want_ok}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut agent = start_agent(Some(&token));
+    let o = wait_for(true);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("spiffe://example.org/api"));
+
+    // Restart the agent without a token: the stored agent SVID is reused.
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let mut agent = start_agent(None);
+    wait_for(true);
+
+    // Server down: cached SVIDs are still served.
+    let server = {
+        let mut s = server;
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+        s
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let o = fetch(&endpoint);
+    assert!(
+        o.status.success(),
+        "cached SVID while the server is down: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Server back; the agent reconnects; a ban removes the identity from workloads.
+    let server = server.restart();
+    std::thread::sleep(Duration::from_millis(300));
+    server.ok(&["agent", "ban", "spiffe://example.org/lanyard/agent/node-1"]);
+    let o = wait_for(false);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PermissionDenied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -29,10 +29,21 @@ pub struct ServerProc {
     pub admin_mtls: Option<String>,
     pub database_url: Option<String>,
     pub config: Option<PathBuf>,
+    pub fixed_bind: bool,
 }
 
 impl ServerProc {
     pub fn start(dir: &Path, database_url: Option<&str>, config: Option<&Path>) -> Self {
+        Self::start_on(dir, database_url, config, "127.0.0.1:0")
+    }
+
+    /// Start with a fixed agent API address (kept across `restart`).
+    pub fn start_on(
+        dir: &Path,
+        database_url: Option<&str>,
+        config: Option<&Path>,
+        bind: &str,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let mut cmd = Command::new(bin());
         cmd.args([
@@ -40,7 +51,7 @@ impl ServerProc {
             "--trust-domain",
             TD,
             "--bind",
-            "127.0.0.1:0",
+            bind,
             "--http-bind",
             "127.0.0.1:0",
         ])
@@ -94,6 +105,7 @@ impl ServerProc {
                 .map(str::to_string),
             database_url: database_url.map(str::to_string),
             config: config.map(Path::to_path_buf),
+            fixed_bind: bind != "127.0.0.1:0",
         }
     }
 
@@ -104,8 +116,15 @@ impl ServerProc {
         let dir = self.dir.clone();
         let url = self.database_url.clone();
         let config = self.config.clone();
+        let bind = if self.fixed_bind {
+            self.agent_addr.clone()
+        } else {
+            "127.0.0.1:0".to_string()
+        };
         drop(self);
-        Self::start(&dir, url.as_deref(), config.as_deref())
+        let mut s = Self::start_on(&dir, url.as_deref(), config.as_deref(), &bind);
+        s.fixed_bind = bind != "127.0.0.1:0";
+        s
     }
 
     /// Run a CLI command against this server's admin socket.
