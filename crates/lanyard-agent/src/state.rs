@@ -76,6 +76,7 @@ struct Inner {
     entries: Vec<CachedEntry>,
     bundle: Option<Bundle>,
     bundle_sequence: u64,
+    federated: Vec<Bundle>,
     svids: HashMap<String, CachedSvid>,
     jwts: HashMap<(String, Vec<String>), CachedJwt>,
 }
@@ -121,6 +122,15 @@ impl AgentState {
             .filter_map(CachedEntry::from_pb)
             .collect();
         let bundle = Bundle::parse(self.trust_domain.clone(), update.bundle.as_bytes()).ok();
+        let mut federated: Vec<Bundle> = update
+            .federated_bundles
+            .iter()
+            .filter_map(|(td, doc)| {
+                let td = TrustDomain::new(td).ok()?;
+                Bundle::parse(td, doc.as_bytes()).ok()
+            })
+            .collect();
+        federated.sort_by(|a, b| a.trust_domain().cmp(b.trust_domain()));
         let mut changed = false;
         if let Ok(mut inner) = self.inner.write() {
             if inner.entries != entries {
@@ -135,6 +145,18 @@ impl AgentState {
                 let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
                 inner.jwts.retain(|(id, _), _| ids.contains(id));
                 inner.entries = entries;
+                changed = true;
+            }
+            if inner.federated != federated {
+                if let Ok(mut set) = self.bundles.write() {
+                    for old in &inner.federated {
+                        set.remove(old.trust_domain());
+                    }
+                    for b in &federated {
+                        set.insert(b.clone());
+                    }
+                }
+                inner.federated = federated;
                 changed = true;
             }
             if let Some(b) = bundle
@@ -169,6 +191,14 @@ impl AgentState {
         self.inner
             .read()
             .map(|i| i.entries.clone())
+            .unwrap_or_default()
+    }
+
+    /// Bundles of federated trust domains.
+    pub fn federated(&self) -> Vec<Bundle> {
+        self.inner
+            .read()
+            .map(|i| i.federated.clone())
             .unwrap_or_default()
     }
 

@@ -104,10 +104,17 @@ impl WorkloadService {
         if svids.is_empty() {
             return Ok(None); // identities exist, SVIDs are being minted
         }
+        let federated_bundles = self
+            .state
+            .federated()
+            .iter()
+            .filter(|b| !b.x509_authorities().is_empty())
+            .map(|b| (td_key(b), b.x509_authorities_der()))
+            .collect();
         Ok(Some(pb::X509svidResponse {
             svids,
             crl: Vec::new(),
-            federated_bundles: HashMap::new(),
+            federated_bundles,
         }))
     }
 }
@@ -251,9 +258,15 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
             let b = state
                 .bundle()
                 .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
+            let mut bundles = HashMap::from([(td_key(&b), b.x509_authorities_der())]);
+            for f in state.federated() {
+                if !f.x509_authorities().is_empty() {
+                    bundles.insert(td_key(&f), f.x509_authorities_der());
+                }
+            }
             Ok(Some(pb::X509BundlesResponse {
                 crl: Vec::new(),
-                bundles: HashMap::from([(td_key(&b), b.x509_authorities_der())]),
+                bundles,
             }))
         })))
     }
@@ -337,9 +350,11 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
             let b = state
                 .bundle()
                 .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
-            Ok(Some(pb::JwtBundlesResponse {
-                bundles: HashMap::from([(td_key(&b), jwt_bundle_json(&b))]),
-            }))
+            let mut bundles = HashMap::from([(td_key(&b), jwt_bundle_json(&b))]);
+            for f in state.federated() {
+                bundles.insert(td_key(&f), jwt_bundle_json(&f));
+            }
+            Ok(Some(pb::JwtBundlesResponse { bundles }))
         })))
     }
 

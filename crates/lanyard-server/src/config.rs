@@ -41,6 +41,17 @@ pub struct FileConfig {
     pub ca: FileCaConfig,
     #[serde(default)]
     pub x509pop: FileX509PopConfig,
+    /// Federated trust domains whose bundles workloads receive.
+    #[serde(default)]
+    pub federation: Vec<FileFederation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFederation {
+    pub trust_domain: String,
+    /// SPIFFE bundle JSON (or PEM CA certificates) of that trust domain.
+    pub bundle_file: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +109,8 @@ pub struct ServerConfig {
     pub upstream_cert: Option<PathBuf>,
     pub upstream_key: Option<PathBuf>,
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// (trust domain, bundle file) of each federated trust domain.
+    pub federation: Vec<(TrustDomain, PathBuf)>,
     pub log_level: String,
 }
 
@@ -258,6 +271,20 @@ impl ServerConfig {
                 reason: "ca.upstream_cert and ca.upstream_key must be set together".to_string(),
             });
         }
+        let mut federation = Vec::new();
+        for fed in &f.federation {
+            let td = TrustDomain::new(&fed.trust_domain).map_err(|e| ConfigError::Invalid {
+                key: "federation.trust_domain",
+                reason: e.to_string(),
+            })?;
+            if td == trust_domain {
+                return Err(ConfigError::Invalid {
+                    key: "federation.trust_domain",
+                    reason: "a server does not federate with its own trust domain".to_string(),
+                });
+            }
+            federation.push((td, fed.bundle_file.clone()));
+        }
         let log_level = f.log_level.unwrap_or_else(|| "info".to_string());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(ConfigError::Invalid {
@@ -284,6 +311,7 @@ impl ServerConfig {
             upstream_cert: f.ca.upstream_cert,
             upstream_key: f.ca.upstream_key,
             x509pop_ca_bundle: f.x509pop.ca_bundle,
+            federation,
             log_level,
         })
     }

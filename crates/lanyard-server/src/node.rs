@@ -400,6 +400,11 @@ impl pb::node_server::Node for NodeService {
                             entries: entries.iter().map(to_pb_entry).collect(),
                             bundle: published.document,
                             bundle_sequence: published.sequence,
+                            federated_bundles: shared
+                                .federated
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
                         }
                     }
                     Err(e) => {

@@ -50,6 +50,8 @@ pub struct Shared {
     pub server_tls: Arc<SvidResolver>,
     server_svid_expiry: RwLock<(i64, i64)>,
     pub x509pop_roots: Option<BundleSet>,
+    /// Federated trust domains' bundles (name -> SPIFFE bundle JSON).
+    pub federated: std::collections::BTreeMap<String, String>,
     keystore: PathBuf,
     pub clock: Arc<dyn Clock>,
 }
@@ -140,6 +142,35 @@ fn load_x509pop_roots(cfg: &ServerConfig) -> Result<Option<BundleSet>, ServerErr
     Ok(Some([b].into_iter().collect()))
 }
 
+fn load_federation(
+    cfg: &ServerConfig,
+) -> Result<std::collections::BTreeMap<String, String>, ServerError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (td, path) in &cfg.federation {
+        let bytes = std::fs::read(path).map_err(|e| io("cannot read", path, e))?;
+        let bundle = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            Bundle::parse(td.clone(), &bytes).map_err(|e| {
+                ServerError::Other(format!("federation {td}: {}: {e}", path.display()))
+            })?
+        } else {
+            let mut b = Bundle::new(td.clone());
+            for der in pem_certificates(&bytes).map_err(|e| {
+                ServerError::Other(format!("federation {td}: {}: {e}", path.display()))
+            })? {
+                b.add_x509_authority(X509Authority::from_der(der).map_err(|e| {
+                    ServerError::Other(format!("federation {td}: {}: {e}", path.display()))
+                })?);
+            }
+            b
+        };
+        let doc = bundle
+            .to_json()
+            .map_err(|e| ServerError::Other(e.to_string()))?;
+        out.insert(td.name().to_string(), doc);
+    }
+    Ok(out)
+}
+
 impl Shared {
     /// Open the datastore, load or create the CA, publish the bundle, mint the
     /// server's own SVID.
@@ -186,6 +217,7 @@ impl Shared {
             certified_key(&minted.chain, server_key.pkcs8_der()).map_err(ServerError::Other)?,
         ));
         let x509pop_roots = load_x509pop_roots(&config)?;
+        let federated = load_federation(&config)?;
         let (changes, _) = watch::channel(0u64);
         let shared = Arc::new(Self {
             store,
@@ -197,6 +229,7 @@ impl Shared {
             server_tls: resolver,
             server_svid_expiry: RwLock::new((now, minted.not_after)),
             x509pop_roots,
+            federated,
             keystore,
             clock,
             config,

@@ -506,3 +506,153 @@ fn standalone_agent_survives_server_outage_and_obeys_bans() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// Federation: a bundle of another trust domain configured on the server reaches
+/// workloads in FetchX509SVID (federated_bundles), FetchX509Bundles and
+/// FetchJWTBundles, and JWT-SVIDs of that trust domain validate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_bundles_reach_workloads() {
+    use lanyard_proto::workload as wpb;
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The partner trust domain: a CA and a JWT key of its own.
+    let mut partner_ca = lanyard_ca::CertificateAuthority::new(
+        lanyard_ca::CaConfig::new(lanyard_core::TrustDomain::new("partner.org").unwrap()),
+        None,
+        vec![],
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    partner_ca.tick(now).unwrap();
+    let partner_bundle = dir.path().join("partner.json");
+    std::fs::write(
+        &partner_bundle,
+        partner_ca.bundle().unwrap().to_json().unwrap(),
+    )
+    .unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[federation]]\ntrust_domain = \"partner.org\"\nbundle_file = \"{}\"\n",
+            partner_bundle.display()
+        ),
+    )
+    .unwrap();
+    let server = common::ServerProc::start(&dir.path().join("server"), None, Some(&cfg));
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
+    };
+    let token = server.json(&[
+        "token",
+        "generate",
+        "--spiffe-id",
+        "spiffe://example.org/lanyard/agent/fed",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        "spiffe://example.org/lanyard/agent/fed",
+        "--selector",
+        &format!("unix:uid:{uid}"),
+        "--owner",
+        "web",
+    ]);
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Command::new(common::bin())
+        .args([
+            "agent",
+            "--trust-domain",
+            "example.org",
+            "--server-address",
+            &server.agent_addr,
+            "--join-token",
+            &token,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("agent"))
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--trust-bundle")
+        .arg(&bundle)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("unix://{}", socket.display());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let client = loop {
+        if let Ok(c) = spiffe::WorkloadApiClient::connect_to(&endpoint).await
+            && c.fetch_x509_svid().await.is_ok()
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "agent never served an SVID");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let partner = spiffe::TrustDomain::new("partner.org").unwrap();
+    let x509_bundles = client.fetch_x509_bundles().await.unwrap();
+    assert!(
+        x509_bundles.get(&partner).is_some(),
+        "federated X.509 bundle"
+    );
+    let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
+    assert!(jwt_bundles.get(&partner).is_some(), "federated JWT bundle");
+
+    // The raw response carries federated_bundles keyed by the trust domain's ID.
+    let ch = lanyard_server::client::unix_channel(&socket).await.unwrap();
+    let mut raw = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(
+        ch,
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(
+                "workload.spiffe.io",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+            Ok(r)
+        },
+    );
+    let mut s = raw
+        .fetch_x509svid(wpb::X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = s.next().await.unwrap().unwrap();
+    assert!(
+        msg.federated_bundles.contains_key("spiffe://partner.org"),
+        "{:?}",
+        msg.federated_bundles.keys()
+    );
+
+    // A JWT-SVID minted by the partner validates through our agent.
+    let partner_jwt = partner_ca
+        .mint_jwt_svid(
+            &lanyard_core::SpiffeId::new("spiffe://partner.org/api").unwrap(),
+            &["web".into()],
+            None,
+            now,
+        )
+        .unwrap();
+    let v = raw
+        .validate_jwtsvid(wpb::ValidateJwtsvidRequest {
+            audience: "web".into(),
+            svid: partner_jwt.token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.spiffe_id, "spiffe://partner.org/api");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
