@@ -45,6 +45,11 @@ pub async fn tls_channel_with(
 ) -> Result<Channel, ConnectError> {
     let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id));
     let cfg = Arc::new(client_config(verifier, identity).map_err(ConnectError::Identity)?);
+    connect_tls(addr, cfg).await
+}
+
+/// Connect a gRPC channel over TLS with the given client configuration.
+async fn connect_tls(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Result<Channel, ConnectError> {
     let target = addr.to_string();
     let err = |reason: String| ConnectError::Connect {
         addr: addr.to_string(),
@@ -68,12 +73,10 @@ pub async fn tls_channel_with(
         }))
         .await
         .map_err(|e| {
-            err(format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ))
+            let source = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            err(format!("{e}{source}"))
         })
 }
 
@@ -81,28 +84,7 @@ pub async fn tls_channel_with(
 /// requested insecure first contact, after which the bundle it receives is trusted.
 pub async fn insecure_channel(addr: &str) -> Result<Channel, ConnectError> {
     let cfg = Arc::new(crate::tls::insecure_client_config().map_err(ConnectError::Identity)?);
-    let target = addr.to_string();
-    let err = |reason: String| ConnectError::Connect {
-        addr: addr.to_string(),
-        reason,
-    };
-    Endpoint::try_from(format!("http://{addr}"))
-        .map_err(|e| err(e.to_string()))?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let cfg = cfg.clone();
-            let target = target.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(target).await?;
-                let name = rustls::pki_types::ServerName::try_from("lanyard-server")
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|e| err(e.to_string()))
+    connect_tls(addr, cfg).await
 }
 
 /// A gRPC channel over a Unix socket (the admin socket).
