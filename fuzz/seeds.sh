@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-mkdir -p corpus/{spiffe_id,selector,bundle_json,x509_svid,jwt_svid}
+mkdir -p corpus/{spiffe_id,selector,bundle_json,x509_svid,jwt_svid,csr,h2_headers}
 
 for id in spiffe://example.org spiffe://example.org/ns/prod/sa/web 'spiffe://a-b_c.d/x/y.z' \
           'spiffe://Example.org/a' 'spiffe://example.org:8080/a' 'spiffe://example.org/a/../b' \
@@ -31,6 +31,7 @@ openssl x509 -in "$tmp/leaf.pem" -outform DER -out corpus/x509_svid/leaf.der
 openssl x509 -in "$tmp/ca.pem" -outform DER -out corpus/x509_svid/ca.der
 cat corpus/x509_svid/leaf.der corpus/x509_svid/ca.der > corpus/x509_svid/chain.der
 cp "$tmp/leaf.pem" corpus/x509_svid/leaf.pem
+openssl req -new -key "$tmp/leaf.key" -subj /CN=x -outform DER -out corpus/csr/leaf.der 2>/dev/null
 
 # A bundle with one X.509 and one JWT authority.
 x5c=$(openssl x509 -in "$tmp/ca.pem" -outform DER | base64 -w0)

@@ -1,0 +1,366 @@
+//! Lanyard's evidence log, the pure part: the event schema, the hash chain and signed
+//! checkpoints, and verification that names the first bad record.
+//!
+//! * Every record is chained to its predecessor: `hash = SHA-256("lanyard-audit-v1" ||
+//!   seq (u64, big endian) || prev_hash || canonical(event))`, where the canonical
+//!   encoding is the event's JSON with fields in schema order and maps sorted by key.
+//! * A checkpoint `(size, head, time)` is signed with a dedicated audit key (EC P-256)
+//!   and kept outside the datastore too, so removing the newest records is detected.
+//!
+//! Storage and the wiring into the server come later (issue #5); this crate is what
+//! both the writer and `lanyard audit verify` share.
+
+use std::collections::BTreeMap;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of the event schema (docs/audit.md when the log is wired in).
+pub const SCHEMA_VERSION: u32 = 1;
+const DOMAIN: &[u8] = b"lanyard-audit-v1";
+/// Hash of "nothing before the first record".
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    NodeAttested,
+    NodeRefused,
+    AgentSvidIssued,
+    AgentSvidRenewed,
+    X509SvidIssued,
+    JwtSvidIssued,
+    EntryCreated,
+    EntryUpdated,
+    EntryDeleted,
+    TokenCreated,
+    AgentBanned,
+    AgentEvicted,
+    CaKeyPrepared,
+    CaKeyActivated,
+    CaKeyRetired,
+    BundleChanged,
+    AdminCallRefused,
+    WorkloadSvidDelivered,
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+/// One event. Never holds key material or a full token (only `jti`, hashes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub version: u32,
+    pub id: String,
+    /// Unix milliseconds.
+    pub time: i64,
+    pub kind: EventKind,
+    /// Caller SPIFFE ID or `uid:<n>` for the local admin socket.
+    pub actor: Option<String>,
+    /// The identity the event is about.
+    pub subject: Option<String>,
+    /// Attestation type and selectors, certificate serial and public-key hash, JWT
+    /// `jti` and audience, ...
+    pub evidence: BTreeMap<String, Value>,
+    pub policy_ids: Vec<String>,
+    pub decision: Option<String>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub owner: Option<String>,
+    pub trace_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub server_id: String,
+}
+
+/// A stored record: the event and its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub event: Event,
+}
+
+/// A signed statement "the log had `size` records ending in `head` at `time`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub size: u64,
+    pub head: String,
+    pub time: i64,
+    pub key_id: String,
+    /// base64url ECDSA P-256 (ASN.1) signature over [`Checkpoint::signed_bytes`].
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot encode the event: {0}")]
+    Encode(String),
+    #[error("the audit key cannot be used: {0}")]
+    Key(String),
+    #[error("signing failed")]
+    Sign,
+}
+
+/// Why verification failed; `seq` names the first bad record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error(
+        "record {expected} is missing (the next stored record is {found}): records were removed or reordered"
+    )]
+    Gap { expected: u64, found: u64 },
+    #[error("record {seq} was modified: its content no longer matches its hash")]
+    Modified { seq: u64 },
+    #[error(
+        "record {seq} does not follow record {prev}: its predecessor hash differs (records were removed, inserted or reordered)"
+    )]
+    BrokenLink { seq: u64, prev: u64 },
+    #[error("record {seq} does not start the chain from the genesis hash")]
+    BadGenesis { seq: u64 },
+    #[error(
+        "checkpoint at size {size} is signed by key {key_id:?}, which does not verify it: the checkpoint was forged or altered"
+    )]
+    BadCheckpoint { size: u64, key_id: String },
+    #[error("a signed checkpoint covers {size} records but only {present} are stored: the newest {missing} records were removed", missing = size - present)]
+    Truncated { size: u64, present: u64 },
+    #[error(
+        "record {seq} differs from what checkpoint {size} signed: the log was rewritten after the checkpoint"
+    )]
+    CheckpointMismatch { seq: u64, size: u64 },
+}
+
+/// A summary of an intact log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub checkpoints: u64,
+    pub head: String,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The canonical encoding of an event.
+pub fn canonical(event: &Event) -> Result<Vec<u8>, AuditError> {
+    serde_json::to_vec(event).map_err(|e| AuditError::Encode(e.to_string()))
+}
+
+/// The chain hash of a record.
+pub fn record_hash(seq: u64, prev_hash: &str, event: &Event) -> Result<String, AuditError> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(DOMAIN);
+    ctx.update(&seq.to_be_bytes());
+    ctx.update(prev_hash.as_bytes());
+    ctx.update(&canonical(event)?);
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+/// The writer's view of the chain: the next sequence number and the head hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub next_seq: u64,
+    pub head: String,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self {
+            next_seq: 0,
+            head: GENESIS.to_string(),
+        }
+    }
+}
+
+impl Chain {
+    /// Continue after the last stored record (or from the start).
+    pub fn after(last: Option<&Record>) -> Self {
+        match last {
+            None => Self::default(),
+            Some(r) => Self {
+                next_seq: r.seq + 1,
+                head: r.hash.clone(),
+            },
+        }
+    }
+
+    /// Chain a new event.
+    pub fn append(&mut self, event: Event) -> Result<Record, AuditError> {
+        let hash = record_hash(self.next_seq, &self.head, &event)?;
+        let r = Record {
+            seq: self.next_seq,
+            prev_hash: self.head.clone(),
+            hash: hash.clone(),
+            event,
+        };
+        self.next_seq += 1;
+        self.head = hash;
+        Ok(r)
+    }
+}
+
+impl Checkpoint {
+    /// The bytes a checkpoint signature covers.
+    pub fn signed_bytes(size: u64, head: &str, time: i64) -> Vec<u8> {
+        format!("lanyard-audit-checkpoint-v1\n{size}\n{head}\n{time}\n").into_bytes()
+    }
+}
+
+/// The dedicated audit signing key.
+pub struct AuditKey {
+    key: EcdsaKeyPair,
+    id: String,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditKey {
+    /// Generate a key; returns it with its PKCS#8 for storage (mode 0600).
+    pub fn generate() -> Result<(Self, Vec<u8>), AuditError> {
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|e| AuditError::Key(e.to_string()))?;
+        let pkcs8 = doc.as_ref().to_vec();
+        Ok((Self::from_pkcs8(&pkcs8)?, pkcs8))
+    }
+
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, AuditError> {
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der)
+            .map_err(|e| AuditError::Key(e.to_string()))?;
+        let id = hex(&digest::digest(&digest::SHA256, key.public_key().as_ref()).as_ref()[..8]);
+        Ok(Self {
+            key,
+            id,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The public key (uncompressed point), for verifiers.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sign a checkpoint of the chain as it is now.
+    pub fn checkpoint(&self, chain: &Chain, time: i64) -> Result<Checkpoint, AuditError> {
+        let sig = self
+            .key
+            .sign(
+                &self.rng,
+                &Checkpoint::signed_bytes(chain.next_seq, &chain.head, time),
+            )
+            .map_err(|_| AuditError::Sign)?;
+        Ok(Checkpoint {
+            size: chain.next_seq,
+            head: chain.head.clone(),
+            time,
+            key_id: self.id.clone(),
+            signature: URL_SAFE_NO_PAD.encode(sig.as_ref()),
+        })
+    }
+}
+
+/// Verify stored records (in stored order) and checkpoints against the audit public
+/// key. Returns a summary, or the first problem found.
+pub fn verify(
+    records: &[Record],
+    checkpoints: &[Checkpoint],
+    public_key: &[u8],
+) -> Result<Summary, VerifyError> {
+    let mut prev: Option<&Record> = None;
+    for (i, r) in records.iter().enumerate() {
+        let expected = i as u64;
+        if r.seq != expected {
+            return Err(VerifyError::Gap {
+                expected,
+                found: r.seq,
+            });
+        }
+        match prev {
+            None if r.prev_hash != GENESIS => return Err(VerifyError::BadGenesis { seq: r.seq }),
+            Some(p) if r.prev_hash != p.hash => {
+                return Err(VerifyError::BrokenLink {
+                    seq: r.seq,
+                    prev: p.seq,
+                });
+            }
+            _ => {}
+        }
+        let recomputed = record_hash(r.seq, &r.prev_hash, &r.event)
+            .map_err(|_| VerifyError::Modified { seq: r.seq })?;
+        if recomputed != r.hash {
+            return Err(VerifyError::Modified { seq: r.seq });
+        }
+        prev = Some(r);
+    }
+    let verifier = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key);
+    for c in checkpoints {
+        let sig = URL_SAFE_NO_PAD.decode(&c.signature).unwrap_or_default();
+        if verifier
+            .verify(&Checkpoint::signed_bytes(c.size, &c.head, c.time), &sig)
+            .is_err()
+        {
+            return Err(VerifyError::BadCheckpoint {
+                size: c.size,
+                key_id: c.key_id.clone(),
+            });
+        }
+        let present = records.len() as u64;
+        if c.size > present {
+            return Err(VerifyError::Truncated {
+                size: c.size,
+                present,
+            });
+        }
+        let head_ok = match c.size {
+            0 => c.head == GENESIS,
+            n => records
+                .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                .is_some_and(|r| r.hash == c.head),
+        };
+        if !head_ok {
+            return Err(VerifyError::CheckpointMismatch {
+                seq: c.size.saturating_sub(1),
+                size: c.size,
+            });
+        }
+    }
+    Ok(Summary {
+        events: records.len() as u64,
+        checkpoints: checkpoints.len() as u64,
+        head: records
+            .last()
+            .map(|r| r.hash.clone())
+            .unwrap_or_else(|| GENESIS.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests;
