@@ -200,6 +200,25 @@ pub trait Store: Send + Sync {
         document: &str,
         now: i64,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Append events to the evidence log, chained after the last stored record, in
+    /// one transaction (concurrent appenders retry). Returns the stored records.
+    fn append_audit(
+        &self,
+        events: &[lanyard_audit::Event],
+    ) -> impl Future<Output = Result<Vec<lanyard_audit::Record>>> + Send;
+
+    /// Every record of the evidence log, in sequence order.
+    fn audit_records(&self) -> impl Future<Output = Result<Vec<lanyard_audit::Record>>> + Send;
+
+    fn put_audit_checkpoint(
+        &self,
+        checkpoint: &lanyard_audit::Checkpoint,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn audit_checkpoints(
+        &self,
+    ) -> impl Future<Output = Result<Vec<lanyard_audit::Checkpoint>>> + Send;
 }
 
 /// A random identifier (32 hex characters) for new entries.

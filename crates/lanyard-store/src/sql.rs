@@ -47,8 +47,39 @@ const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environ
 const NODE_COLUMNS: &str =
     "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at";
 
+/// Attempts at appending to the evidence log when writers race.
+const AUDIT_RETRIES: usize = 20;
+
+fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation()
+                || d.code()
+                    .is_some_and(|c| c == "5" || c == "517" || c == "40001" || c == "40P01")
+        }
+        _ => false,
+    }
+}
+
+fn record_from_parts(
+    seq: i64,
+    prev_hash: String,
+    hash: String,
+    event: &str,
+) -> Result<lanyard_audit::Record> {
+    Ok(lanyard_audit::Record {
+        seq: to_u64(seq)?,
+        prev_hash,
+        hash,
+        // A record whose JSON no longer parses was tampered with; keep it visible to
+        // verification as an event that cannot match its hash.
+        event: serde_json::from_str(event)
+            .map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))?,
+    })
+}
+
 macro_rules! impl_store {
-    ($store:ident, $row:ty) => {
+    ($store:ident, $row:ty, $begin:expr) => {
         fn entry_from_row(row: &$row) -> Result<Entry> {
             let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db_err);
             let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(db_err);
@@ -346,6 +377,131 @@ macro_rules! impl_store {
                 .map_err(db_err)?;
                 to_u64(row.try_get::<i64, _>("sequence").map_err(db_err)?)
             }
+
+            async fn append_audit(
+                &self,
+                events: &[lanyard_audit::Event],
+            ) -> Result<Vec<lanyard_audit::Record>> {
+                let mut last_err = None;
+                for attempt in 0..AUDIT_RETRIES {
+                    let mut tx = match self.pool.begin_with($begin).await {
+                        Ok(tx) => tx,
+                        Err(e) if is_retryable(&e) => {
+                            last_err = Some(e);
+                            tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
+                            continue;
+                        }
+                        Err(e) => return Err(db_err(e)),
+                    };
+                    let result: std::result::Result<Vec<lanyard_audit::Record>, sqlx::Error> = async {
+                        let last = sqlx::query(
+                            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                        )
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let mut chain = match last {
+                            None => lanyard_audit::Chain::default(),
+                            Some(r) => lanyard_audit::Chain {
+                                next_seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0) + 1,
+                                head: r.try_get::<String, _>("hash")?,
+                            },
+                        };
+                        let mut out = Vec::with_capacity(events.len());
+                        for ev in events {
+                            let rec = chain
+                                .append(ev.clone())
+                                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                            let json = lanyard_audit::canonical(&rec.event)
+                                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                            sqlx::query(
+                                "INSERT INTO audit_events (seq, prev_hash, hash, time, kind, subject, event) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                            )
+                            .bind(i64::try_from(rec.seq).unwrap_or(i64::MAX))
+                            .bind(&rec.prev_hash)
+                            .bind(&rec.hash)
+                            .bind(rec.event.time)
+                            .bind(serde_json::to_value(rec.event.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                            .bind(&rec.event.subject)
+                            .bind(String::from_utf8_lossy(&json).into_owned())
+                            .execute(&mut *tx)
+                            .await?;
+                            out.push(rec);
+                        }
+                        Ok(out)
+                    }
+                    .await;
+                    match result {
+                        Ok(out) => match tx.commit().await {
+                            Ok(()) => return Ok(out),
+                            Err(e) if is_retryable(&e) => last_err = Some(e),
+                            Err(e) => return Err(db_err(e)),
+                        },
+                        Err(e) if is_retryable(&e) => {
+                            let _ = tx.rollback().await;
+                            last_err = Some(e);
+                        }
+                        Err(e) => {
+                            let _ = tx.rollback().await;
+                            return Err(db_err(e));
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
+                }
+                Err(StoreError::Database(format!(
+                    "could not append to the evidence log after {AUDIT_RETRIES} attempts: {}",
+                    last_err.map(|e| e.to_string()).unwrap_or_default()
+                )))
+            }
+
+            async fn audit_records(&self) -> Result<Vec<lanyard_audit::Record>> {
+                let rows = sqlx::query("SELECT seq, prev_hash, hash, event FROM audit_events ORDER BY seq")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        record_from_parts(
+                            r.try_get::<i64, _>("seq").map_err(db_err)?,
+                            r.try_get::<String, _>("prev_hash").map_err(db_err)?,
+                            r.try_get::<String, _>("hash").map_err(db_err)?,
+                            &r.try_get::<String, _>("event").map_err(db_err)?,
+                        )
+                    })
+                    .collect()
+            }
+
+            async fn put_audit_checkpoint(&self, c: &lanyard_audit::Checkpoint) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (size, head, time, key_id, signature) VALUES ($1,$2,$3,$4,$5) ON CONFLICT (size) DO NOTHING",
+                )
+                .bind(i64::try_from(c.size).unwrap_or(i64::MAX))
+                .bind(&c.head)
+                .bind(c.time)
+                .bind(&c.key_id)
+                .bind(&c.signature)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn audit_checkpoints(&self) -> Result<Vec<lanyard_audit::Checkpoint>> {
+                let rows = sqlx::query("SELECT size, head, time, key_id, signature FROM audit_checkpoints ORDER BY size")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(lanyard_audit::Checkpoint {
+                            size: to_u64(r.try_get::<i64, _>("size").map_err(db_err)?)?,
+                            head: r.try_get::<String, _>("head").map_err(db_err)?,
+                            time: r.try_get::<i64, _>("time").map_err(db_err)?,
+                            key_id: r.try_get::<String, _>("key_id").map_err(db_err)?,
+                            signature: r.try_get::<String, _>("signature").map_err(db_err)?,
+                        })
+                    })
+                    .collect()
+            }
         }
     };
 }
@@ -417,12 +573,16 @@ impl PgStore {
 
 mod sqlite_impl {
     use super::*;
-    impl_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+    impl_store!(SqliteStore, sqlx::sqlite::SqliteRow, "BEGIN IMMEDIATE");
 }
 
 mod pg_impl {
     use super::*;
-    impl_store!(PgStore, sqlx::postgres::PgRow);
+    impl_store!(
+        PgStore,
+        sqlx::postgres::PgRow,
+        "BEGIN ISOLATION LEVEL SERIALIZABLE"
+    );
 }
 
 /// Either backend, chosen at run time from the configuration.
@@ -515,5 +675,20 @@ impl Store for AnyStore {
     }
     async fn put_bundle(&self, td: &str, document: &str, now: i64) -> Result<u64> {
         delegate!(self, s => s.put_bundle(td, document, now))
+    }
+    async fn append_audit(
+        &self,
+        events: &[lanyard_audit::Event],
+    ) -> Result<Vec<lanyard_audit::Record>> {
+        delegate!(self, s => s.append_audit(events))
+    }
+    async fn audit_records(&self) -> Result<Vec<lanyard_audit::Record>> {
+        delegate!(self, s => s.audit_records())
+    }
+    async fn put_audit_checkpoint(&self, c: &lanyard_audit::Checkpoint) -> Result<()> {
+        delegate!(self, s => s.put_audit_checkpoint(c))
+    }
+    async fn audit_checkpoints(&self) -> Result<Vec<lanyard_audit::Checkpoint>> {
+        delegate!(self, s => s.audit_checkpoints())
     }
 }

@@ -352,3 +352,148 @@ async fn bad_locations_are_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
 }
+
+fn audit_event(i: u64) -> lanyard_audit::Event {
+    lanyard_audit::Event {
+        version: lanyard_audit::SCHEMA_VERSION,
+        id: format!("ev-{i}"),
+        time: 1_800_000_000_000 + i as i64,
+        kind: lanyard_audit::EventKind::EntryCreated,
+        actor: Some("uid:0".into()),
+        subject: Some(format!("spiffe://example.org/w{i}")),
+        evidence: Default::default(),
+        policy_ids: vec![],
+        decision: None,
+        outcome: lanyard_audit::Outcome::Success,
+        reason: None,
+        owner: Some("team-a".into()),
+        trace_id: None,
+        parent_id: None,
+        server_id: "s1".into(),
+    }
+}
+
+/// The evidence log in the store: appends chain, concurrent appenders serialize, and
+/// tampering with the stored rows directly (modify, delete a middle record, delete the
+/// newest records, reorder) is detected by verification.
+async fn audit_log<S, F, Fut>(s: &S, exec: F)
+where
+    S: Store + Clone + 'static,
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use lanyard_audit::{AuditKey, Chain, VerifyError, verify};
+    let (key, _) = AuditKey::generate().unwrap();
+    let first = s
+        .append_audit(&[audit_event(0), audit_event(1)])
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
+    let mut handles = Vec::new();
+    for t in 0..6u64 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..4u64 {
+                s.append_audit(&[audit_event(100 + t * 10 + i)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let records = s.audit_records().await.unwrap();
+    assert_eq!(records.len(), 26);
+    let chain = Chain::after(records.last());
+    let cp = key.checkpoint(&chain, 1).unwrap();
+    s.put_audit_checkpoint(&cp).await.unwrap();
+    s.put_audit_checkpoint(&cp).await.unwrap(); // idempotent
+    let cps = s.audit_checkpoints().await.unwrap();
+    assert_eq!(cps, vec![cp.clone()]);
+    let summary = verify(&records, &cps, &key.public_key()).unwrap();
+    assert_eq!(summary.events, 26);
+
+    // Modify a stored record.
+    exec("UPDATE audit_events SET event = REPLACE(event, 'team-a', 'team-b') WHERE seq = 7").await;
+    let r = s.audit_records().await.unwrap();
+    assert_eq!(
+        verify(&r, &cps, &key.public_key()),
+        Err(VerifyError::Modified { seq: 7 })
+    );
+    exec("UPDATE audit_events SET event = REPLACE(event, 'team-b', 'team-a') WHERE seq = 7").await;
+    assert!(verify(&s.audit_records().await.unwrap(), &cps, &key.public_key()).is_ok());
+
+    // Reorder two records.
+    exec("UPDATE audit_events SET seq = -1 WHERE seq = 3").await;
+    exec("UPDATE audit_events SET seq = 3 WHERE seq = 9").await;
+    exec("UPDATE audit_events SET seq = 9 WHERE seq = -1").await;
+    let r = s.audit_records().await.unwrap();
+    let res = verify(&r, &cps, &key.public_key());
+    assert!(
+        matches!(
+            res,
+            Err(VerifyError::BrokenLink { seq: 3, .. }) | Err(VerifyError::Modified { seq: 3 })
+        ),
+        "{res:?}"
+    );
+    exec("UPDATE audit_events SET seq = -1 WHERE seq = 3").await;
+    exec("UPDATE audit_events SET seq = 3 WHERE seq = 9").await;
+    exec("UPDATE audit_events SET seq = 9 WHERE seq = -1").await;
+    assert!(verify(&s.audit_records().await.unwrap(), &cps, &key.public_key()).is_ok());
+
+    // Delete a middle record.
+    exec("DELETE FROM audit_events WHERE seq = 12").await;
+    let r = s.audit_records().await.unwrap();
+    assert_eq!(
+        verify(&r, &cps, &key.public_key()),
+        Err(VerifyError::Gap {
+            expected: 12,
+            found: 13
+        })
+    );
+
+    // Delete the newest records: only the checkpoint can tell.
+    exec("DELETE FROM audit_events WHERE seq >= 12").await;
+    let r = s.audit_records().await.unwrap();
+    assert!(verify(&r, &[], &key.public_key()).is_ok());
+    assert_eq!(
+        verify(&r, &cps, &key.public_key()),
+        Err(VerifyError::Truncated {
+            size: 26,
+            present: 12
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
+    let pool = store.pool().clone();
+    audit_log(&store, |sql| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_log() {
+    let (url, name) = fresh_pg_db().await;
+    {
+        let store = PgStore::connect(&url).await.unwrap();
+        let pool = store.pool().clone();
+        audit_log(&store, |sql| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        })
+        .await;
+        store.pool().close().await;
+    }
+    drop_pg_db(&name).await;
+}
