@@ -43,6 +43,71 @@ impl AdminService {
         }
     }
 
+    /// Who is calling: the admin SVID on mTLS, the peer uid on the local socket.
+    fn actor<T>(&self, req: &Request<T>) -> String {
+        if let Some(id) = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|c| peer_spiffe_id(&c))
+        {
+            return id.to_string();
+        }
+        match req
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+        {
+            Some(c) => format!("uid:{}", c.uid()),
+            None => "local".to_string(),
+        }
+    }
+
+    async fn audit_entry(
+        &self,
+        kind: lanyard_audit::EventKind,
+        actor: String,
+        e: &Entry,
+    ) -> Result<(), Status> {
+        let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
+        ev.actor = Some(actor);
+        ev.subject = Some(e.spec.spiffe_id.to_string());
+        ev.owner = Some(e.spec.owner.clone());
+        ev.evidence.insert("entry_id".into(), e.id.clone().into());
+        ev.evidence
+            .insert("parent_id".into(), e.spec.parent_id.to_string().into());
+        ev.evidence.insert(
+            "selectors".into(),
+            serde_json::Value::from(
+                e.spec
+                    .selectors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            ),
+        );
+        ev.evidence.insert("revision".into(), e.revision.into());
+        self.shared
+            .record(vec![ev])
+            .await
+            .map_err(|err| Status::internal(format!("evidence log: {err}")))
+    }
+
+    async fn audit_agent(
+        &self,
+        kind: lanyard_audit::EventKind,
+        actor: String,
+        n: &Node,
+    ) -> Result<(), Status> {
+        let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
+        ev.actor = Some(actor);
+        ev.subject = Some(n.spiffe_id.to_string());
+        self.shared
+            .record(vec![ev])
+            .await
+            .map_err(|err| Status::internal(format!("evidence log: {err}")))
+    }
+
     async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if !self.require_admin_svid {
             return Ok(());
@@ -69,6 +134,13 @@ impl AdminService {
             Ok(())
         } else {
             tracing::warn!(caller = %peer, "admin call refused: not an admin identity");
+            let mut ev = self.shared.event(
+                lanyard_audit::EventKind::AdminCallRefused,
+                lanyard_audit::Outcome::Denied,
+            );
+            ev.actor = Some(peer.to_string());
+            ev.reason = Some("not an admin identity".to_string());
+            let _ = self.shared.record(vec![ev]).await;
             Err(Status::permission_denied(format!(
                 "{peer} is not an admin identity; only SVIDs of entries created with --admin may use the admin API"
             )))
@@ -244,6 +316,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn create_entry(&self, req: Request<pb::Entry>) -> Result<Response<pb::Entry>, Status> {
         self.authorize(&req).await?;
         let spec = validate_entry(&self.shared, req.get_ref())?;
+        let actor = self.actor(&req);
         let e = self
             .shared
             .store
@@ -251,6 +324,8 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, owner = %e.spec.owner, "entry created");
+        self.audit_entry(lanyard_audit::EventKind::EntryCreated, actor, &e)
+            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_entry(&e)))
     }
@@ -260,6 +335,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::UpdateEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
         self.authorize(&req).await?;
+        let actor = self.actor(&req);
         let r = req.into_inner();
         let e = r.entry.ok_or_else(|| bad("entry is required"))?;
         let id = entry_id(&e.id)?;
@@ -272,6 +348,8 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %updated.id, revision = updated.revision, "entry updated");
+        self.audit_entry(lanyard_audit::EventKind::EntryUpdated, actor, &updated)
+            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_entry(&updated)))
     }
@@ -286,6 +364,8 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, "entry deleted");
+        self.audit_entry(lanyard_audit::EventKind::EntryDeleted, self.actor(&req), &e)
+            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_entry(&e)))
     }
@@ -343,6 +423,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         self.authorize(&req).await?;
+        let actor = self.actor(&req);
         let r = req.into_inner();
         let ttl = if r.ttl_seconds == 0 {
             self.shared.config.join_token_ttl
@@ -382,6 +463,21 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(expires_at, "join token created");
+        let mut ev = self.shared.event(
+            lanyard_audit::EventKind::TokenCreated,
+            lanyard_audit::Outcome::Success,
+        );
+        ev.actor = Some(actor);
+        ev.subject = spiffe_id.as_ref().map(ToString::to_string);
+        ev.evidence.insert(
+            "token_hash_prefix".into(),
+            sha256_hex(token.as_bytes())[..16].to_string().into(),
+        );
+        ev.evidence.insert("expires_at".into(), expires_at.into());
+        self.shared
+            .record(vec![ev])
+            .await
+            .map_err(|err| Status::internal(format!("evidence log: {err}")))?;
         Ok(Response::new(pb::JoinTokenResponse {
             token,
             expires_at,
@@ -423,6 +519,8 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::warn!(agent = %id, "agent banned");
+        self.audit_agent(lanyard_audit::EventKind::AgentBanned, self.actor(&req), &n)
+            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_agent(&n)))
     }
@@ -437,6 +535,8 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::warn!(agent = %id, "agent evicted");
+        self.audit_agent(lanyard_audit::EventKind::AgentEvicted, self.actor(&req), &n)
+            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_agent(&n)))
     }

@@ -37,6 +37,7 @@ pub struct FileConfig {
     pub agent_svid_ttl: Option<String>,
     pub join_token_ttl: Option<String>,
     pub log_level: Option<String>,
+    pub audit_checkpoint_file: Option<PathBuf>,
     #[serde(default)]
     pub ca: FileCaConfig,
     #[serde(default)]
@@ -84,6 +85,7 @@ pub struct Overrides {
     pub http_bind: Option<String>,
     pub admin_socket: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub audit_checkpoint_file: Option<PathBuf>,
 }
 
 /// The effective, validated configuration.
@@ -111,6 +113,8 @@ pub struct ServerConfig {
     pub x509pop_ca_bundle: Option<PathBuf>,
     /// (trust domain, bundle file) of each federated trust domain.
     pub federation: Vec<(TrustDomain, PathBuf)>,
+    /// Where signed audit checkpoints are also appended (outside the datastore).
+    pub audit_checkpoint_file: Option<PathBuf>,
     pub log_level: String,
 }
 
@@ -312,6 +316,7 @@ impl ServerConfig {
             upstream_key: f.ca.upstream_key,
             x509pop_ca_bundle: f.x509pop.ca_bundle,
             federation,
+            audit_checkpoint_file: o.audit_checkpoint_file.clone().or(f.audit_checkpoint_file),
             log_level,
         })
     }

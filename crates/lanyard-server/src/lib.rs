@@ -287,6 +287,9 @@ pub async fn start(
                     if let Err(e) = rot.tick().await {
                         tracing::error!(error = %e, "CA rotation step failed; retrying");
                     }
+                    if let Err(e) = rot.checkpoint().await {
+                        tracing::error!(error = %e, "audit checkpoint failed; retrying");
+                    }
                 }
             }
         }

@@ -137,6 +137,27 @@ async fn admit(
     };
     shared.store.upsert_node(&node).await.map_err(internal)?;
     tracing::info!(agent = %id, attestation = attestation_type, serial = %minted.serial, "node attested");
+    let mut ev = shared.event(
+        lanyard_audit::EventKind::NodeAttested,
+        lanyard_audit::Outcome::Success,
+    );
+    ev.subject = Some(id.to_string());
+    ev.evidence
+        .insert("attestation_type".into(), attestation_type.into());
+    ev.evidence.insert(
+        "selectors".into(),
+        serde_json::Value::from(
+            node.selectors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        ),
+    );
+    ev.evidence
+        .insert("serial".into(), minted.serial.clone().into());
+    ev.evidence
+        .insert("expires_at".into(), minted.not_after.into());
+    shared.record(vec![ev]).await.map_err(internal)?;
     shared.notify();
     Ok(agent_svid(shared, &id, &minted))
 }
@@ -334,6 +355,21 @@ impl pb::node_server::Node for NodeService {
                     "the first attestation message must be join_token or x509pop",
                 )),
             };
+            if let Err(status) = &result
+                && matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                )
+            {
+                let mut ev = shared.event(
+                    lanyard_audit::EventKind::NodeRefused,
+                    lanyard_audit::Outcome::Denied,
+                );
+                ev.reason = Some(status.message().to_string());
+                if let Err(e) = shared.record(vec![ev]).await {
+                    tracing::error!(error = %e, "evidence log");
+                }
+            }
             let msg = result.map(|svid| pb::AttestResponse {
                 step: Some(pb::attest_response::Step::Result(svid)),
             });
@@ -366,6 +402,17 @@ impl pb::node_server::Node for NodeService {
             .await
             .map_err(internal)?;
         tracing::info!(agent = %node.spiffe_id, serial = %minted.serial, "agent SVID renewed");
+        let mut ev = self.shared.event(
+            lanyard_audit::EventKind::AgentSvidRenewed,
+            lanyard_audit::Outcome::Success,
+        );
+        ev.actor = Some(node.spiffe_id.to_string());
+        ev.subject = Some(node.spiffe_id.to_string());
+        ev.evidence
+            .insert("serial".into(), minted.serial.clone().into());
+        ev.evidence
+            .insert("expires_at".into(), minted.not_after.into());
+        self.shared.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(agent_svid(
             &self.shared,
             &node.spiffe_id,
@@ -450,8 +497,10 @@ impl pb::node_server::Node for NodeService {
             .map(|e| (e.id.clone(), e))
             .collect();
         let now = self.shared.clock.unix_seconds();
-        let ca = self.shared.ca_read().map_err(internal)?;
-        let results = requests
+        let mut issued: Vec<lanyard_audit::Event> = Vec::new();
+        let results: Vec<pb::X509SvidResult> = {
+            let ca = self.shared.ca_read().map_err(internal)?;
+            requests
             .iter()
             .map(|r| {
                 let Some(entry) = entries.get(&r.entry_id) else {
@@ -475,6 +524,28 @@ impl pb::node_server::Node for NodeService {
                 ) {
                     Ok(m) => {
                         tracing::debug!(agent = %node.spiffe_id, spiffe_id = %entry.spec.spiffe_id, serial = %m.serial, "X509-SVID issued");
+                        let mut ev = self
+                            .shared
+                            .event(lanyard_audit::EventKind::X509SvidIssued, lanyard_audit::Outcome::Success);
+                        ev.actor = Some(node.spiffe_id.to_string());
+                        ev.subject = Some(entry.spec.spiffe_id.to_string());
+                        ev.owner = Some(entry.spec.owner.clone());
+                        ev.evidence.insert("entry_id".into(), entry.id.clone().into());
+                        ev.evidence.insert("serial".into(), m.serial.clone().into());
+                        ev.evidence.insert("expires_at".into(), m.not_after.into());
+                        if let Some(leaf) = m.chain.first()
+                            && let Ok((_, c)) = x509_parser::parse_x509_certificate(leaf)
+                        {
+                            ev.evidence
+                                .insert("public_key_sha256".into(), sha256_hex(c.public_key().raw).into());
+                        }
+                        ev.evidence.insert(
+                            "selectors".into(),
+                            serde_json::Value::from(
+                                entry.spec.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            ),
+                        );
+                        issued.push(ev);
                         pb::X509SvidResult {
                             entry_id: r.entry_id.clone(),
                             cert_chain: m.chain,
@@ -489,7 +560,10 @@ impl pb::node_server::Node for NodeService {
                     },
                 }
             })
-            .collect();
+            .collect()
+        };
+        // Evidence first: nothing is handed out unless it is on record.
+        self.shared.record(issued).await.map_err(internal)?;
         Ok(Response::new(pb::BatchX509SvidResponse { results }))
     }
 
@@ -525,6 +599,22 @@ impl pb::node_server::Node for NodeService {
             ca.mint_jwt_svid(&entry.spec.spiffe_id, &r.audience, ttl, now)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?
         };
+        let mut ev = self.shared.event(
+            lanyard_audit::EventKind::JwtSvidIssued,
+            lanyard_audit::Outcome::Success,
+        );
+        ev.actor = Some(node.spiffe_id.to_string());
+        ev.subject = Some(entry.spec.spiffe_id.to_string());
+        ev.owner = Some(entry.spec.owner.clone());
+        ev.evidence.insert("jti".into(), minted.jti.clone().into());
+        ev.evidence.insert(
+            "audience".into(),
+            serde_json::Value::from(r.audience.clone()),
+        );
+        ev.evidence.insert("kid".into(), minted.kid.clone().into());
+        ev.evidence
+            .insert("expires_at".into(), minted.expiry.into());
+        self.shared.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(pb::JwtSvidResponse {
             token: minted.token,
             expires_at: minted.expiry,

@@ -54,6 +54,12 @@ pub struct Shared {
     pub federated: std::collections::BTreeMap<String, String>,
     keystore: PathBuf,
     pub clock: Arc<dyn Clock>,
+    /// The dedicated audit key that signs evidence-log checkpoints.
+    pub audit_key: lanyard_audit::AuditKey,
+    /// This server's identity in audit events.
+    pub server_name: String,
+    /// Head of the log at the last checkpoint.
+    last_checkpoint: std::sync::Mutex<Option<u64>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -142,6 +148,45 @@ fn load_x509pop_roots(cfg: &ServerConfig) -> Result<Option<BundleSet>, ServerErr
     Ok(Some([b].into_iter().collect()))
 }
 
+/// The audit key: `audit-key.pk8` (0600) and its public half `audit-key.pub` (hex),
+/// which `lanyard audit verify` uses.
+fn load_or_create_audit_key(dir: &Path) -> Result<lanyard_audit::AuditKey, ServerError> {
+    let path = dir.join("audit-key.pk8");
+    let key = match std::fs::read(&path) {
+        Ok(der) => lanyard_audit::AuditKey::from_pkcs8(&der)
+            .map_err(|e| ServerError::Other(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (key, der) = lanyard_audit::AuditKey::generate()
+                .map_err(|e| ServerError::Other(e.to_string()))?;
+            write_private(&path, &der)?;
+            key
+        }
+        Err(e) => return Err(io("cannot read", &path, e)),
+    };
+    let public: String = key
+        .public_key()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let pub_path = dir.join("audit-key.pub");
+    if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(public.as_str()) {
+        std::fs::write(&pub_path, &public).map_err(|e| io("cannot write", &pub_path, e))?;
+    }
+    Ok(key)
+}
+
+fn load_or_create_server_name(dir: &Path) -> Result<String, ServerError> {
+    let path = dir.join("server-id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    let mut raw = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|e| ServerError::Other(e.to_string()))?;
+    let name: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &name).map_err(|e| io("cannot write", &path, e))?;
+    Ok(name)
+}
+
 fn load_federation(
     cfg: &ServerConfig,
 ) -> Result<std::collections::BTreeMap<String, String>, ServerError> {
@@ -209,7 +254,7 @@ impl Shared {
         let upstream = load_upstream(&config)?;
         let mut ca = CertificateAuthority::new(ca_cfg, upstream, slots)?;
         let now = clock.unix_seconds();
-        ca.tick(now)?;
+        let initial_events = ca.tick(now)?;
         let server_id = SpiffeId::from_parts(&config.trust_domain, SERVER_PATH)
             .map_err(|e| ServerError::Other(e.to_string()))?;
         let (server_key, minted) = mint_server_svid(&ca, &server_id, now)?;
@@ -218,6 +263,8 @@ impl Shared {
         ));
         let x509pop_roots = load_x509pop_roots(&config)?;
         let federated = load_federation(&config)?;
+        let audit_key = load_or_create_audit_key(&config.data_dir)?;
+        let server_name = load_or_create_server_name(&config.data_dir)?;
         let (changes, _) = watch::channel(0u64);
         let shared = Arc::new(Self {
             store,
@@ -232,9 +279,31 @@ impl Shared {
             federated,
             keystore,
             clock,
+            audit_key,
+            server_name,
+            last_checkpoint: std::sync::Mutex::new(None),
             config,
         });
         shared.save_keys()?;
+        let mut audit = Vec::new();
+        for e in &initial_events {
+            let (kind, slot) = match e {
+                lanyard_ca::CaEvent::Prepared { slot, .. } => {
+                    (lanyard_audit::EventKind::CaKeyPrepared, slot)
+                }
+                lanyard_ca::CaEvent::Activated { slot } => {
+                    (lanyard_audit::EventKind::CaKeyActivated, slot)
+                }
+                lanyard_ca::CaEvent::Retired { slot } | lanyard_ca::CaEvent::Removed { slot } => {
+                    (lanyard_audit::EventKind::CaKeyRetired, slot)
+                }
+            };
+            let mut ev = shared.event(kind, lanyard_audit::Outcome::Success);
+            ev.evidence
+                .insert("slot".into(), serde_json::Value::String(slot.clone()));
+            audit.push(ev);
+        }
+        shared.record(audit).await?;
         shared.publish_bundle().await?;
         Ok(shared)
     }
@@ -274,6 +343,14 @@ impl Shared {
                     .put_bundle(&td, &doc, self.clock.unix_seconds())
                     .await?;
                 tracing::info!(sequence = seq, "trust bundle changed");
+                let mut ev = self.event(
+                    lanyard_audit::EventKind::BundleChanged,
+                    lanyard_audit::Outcome::Success,
+                );
+                ev.subject = Some(self.config.trust_domain.id_string());
+                ev.evidence
+                    .insert("sequence".into(), serde_json::Value::from(seq));
+                self.record(vec![ev]).await?;
                 seq
             }
         };
@@ -309,6 +386,79 @@ impl Shared {
         self.bundle.read().map(|b| b.clone()).unwrap_or_default()
     }
 
+    /// A new audit event of `kind`, stamped with id, time, schema version and server.
+    pub fn event(
+        &self,
+        kind: lanyard_audit::EventKind,
+        outcome: lanyard_audit::Outcome,
+    ) -> lanyard_audit::Event {
+        let mut raw = [0u8; 16];
+        let _ = aws_lc_rs::rand::fill(&mut raw);
+        let millis = self
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        lanyard_audit::Event {
+            version: lanyard_audit::SCHEMA_VERSION,
+            id: raw.iter().map(|b| format!("{b:02x}")).collect(),
+            time: millis,
+            kind,
+            actor: None,
+            subject: None,
+            evidence: Default::default(),
+            policy_ids: Vec::new(),
+            decision: None,
+            outcome,
+            reason: None,
+            owner: None,
+            trace_id: None,
+            parent_id: None,
+            server_id: self.server_name.clone(),
+        }
+    }
+
+    /// Append events to the evidence log; callers hand out nothing until this succeeds.
+    pub async fn record(&self, events: Vec<lanyard_audit::Event>) -> Result<(), ServerError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.store.append_audit(&events).await?;
+        Ok(())
+    }
+
+    /// Sign a checkpoint if the log grew since the last one; also append it to the
+    /// external checkpoint file when configured.
+    pub async fn checkpoint(&self) -> Result<(), ServerError> {
+        let records = self.store.audit_records().await?;
+        let chain = lanyard_audit::Chain::after(records.last());
+        let done = self.last_checkpoint.lock().map(|g| *g).unwrap_or(None);
+        if done == Some(chain.next_seq) || chain.next_seq == 0 {
+            return Ok(());
+        }
+        let cp = self
+            .audit_key
+            .checkpoint(&chain, self.clock.unix_seconds())
+            .map_err(|e| ServerError::Other(e.to_string()))?;
+        self.store.put_audit_checkpoint(&cp).await?;
+        if let Some(path) = &self.config.audit_checkpoint_file {
+            use std::io::Write as _;
+            let line = serde_json::to_string(&cp).map_err(|e| ServerError::Other(e.to_string()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| io("cannot append to", path, e))?;
+            writeln!(f, "{line}").map_err(|e| io("cannot append to", path, e))?;
+            f.sync_all().map_err(|e| io("cannot sync", path, e))?;
+        }
+        if let Ok(mut g) = self.last_checkpoint.lock() {
+            *g = Some(chain.next_seq);
+        }
+        Ok(())
+    }
+
     /// Tell every pushed stream that something changed.
     pub fn notify(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
@@ -325,9 +475,27 @@ impl Shared {
             ca.tick(now)?
         };
         if !events.is_empty() {
+            let mut audit = Vec::new();
             for e in &events {
                 tracing::info!(event = ?e, "CA rotation");
+                let (kind, slot) = match e {
+                    lanyard_ca::CaEvent::Prepared { slot, .. } => {
+                        (lanyard_audit::EventKind::CaKeyPrepared, slot)
+                    }
+                    lanyard_ca::CaEvent::Activated { slot } => {
+                        (lanyard_audit::EventKind::CaKeyActivated, slot)
+                    }
+                    lanyard_ca::CaEvent::Retired { slot }
+                    | lanyard_ca::CaEvent::Removed { slot } => {
+                        (lanyard_audit::EventKind::CaKeyRetired, slot)
+                    }
+                };
+                let mut ev = self.event(kind, lanyard_audit::Outcome::Success);
+                ev.evidence
+                    .insert("slot".into(), serde_json::Value::String(slot.clone()));
+                audit.push(ev);
             }
+            self.record(audit).await?;
             self.save_keys()?;
             self.publish_bundle().await?;
         }

@@ -56,6 +56,14 @@ enum Command {
         /// PostgreSQL URL (default: SQLite in the data dir).
         #[arg(long, env = "LANYARD_DATABASE_URL")]
         database_url: Option<String>,
+        /// Also append signed audit checkpoints to this file (outside the datastore).
+        #[arg(long)]
+        audit_checkpoint_file: Option<std::path::PathBuf>,
+    },
+    /// The evidence log: verify, query, export.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Manage registration entries (admin API).
     Entry {
@@ -210,6 +218,45 @@ enum BenchCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Prove the log is intact: every record chained, every checkpoint signed and met.
+    Verify {
+        #[command(flatten)]
+        src: cmd::audit::Source,
+    },
+    /// List events, optionally filtered.
+    Query {
+        #[command(flatten)]
+        src: cmd::audit::Source,
+        /// Only events about this SPIFFE ID.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only events of this kind, e.g. x509_svid_issued.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events newer than this, e.g. 1h.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Every event of one trace, in order.
+    Trace {
+        trace_id: String,
+        #[command(flatten)]
+        src: cmd::audit::Source,
+    },
+    /// Export the whole log.
+    Export {
+        #[command(flatten)]
+        src: cmd::audit::Source,
+        /// Only jsonl is supported.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Generate a single-use join token.
     Generate {
@@ -322,7 +369,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             http_bind,
             admin_socket,
             database_url,
+            audit_checkpoint_file,
         } => runtime()?.block_on(cmd::server::run(lanyard_server::Overrides {
+            audit_checkpoint_file,
             config,
             trust_domain,
             data_dir,
@@ -372,6 +421,27 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Bench {
             command: BenchCommand::Workload { args },
         } => runtime()?.block_on(cmd::bench::workload(args)),
+        Command::Audit { command } => runtime()?.block_on(async move {
+            match command {
+                AuditCommand::Verify { src } => cmd::audit::verify(&src).await,
+                AuditCommand::Query {
+                    src,
+                    subject,
+                    kind,
+                    since,
+                    output,
+                } => cmd::audit::query(&src, subject, kind, since, None, output).await,
+                AuditCommand::Trace { trace_id, src } => {
+                    cmd::audit::query(&src, None, None, None, Some(trace_id), Output::Text).await
+                }
+                AuditCommand::Export { src, format } => {
+                    if format != "jsonl" {
+                        return Err(format!("--format {format:?}: only jsonl is supported"));
+                    }
+                    cmd::audit::export(&src).await
+                }
+            }
+        }),
         Command::Agent { command: None, run } => runtime()?.block_on(cmd::agent::run(run)),
         Command::Dev { dir, trust_domain } => {
             runtime()?.block_on(cmd::agent::dev(dir, trust_domain))

@@ -656,3 +656,109 @@ async fn federated_bundles_reach_workloads() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// Evidence: after `lanyard dev` and one SVID fetch, `lanyard audit query` shows the
+/// attestation and the issuance with selectors and serial; `audit verify` passes, and
+/// fails naming the record when the SQLite rows are modified or the newest removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_of_dev_and_tamper_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let fetched: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["svid", "fetch", "--output", "json"])).unwrap();
+    let serial = fetched[0]["serial"].as_str().unwrap().to_string();
+    let data = dir.path().to_str().unwrap().to_string();
+    let events: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["audit", "query", "--data-dir", &data, "--output", "json"]))
+            .unwrap();
+    let events = events.as_array().unwrap();
+    let attested = events
+        .iter()
+        .find(|e| e["event"]["kind"] == "node_attested")
+        .expect("node_attested");
+    assert_eq!(
+        attested["event"]["evidence"]["attestation_type"],
+        "join_token"
+    );
+    let issued = events
+        .iter()
+        .find(|e| {
+            e["event"]["kind"] == "x509_svid_issued"
+                && e["event"]["subject"] == dev.expected_id().as_str()
+        })
+        .expect("x509_svid_issued");
+    assert_eq!(issued["event"]["evidence"]["serial"], serial.as_str());
+    assert_eq!(
+        issued["event"]["evidence"]["selectors"][0],
+        format!("unix:uid:{}", dev.uid)
+    );
+    assert_eq!(issued["event"]["owner"], "dev");
+    let o = dev.cli(&[
+        "audit",
+        "query",
+        "--data-dir",
+        &data,
+        "--kind",
+        "entry_created",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("entry_created"));
+
+    // Wait for a signed checkpoint, then verify.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = dev.cli(&["audit", "verify", "--data-dir", &data]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if !out.contains(" 0 checkpoints") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint: {out}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(dev);
+
+    // Tamper with the stored rows directly.
+    use sqlx::ConnectOptions;
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("lanyard.db"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET event = REPLACE(event, '\"owner\":\"dev\"', '\"owner\":\"mallory\"') WHERE kind = 'entry_created'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let verify = || {
+        Command::new(common::bin())
+            .args(["audit", "verify", "--data-dir", &data])
+            .output()
+            .unwrap()
+    };
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("was modified"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    sqlx::query("UPDATE audit_events SET event = REPLACE(event, '\"owner\":\"mallory\"', '\"owner\":\"dev\"') WHERE kind = 'entry_created'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(verify().status.success());
+    sqlx::query("DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("removed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod inspect;
 pub mod server;
