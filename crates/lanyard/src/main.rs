@@ -215,6 +215,11 @@ enum BenchCommand {
         #[command(flatten)]
         args: cmd::bench::WorkloadArgs,
     },
+    /// Durable evidence-log appends per second next to raw durable SQLite inserts.
+    Audit {
+        #[command(flatten)]
+        args: cmd::bench::AuditArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,6 +426,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Bench {
             command: BenchCommand::Workload { args },
         } => runtime()?.block_on(cmd::bench::workload(args)),
+        Command::Bench {
+            command: BenchCommand::Audit { args },
+        } => runtime()?.block_on(cmd::bench::audit(args)),
         Command::Audit { command } => runtime()?.block_on(async move {
             match command {
                 AuditCommand::Verify { src } => cmd::audit::verify(&src).await,

@@ -472,3 +472,121 @@ pub async fn workload(args: WorkloadArgs) -> Result<ExitCode, String> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Options of `lanyard bench audit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// How long each measurement runs.
+    #[arg(long, default_value = "3s")]
+    pub duration: String,
+    /// Events per append in the batched run.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+fn bench_event(i: u64) -> lanyard_audit::Event {
+    let mut evidence = std::collections::BTreeMap::new();
+    evidence.insert(
+        "serial".to_string(),
+        serde_json::Value::String(format!("{i:032x}")),
+    );
+    lanyard_audit::Event {
+        version: lanyard_audit::SCHEMA_VERSION,
+        id: format!("{i:032x}"),
+        time: 1_800_000_000_000 + i as i64,
+        kind: lanyard_audit::EventKind::X509SvidIssued,
+        actor: Some("spiffe://bench.example/lanyard/agent/a".into()),
+        subject: Some("spiffe://bench.example/w".into()),
+        evidence,
+        policy_ids: vec![],
+        decision: None,
+        outcome: lanyard_audit::Outcome::Success,
+        reason: None,
+        owner: Some("bench".into()),
+        trace_id: None,
+        parent_id: None,
+        server_id: "bench".into(),
+    }
+}
+
+/// Durable evidence-log appends per second next to raw durable SQLite inserts per
+/// second (same file settings: WAL, synchronous=FULL), measured in the same run.
+pub async fn audit(args: AuditArgs) -> Result<ExitCode, String> {
+    use lanyard_store::Store;
+    use sqlx::ConnectOptions;
+    let duration = lanyard_core::duration::parse_duration(&args.duration)
+        .map_err(|e| format!("--duration: {e}"))?;
+    if args.batch == 0 {
+        return Err("--batch must be at least 1".to_string());
+    }
+    let dir = temp_dir()?;
+    // Baseline: one durable INSERT per transaction into a plain table.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("raw.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body =
+        String::from_utf8(lanyard_audit::canonical(&bench_event(0)).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut raw = 0u64;
+    while start.elapsed() < duration {
+        sqlx::query("INSERT INTO t (body) VALUES ($1)")
+            .bind(&body)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        raw += 1;
+    }
+    let raw_per_sec = raw as f64 / start.elapsed().as_secs_f64();
+
+    let store = lanyard_store::SqliteStore::open(&dir.join("audit.db"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut i = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        store
+            .append_audit(&[bench_event(i)])
+            .await
+            .map_err(|e| e.to_string())?;
+        i += 1;
+    }
+    let single = i as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        let events: Vec<_> = (0..args.batch as u64).map(|k| bench_event(i + k)).collect();
+        store
+            .append_audit(&events)
+            .await
+            .map_err(|e| e.to_string())?;
+        i += args.batch as u64;
+        n += args.batch as u64;
+    }
+    let batched = n as f64 / start.elapsed().as_secs_f64();
+    // The log must still verify.
+    let records = store.audit_records().await.map_err(|e| e.to_string())?;
+    let (key, _) = lanyard_audit::AuditKey::generate().map_err(|e| e.to_string())?;
+    lanyard_audit::verify(&records, &[], &key.public_key()).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("raw durable SQLite inserts (1 per transaction): {raw_per_sec:>9.0} /s");
+    println!(
+        "evidence-log appends, 1 event per commit:       {single:>9.0} /s  (ratio {:.2})",
+        single / raw_per_sec
+    );
+    println!(
+        "evidence-log appends, {} events per commit:     {batched:>9.0} /s  (ratio {:.2})",
+        args.batch,
+        batched / raw_per_sec
+    );
+    Ok(ExitCode::SUCCESS)
+}
