@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use lanyard_core::bundle::pem_certificates;
-use lanyard_core::{Bundle, SpiffeId, TrustDomain, X509Authority};
+use lanyard_core::{Bundle, SpiffeId, TrustDomain};
 use serde::Deserialize;
 
 /// How the agent proves itself to the server when it has no stored agent SVID.
@@ -69,16 +69,7 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> String {
 /// Read a trust bundle file: a SPIFFE bundle (JSON) or PEM CA certificates.
 pub fn read_bundle(path: &Path, td: &TrustDomain) -> Result<Bundle, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        return Bundle::parse(td.clone(), &bytes).map_err(|e| format!("{}: {e}", path.display()));
-    }
-    let mut b = Bundle::new(td.clone());
-    for der in pem_certificates(&bytes).map_err(|e| format!("{}: {e}", path.display()))? {
-        b.add_x509_authority(
-            X509Authority::from_der(der).map_err(|e| format!("{}: {e}", path.display()))?,
-        );
-    }
-    Ok(b)
+    Bundle::parse_json_or_pem(td.clone(), &bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl AgentConfig {

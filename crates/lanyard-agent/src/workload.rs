@@ -73,6 +73,21 @@ impl WorkloadService {
         })
     }
 
+    /// Header check, attestation, and at least one identity; streams refuse a caller
+    /// with none at once rather than inside the stream.
+    fn entitled_caller<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
+        let selectors = self.caller(req)?;
+        if self
+            .state
+            .identities(&selectors, SystemClock.unix_seconds())
+            .is_empty()
+        {
+            tracing::info!(?selectors, "Workload API: no identity for caller");
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        Ok(selectors)
+    }
+
     fn bundle_or_unavailable(&self) -> Result<Bundle, Status> {
         self.state.bundle().ok_or_else(|| {
             Status::unavailable("the agent has no trust bundle yet; it is still starting")
@@ -225,16 +240,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.caller(&req)?;
-        // Refuse at once (not inside the stream) a caller with no identity.
-        if self
-            .state
-            .identities(&selectors, SystemClock.unix_seconds())
-            .is_empty()
-        {
-            tracing::info!(?selectors, "Workload API: no identity for caller");
-            return Err(Status::permission_denied("no identity issued"));
-        }
+        let selectors = self.entitled_caller(&req)?;
         let this = self.clone();
         Ok(Response::new(watch_stream(self.state.clone(), move || {
             this.x509_response(&selectors)
@@ -245,14 +251,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.caller(&req)?;
-        if self
-            .state
-            .identities(&selectors, SystemClock.unix_seconds())
-            .is_empty()
-        {
-            return Err(Status::permission_denied("no identity issued"));
-        }
+        self.entitled_caller(&req)?;
         let state = self.state.clone();
         Ok(Response::new(watch_stream(self.state.clone(), move || {
             let b = state
@@ -337,14 +336,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.caller(&req)?;
-        if self
-            .state
-            .identities(&selectors, SystemClock.unix_seconds())
-            .is_empty()
-        {
-            return Err(Status::permission_denied("no identity issued"));
-        }
+        self.entitled_caller(&req)?;
         let state = self.state.clone();
         Ok(Response::new(watch_stream(self.state.clone(), move || {
             let b = state

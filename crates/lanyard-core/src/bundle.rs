@@ -390,6 +390,25 @@ impl Bundle {
         Ok(bundle)
     }
 
+    /// A bundle holding the X.509 authorities of a PEM document (`CERTIFICATE` blocks).
+    pub fn from_pem(trust_domain: TrustDomain, pem_text: &[u8]) -> Result<Self, BundleError> {
+        let mut b = Self::new(trust_domain);
+        for der in pem_certificates(pem_text)? {
+            b.add_x509_authority(X509Authority::from_der(der)?);
+        }
+        Ok(b)
+    }
+
+    /// Parse a bundle file's content: SPIFFE bundle JSON (starts with `{`), else PEM
+    /// CA certificates.
+    pub fn parse_json_or_pem(trust_domain: TrustDomain, bytes: &[u8]) -> Result<Self, BundleError> {
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            Self::parse(trust_domain, bytes)
+        } else {
+            Self::from_pem(trust_domain, bytes)
+        }
+    }
+
     /// Serialize to the SPIFFE bundle JSON document.
     pub fn to_json(&self) -> Result<String, BundleError> {
         let mut keys = Vec::new();

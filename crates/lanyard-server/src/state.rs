@@ -12,7 +12,7 @@ use lanyard_ca::{
     UpstreamCa,
 };
 use lanyard_core::bundle::pem_certificates;
-use lanyard_core::{Bundle, BundleSet, Clock, SpiffeId, SystemClock, X509Authority};
+use lanyard_core::{Bundle, BundleSet, Clock, SpiffeId, SystemClock};
 use lanyard_store::{AnyStore, Entry, Node, Store};
 use tokio::sync::watch;
 
@@ -137,14 +137,10 @@ fn load_x509pop_roots(cfg: &ServerConfig) -> Result<Option<BundleSet>, ServerErr
     let Some(path) = &cfg.x509pop_ca_bundle else {
         return Ok(None);
     };
-    let certs = pem_certificates(&std::fs::read(path).map_err(|e| io("cannot read", path, e))?)
+    let td = crate::node::x509pop_trust_domain().map_err(ServerError::Other)?;
+    let bytes = std::fs::read(path).map_err(|e| io("cannot read", path, e))?;
+    let b = Bundle::from_pem(td, &bytes)
         .map_err(|e| ServerError::Other(format!("x509pop.ca_bundle {}: {e}", path.display())))?;
-    let mut b = Bundle::new(crate::node::x509pop_trust_domain().map_err(ServerError::Other)?);
-    for der in certs {
-        b.add_x509_authority(X509Authority::from_der(der).map_err(|e| {
-            ServerError::Other(format!("x509pop.ca_bundle {}: {e}", path.display()))
-        })?);
-    }
     Ok(Some([b].into_iter().collect()))
 }
 
@@ -193,21 +189,8 @@ fn load_federation(
     let mut out = std::collections::BTreeMap::new();
     for (td, path) in &cfg.federation {
         let bytes = std::fs::read(path).map_err(|e| io("cannot read", path, e))?;
-        let bundle = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-            Bundle::parse(td.clone(), &bytes).map_err(|e| {
-                ServerError::Other(format!("federation {td}: {}: {e}", path.display()))
-            })?
-        } else {
-            let mut b = Bundle::new(td.clone());
-            for der in pem_certificates(&bytes).map_err(|e| {
-                ServerError::Other(format!("federation {td}: {}: {e}", path.display()))
-            })? {
-                b.add_x509_authority(X509Authority::from_der(der).map_err(|e| {
-                    ServerError::Other(format!("federation {td}: {}: {e}", path.display()))
-                })?);
-            }
-            b
-        };
+        let bundle = Bundle::parse_json_or_pem(td.clone(), &bytes)
+            .map_err(|e| ServerError::Other(format!("federation {td}: {}: {e}", path.display())))?;
         let doc = bundle
             .to_json()
             .map_err(|e| ServerError::Other(e.to_string()))?;
@@ -285,24 +268,7 @@ impl Shared {
             config,
         });
         shared.save_keys()?;
-        let mut audit = Vec::new();
-        for e in &initial_events {
-            let (kind, slot) = match e {
-                lanyard_ca::CaEvent::Prepared { slot, .. } => {
-                    (lanyard_audit::EventKind::CaKeyPrepared, slot)
-                }
-                lanyard_ca::CaEvent::Activated { slot } => {
-                    (lanyard_audit::EventKind::CaKeyActivated, slot)
-                }
-                lanyard_ca::CaEvent::Retired { slot } | lanyard_ca::CaEvent::Removed { slot } => {
-                    (lanyard_audit::EventKind::CaKeyRetired, slot)
-                }
-            };
-            let mut ev = shared.event(kind, lanyard_audit::Outcome::Success);
-            ev.evidence
-                .insert("slot".into(), serde_json::Value::String(slot.clone()));
-            audit.push(ev);
-        }
+        let audit = initial_events.iter().map(|e| shared.ca_event(e)).collect();
         shared.record(audit).await?;
         shared.publish_bundle().await?;
         Ok(shared)
@@ -419,6 +385,23 @@ impl Shared {
         }
     }
 
+    /// The audit event for a CA rotation step.
+    fn ca_event(&self, e: &lanyard_ca::CaEvent) -> lanyard_audit::Event {
+        use lanyard_audit::EventKind;
+        use lanyard_ca::CaEvent;
+        let (kind, slot) = match e {
+            CaEvent::Prepared { slot, .. } => (EventKind::CaKeyPrepared, slot),
+            CaEvent::Activated { slot } => (EventKind::CaKeyActivated, slot),
+            CaEvent::Retired { slot } | CaEvent::Removed { slot } => {
+                (EventKind::CaKeyRetired, slot)
+            }
+        };
+        let mut ev = self.event(kind, lanyard_audit::Outcome::Success);
+        ev.evidence
+            .insert("slot".into(), serde_json::Value::String(slot.clone()));
+        ev
+    }
+
     /// Append events to the evidence log; callers hand out nothing until this succeeds.
     pub async fn record(&self, events: Vec<lanyard_audit::Event>) -> Result<(), ServerError> {
         if events.is_empty() {
@@ -475,26 +458,10 @@ impl Shared {
             ca.tick(now)?
         };
         if !events.is_empty() {
-            let mut audit = Vec::new();
             for e in &events {
                 tracing::info!(event = ?e, "CA rotation");
-                let (kind, slot) = match e {
-                    lanyard_ca::CaEvent::Prepared { slot, .. } => {
-                        (lanyard_audit::EventKind::CaKeyPrepared, slot)
-                    }
-                    lanyard_ca::CaEvent::Activated { slot } => {
-                        (lanyard_audit::EventKind::CaKeyActivated, slot)
-                    }
-                    lanyard_ca::CaEvent::Retired { slot }
-                    | lanyard_ca::CaEvent::Removed { slot } => {
-                        (lanyard_audit::EventKind::CaKeyRetired, slot)
-                    }
-                };
-                let mut ev = self.event(kind, lanyard_audit::Outcome::Success);
-                ev.evidence
-                    .insert("slot".into(), serde_json::Value::String(slot.clone()));
-                audit.push(ev);
             }
+            let audit = events.iter().map(|e| self.ca_event(e)).collect();
             self.record(audit).await?;
             self.save_keys()?;
             self.publish_bundle().await?;

@@ -8,9 +8,7 @@ use std::process::ExitCode;
 
 use lanyard_core::bundle::pem_certificates;
 use lanyard_core::x509::{self, RuleCheck, Severity};
-use lanyard_core::{
-    Bundle, BundleSet, Clock, SpiffeId, SystemClock, TrustDomain, X509Authority, X509Svid,
-};
+use lanyard_core::{Bundle, BundleSet, Clock, SpiffeId, SystemClock, TrustDomain, X509Svid};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -129,27 +127,12 @@ fn rule_lines(checks: &[RuleCheck]) -> Vec<String> {
 }
 
 fn load_bundle(path: &Path, td: &TrustDomain) -> Result<Bundle, String> {
-    let bytes = read(path)?;
-    let trimmed = bytes.iter().position(|b| !b.is_ascii_whitespace());
-    if trimmed.map(|i| bytes[i]) == Some(b'{') {
-        return Bundle::parse(td.clone(), &bytes)
-            .map_err(|e| format!("the bundle {} is invalid: {e}", path.display()));
-    }
-    let certs = pem_certificates(&bytes).map_err(|e| {
+    Bundle::parse_json_or_pem(td.clone(), &read(path)?).map_err(|e| {
         format!(
-            "the bundle {} is neither a SPIFFE bundle (JSON) nor PEM certificates: {e}",
+            "the bundle {} is not a valid SPIFFE bundle (JSON) or PEM CA certificates: {e}",
             path.display()
         )
-    })?;
-    let mut bundle = Bundle::new(td.clone());
-    for der in certs {
-        bundle.add_x509_authority(
-            X509Authority::from_der(der).map_err(|e| {
-                format!("the bundle {} holds a bad certificate: {e}", path.display())
-            })?,
-        );
-    }
-    Ok(bundle)
+    })
 }
 
 /// `lanyard svid inspect FILE [--bundle FILE]`
