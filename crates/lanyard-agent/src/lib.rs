@@ -5,6 +5,7 @@
 
 pub mod attestor;
 pub mod config;
+pub mod evidence;
 pub mod h2shim;
 pub mod state;
 pub mod sync;
@@ -128,10 +129,19 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
             Ok(())
         });
     }
+    let deliveries = Arc::new(evidence::Deliveries::default());
+    {
+        let (deliveries, node, rx) = (deliveries.clone(), node.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            evidence::report(deliveries, node, std::time::Duration::from_secs(1), rx).await;
+            Ok(())
+        });
+    }
     let svc = workload::WorkloadService::new(
         state.clone(),
         Arc::new(attestor::UnixAttestor::default()),
         node,
+        deliveries,
     );
     // Each connection goes through the HTTP/2 shim (see `h2shim`), carrying the
     // caller's kernel credentials with it.

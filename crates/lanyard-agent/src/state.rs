@@ -61,6 +61,9 @@ pub struct CachedSvid {
     /// When to rotate: about half the lifetime, with jitter.
     pub rotate_at: i64,
     pub entry_revision: i64,
+    /// Certificate serial (hex) and the server's issuance event, for delivery evidence.
+    pub serial: String,
+    pub event_id: String,
 }
 
 /// A cached JWT-SVID.
@@ -69,6 +72,8 @@ pub struct CachedJwt {
     pub token: String,
     pub issued_at: i64,
     pub expires_at: i64,
+    pub jti: String,
+    pub event_id: String,
 }
 
 #[derive(Debug, Default)]

@@ -293,6 +293,8 @@ async fn reconcile(
                 expires_at: r.expires_at,
                 rotate_at: rotate_at(issued, r.expires_at),
                 entry_revision: entry.revision,
+                serial: r.serial,
+                event_id: r.event_id,
             },
         );
     }

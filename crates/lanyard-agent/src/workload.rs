@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::attestor::UnixAttestor;
+use crate::evidence::{Deliveries, Recipient};
 use crate::h2shim::PeerInfo;
 use crate::state::{AgentState, CachedJwt};
 use crate::sync::NodeHandle;
@@ -34,6 +35,7 @@ pub struct WorkloadService {
     state: Arc<AgentState>,
     attestor: Arc<UnixAttestor>,
     node: NodeHandle,
+    deliveries: Arc<Deliveries>,
 }
 
 impl std::fmt::Debug for WorkloadService {
@@ -43,16 +45,22 @@ impl std::fmt::Debug for WorkloadService {
 }
 
 impl WorkloadService {
-    pub fn new(state: Arc<AgentState>, attestor: Arc<UnixAttestor>, node: NodeHandle) -> Self {
+    pub fn new(
+        state: Arc<AgentState>,
+        attestor: Arc<UnixAttestor>,
+        node: NodeHandle,
+        deliveries: Arc<Deliveries>,
+    ) -> Self {
         Self {
             state,
             attestor,
             node,
+            deliveries,
         }
     }
 
-    /// Header check and attestation.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
+    /// Header check and attestation: the caller's selectors and who it is.
+    fn caller<T>(&self, req: &Request<T>) -> Result<(Vec<Selector>, Recipient), Status> {
         match req.metadata().get("workload.spiffe.io") {
             Some(v) if v.as_bytes() == b"true" => {}
             _ => {
@@ -67,16 +75,18 @@ impl WorkloadService {
         let pid = cred.pid.ok_or_else(|| {
             Status::unavailable("workload attestation failed: the caller's pid is unknown")
         })?;
-        self.attestor.attest(pid, cred.uid, cred.gid).map_err(|e| {
+        let selectors = self.attestor.attest(pid, cred.uid, cred.gid).map_err(|e| {
             tracing::warn!(pid, error = %e, "workload attestation failed");
             Status::unavailable(format!("workload attestation failed: {e}"))
-        })
+        })?;
+        let who = Recipient::new(pid, cred.uid, cred.gid, &selectors);
+        Ok((selectors, who))
     }
 
     /// Header check, attestation, and at least one identity; streams refuse a caller
     /// with none at once rather than inside the stream.
-    fn entitled_caller<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
-        let selectors = self.caller(req)?;
+    fn entitled_caller<T>(&self, req: &Request<T>) -> Result<(Vec<Selector>, Recipient), Status> {
+        let (selectors, who) = self.caller(req)?;
         if self
             .state
             .identities(&selectors, SystemClock.unix_seconds())
@@ -85,7 +95,7 @@ impl WorkloadService {
             tracing::info!(?selectors, "Workload API: no identity for caller");
             return Err(Status::permission_denied("no identity issued"));
         }
-        Ok(selectors)
+        Ok((selectors, who))
     }
 
     fn bundle_or_unavailable(&self) -> Result<Bundle, Status> {
@@ -97,6 +107,7 @@ impl WorkloadService {
     fn x509_response(
         &self,
         selectors: &[Selector],
+        who: &Recipient,
     ) -> Result<Option<pb::X509svidResponse>, Status> {
         let now = SystemClock.unix_seconds();
         let ids = self.state.identities(selectors, now);
@@ -107,12 +118,16 @@ impl WorkloadService {
         let svids: Vec<pb::X509svid> = ids
             .iter()
             .filter_map(|(e, s)| {
-                s.as_ref().map(|s| pb::X509svid {
-                    spiffe_id: e.spiffe_id.to_string(),
-                    x509_svid: s.chain.concat(),
-                    x509_svid_key: s.key_pkcs8.clone(),
-                    bundle: bundle.clone(),
-                    hint: e.hint.clone(),
+                s.as_ref().map(|s| {
+                    self.deliveries
+                        .x509(who, &e.spiffe_id.to_string(), &s.serial, &s.event_id);
+                    pb::X509svid {
+                        spiffe_id: e.spiffe_id.to_string(),
+                        x509_svid: s.chain.concat(),
+                        x509_svid_key: s.key_pkcs8.clone(),
+                        bundle: bundle.clone(),
+                        hint: e.hint.clone(),
+                    }
                 })
             })
             .collect();
@@ -240,10 +255,10 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.entitled_caller(&req)?;
+        let (selectors, who) = self.entitled_caller(&req)?;
         let this = self.clone();
         Ok(Response::new(watch_stream(self.state.clone(), move || {
-            this.x509_response(&selectors)
+            this.x509_response(&selectors, &who)
         })))
     }
 
@@ -274,7 +289,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        let selectors = self.caller(&req)?;
+        let (selectors, who) = self.caller(&req)?;
         let r = req.into_inner();
         if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument(
@@ -294,8 +309,8 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         audience.dedup();
         let mut svids = Vec::new();
         for (entry, _) in ids {
-            let token = match self.state.cached_jwt(&entry.id, &audience, now) {
-                Some(j) => j.token,
+            let jwt = match self.state.cached_jwt(&entry.id, &audience, now) {
+                Some(j) => j,
                 None => {
                     let mut client = self.node.client().await.ok_or_else(|| {
                         Status::unavailable("the Lanyard server is not reachable; retry shortly")
@@ -311,18 +326,25 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
                             Status::unavailable(format!("JWT-SVID minting failed: {}", e.message()))
                         })?
                         .into_inner();
-                    self.state.store_jwt(
-                        &entry.id,
-                        &audience,
-                        CachedJwt {
-                            token: resp.token.clone(),
-                            issued_at: now,
-                            expires_at: resp.expires_at,
-                        },
-                    );
-                    resp.token
+                    let jwt = CachedJwt {
+                        token: resp.token,
+                        issued_at: now,
+                        expires_at: resp.expires_at,
+                        jti: resp.jti,
+                        event_id: resp.event_id,
+                    };
+                    self.state.store_jwt(&entry.id, &audience, jwt.clone());
+                    jwt
                 }
             };
+            self.deliveries.jwt(
+                &who,
+                &entry.spiffe_id.to_string(),
+                &jwt.jti,
+                &audience,
+                &jwt.event_id,
+            );
+            let token = jwt.token;
             svids.push(pb::Jwtsvid {
                 spiffe_id: entry.spiffe_id.to_string(),
                 svid: token,

@@ -63,14 +63,15 @@ impl AdminService {
         }
     }
 
-    async fn audit_entry(
+    /// The evidence-log event for an entry change; stored in the change's transaction.
+    fn entry_event(
         &self,
         kind: lanyard_audit::EventKind,
-        actor: String,
+        actor: &str,
         e: &Entry,
-    ) -> Result<(), Status> {
+    ) -> Vec<lanyard_audit::Event> {
         let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
-        ev.actor = Some(actor);
+        ev.actor = Some(actor.to_string());
         ev.subject = Some(e.spec.spiffe_id.to_string());
         ev.owner = Some(e.spec.owner.clone());
         ev.evidence.insert("entry_id".into(), e.id.clone().into());
@@ -87,25 +88,22 @@ impl AdminService {
             ),
         );
         ev.evidence.insert("revision".into(), e.revision.into());
-        self.shared
-            .record(vec![ev])
-            .await
-            .map_err(|err| Status::internal(format!("evidence log: {err}")))
+        vec![ev]
     }
 
-    async fn audit_agent(
+    /// The evidence-log event for a ban or eviction; stored in the change's transaction.
+    fn agent_event(
         &self,
         kind: lanyard_audit::EventKind,
-        actor: String,
+        actor: &str,
         n: &Node,
-    ) -> Result<(), Status> {
+    ) -> Vec<lanyard_audit::Event> {
         let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
-        ev.actor = Some(actor);
+        ev.actor = Some(actor.to_string());
         ev.subject = Some(n.spiffe_id.to_string());
-        self.shared
-            .record(vec![ev])
-            .await
-            .map_err(|err| Status::internal(format!("evidence log: {err}")))
+        ev.evidence
+            .insert("attestation_type".into(), n.attestation_type.clone().into());
+        vec![ev]
     }
 
     async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -320,12 +318,12 @@ impl pb::admin_server::Admin for AdminService {
         let e = self
             .shared
             .store
-            .create_entry(&spec, self.shared.clock.unix_seconds())
+            .create_entry(&spec, self.shared.clock.unix_seconds(), &|e| {
+                self.entry_event(lanyard_audit::EventKind::EntryCreated, &actor, e)
+            })
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, owner = %e.spec.owner, "entry created");
-        self.audit_entry(lanyard_audit::EventKind::EntryCreated, actor, &e)
-            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_entry(&e)))
     }
@@ -344,12 +342,16 @@ impl pb::admin_server::Admin for AdminService {
         let updated = self
             .shared
             .store
-            .update_entry(id, &spec, expected, self.shared.clock.unix_seconds())
+            .update_entry(
+                id,
+                &spec,
+                expected,
+                self.shared.clock.unix_seconds(),
+                &|e| self.entry_event(lanyard_audit::EventKind::EntryUpdated, &actor, e),
+            )
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %updated.id, revision = updated.revision, "entry updated");
-        self.audit_entry(lanyard_audit::EventKind::EntryUpdated, actor, &updated)
-            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_entry(&updated)))
     }
@@ -357,15 +359,16 @@ impl pb::admin_server::Admin for AdminService {
     async fn delete_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {
         self.authorize(&req).await?;
         let id = entry_id(&req.get_ref().id)?;
+        let actor = self.actor(&req);
         let e = self
             .shared
             .store
-            .delete_entry(id)
+            .delete_entry(id, &|e| {
+                self.entry_event(lanyard_audit::EventKind::EntryDeleted, &actor, e)
+            })
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, "entry deleted");
-        self.audit_entry(lanyard_audit::EventKind::EntryDeleted, self.actor(&req), &e)
-            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_entry(&e)))
     }
@@ -450,34 +453,35 @@ impl pb::admin_server::Admin for AdminService {
         let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let now = self.shared.clock.unix_seconds();
         let expires_at = now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let token_hash = sha256_hex(token.as_bytes());
+        let event = |_: &()| {
+            let mut ev = self.shared.event(
+                lanyard_audit::EventKind::TokenCreated,
+                lanyard_audit::Outcome::Success,
+            );
+            ev.actor = Some(actor.clone());
+            ev.subject = spiffe_id.as_ref().map(ToString::to_string);
+            ev.evidence.insert(
+                "token_hash_prefix".into(),
+                token_hash[..16].to_string().into(),
+            );
+            ev.evidence.insert("expires_at".into(), expires_at.into());
+            vec![ev]
+        };
         self.shared
             .store
             .create_join_token(
-                &sha256_hex(token.as_bytes()),
+                &token_hash,
                 &JoinToken {
                     spiffe_id: spiffe_id.clone(),
                     expires_at,
                 },
                 now,
+                &event,
             )
             .await
             .map_err(store_status)?;
         tracing::info!(expires_at, "join token created");
-        let mut ev = self.shared.event(
-            lanyard_audit::EventKind::TokenCreated,
-            lanyard_audit::Outcome::Success,
-        );
-        ev.actor = Some(actor);
-        ev.subject = spiffe_id.as_ref().map(ToString::to_string);
-        ev.evidence.insert(
-            "token_hash_prefix".into(),
-            sha256_hex(token.as_bytes())[..16].to_string().into(),
-        );
-        ev.evidence.insert("expires_at".into(), expires_at.into());
-        self.shared
-            .record(vec![ev])
-            .await
-            .map_err(|err| Status::internal(format!("evidence log: {err}")))?;
         Ok(Response::new(pb::JoinTokenResponse {
             token,
             expires_at,
@@ -512,15 +516,16 @@ impl pb::admin_server::Admin for AdminService {
     async fn ban_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
         self.authorize(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
+        let actor = self.actor(&req);
         let n = self
             .shared
             .store
-            .set_node_banned(&id, true, self.shared.clock.unix_seconds())
+            .set_node_banned(&id, true, self.shared.clock.unix_seconds(), &|n| {
+                self.agent_event(lanyard_audit::EventKind::AgentBanned, &actor, n)
+            })
             .await
             .map_err(store_status)?;
         tracing::warn!(agent = %id, "agent banned");
-        self.audit_agent(lanyard_audit::EventKind::AgentBanned, self.actor(&req), &n)
-            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_agent(&n)))
     }
@@ -528,15 +533,16 @@ impl pb::admin_server::Admin for AdminService {
     async fn evict_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
         self.authorize(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
+        let actor = self.actor(&req);
         let n = self
             .shared
             .store
-            .delete_node(&id)
+            .delete_node(&id, &|n| {
+                self.agent_event(lanyard_audit::EventKind::AgentEvicted, &actor, n)
+            })
             .await
             .map_err(store_status)?;
         tracing::warn!(agent = %id, "agent evicted");
-        self.audit_agent(lanyard_audit::EventKind::AgentEvicted, self.actor(&req), &n)
-            .await?;
         self.shared.notify();
         Ok(Response::new(to_pb_agent(&n)))
     }

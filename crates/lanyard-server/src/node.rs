@@ -58,6 +58,80 @@ impl NodeService {
     }
 }
 
+/// Most deliveries accepted in one report.
+pub const MAX_DELIVERIES: usize = 1000;
+
+/// Check a reported delivery's fields before anything is recorded.
+fn validate_delivery(d: &pb::Delivery) -> Result<(), String> {
+    SpiffeId::new(&d.spiffe_id).map_err(|e| format!("spiffe_id {:?}: {e}", d.spiffe_id))?;
+    let hex_ok = |s: &str, max: usize| s.len() <= max && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match d.svid_type.as_str() {
+        "x509" if !d.serial.is_empty() && hex_ok(&d.serial, 64) => {}
+        "x509" => return Err(format!("serial {:?} must be 1 to 64 hex digits", d.serial)),
+        "jwt" if !d.jti.is_empty() && d.jti.len() <= 128 => {}
+        "jwt" => return Err("jti must be 1 to 128 characters".to_string()),
+        other => return Err(format!("svid_type {other:?} must be \"x509\" or \"jwt\"")),
+    }
+    if d.pid <= 0 {
+        return Err(format!("pid {} must be positive", d.pid));
+    }
+    if !(d.sha256.is_empty() || d.sha256.len() == 64 && hex_ok(&d.sha256, 64)) {
+        return Err("sha256 must be 64 hex digits".to_string());
+    }
+    if d.path.len() > 4096 || d.issuance_event_id.len() > 64 || d.audience.len() > 32 {
+        return Err("path, issuance_event_id or audience is too long".to_string());
+    }
+    Ok(())
+}
+
+impl NodeService {
+    /// The evidence-log event for one reported delivery. An identity the agent does
+    /// not serve is still recorded (the claim itself is evidence) but as denied.
+    fn delivery_event(&self, node: &Node, d: &pb::Delivery, served: bool) -> lanyard_audit::Event {
+        let outcome = if served {
+            lanyard_audit::Outcome::Success
+        } else {
+            lanyard_audit::Outcome::Denied
+        };
+        let mut ev = self
+            .shared
+            .event(lanyard_audit::EventKind::WorkloadSvidDelivered, outcome);
+        if !served {
+            ev.reason = Some(format!(
+                "agent {} does not serve this identity",
+                node.spiffe_id
+            ));
+        }
+        ev.actor = Some(node.spiffe_id.to_string());
+        ev.subject = Some(d.spiffe_id.clone());
+        if !d.issuance_event_id.is_empty() {
+            ev.parent_id = Some(d.issuance_event_id.clone());
+        }
+        let e = &mut ev.evidence;
+        e.insert("svid_type".into(), d.svid_type.clone().into());
+        if d.svid_type == "x509" {
+            e.insert("serial".into(), d.serial.clone().into());
+        } else {
+            e.insert("jti".into(), d.jti.clone().into());
+            e.insert(
+                "audience".into(),
+                serde_json::Value::from(d.audience.clone()),
+            );
+        }
+        e.insert("pid".into(), d.pid.into());
+        e.insert("uid".into(), d.uid.into());
+        e.insert("gid".into(), d.gid.into());
+        if !d.path.is_empty() {
+            e.insert("path".into(), d.path.clone().into());
+        }
+        if !d.sha256.is_empty() {
+            e.insert("sha256".into(), d.sha256.clone().into());
+        }
+        e.insert("delivered_at_ms".into(), d.delivered_at_ms.into());
+        ev
+    }
+}
+
 fn peer_id<T>(req: &Request<T>) -> Option<SpiffeId> {
     let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
     let certs = info.peer_certs()?;
@@ -545,12 +619,15 @@ impl pb::node_server::Node for NodeService {
                                 entry.spec.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                             ),
                         );
+                        let event_id = ev.id.clone();
                         issued.push(ev);
                         pb::X509SvidResult {
                             entry_id: r.entry_id.clone(),
                             cert_chain: m.chain,
                             expires_at: m.not_after,
                             error: String::new(),
+                            serial: m.serial,
+                            event_id,
                         }
                     }
                     Err(e) => pb::X509SvidResult {
@@ -614,11 +691,60 @@ impl pb::node_server::Node for NodeService {
         ev.evidence.insert("kid".into(), minted.kid.clone().into());
         ev.evidence
             .insert("expires_at".into(), minted.expiry.into());
+        let event_id = ev.id.clone();
         self.shared.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(pb::JwtSvidResponse {
             token: minted.token,
             expires_at: minted.expiry,
             spiffe_id: entry.spec.spiffe_id.to_string(),
+            jti: minted.jti,
+            event_id,
         }))
+    }
+
+    async fn report_deliveries(
+        &self,
+        req: Request<pb::DeliveryReport>,
+    ) -> Result<Response<pb::DeliveryAck>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let report = req.into_inner();
+        if report.deliveries.len() > MAX_DELIVERIES {
+            return Err(Status::invalid_argument(format!(
+                "{} deliveries in one report; at most {MAX_DELIVERIES} are allowed",
+                report.deliveries.len()
+            )));
+        }
+        for (i, d) in report.deliveries.iter().enumerate() {
+            validate_delivery(d)
+                .map_err(|e| Status::invalid_argument(format!("delivery {i}: {e}")))?;
+        }
+        let served: std::collections::HashSet<String> = self
+            .shared
+            .authorized_entries(&node)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|e| e.spec.spiffe_id.to_string())
+            .collect();
+        let mut events = Vec::with_capacity(report.deliveries.len() + 1);
+        for d in &report.deliveries {
+            events.push(self.delivery_event(&node, d, served.contains(&d.spiffe_id)));
+        }
+        if report.dropped > 0 {
+            let mut ev = self.shared.event(
+                lanyard_audit::EventKind::WorkloadSvidDelivered,
+                lanyard_audit::Outcome::Failure,
+            );
+            ev.actor = Some(node.spiffe_id.to_string());
+            ev.reason = Some(format!(
+                "the agent dropped {} delivery reports (buffer full while the server was unreachable)",
+                report.dropped
+            ));
+            ev.evidence.insert("dropped".into(), report.dropped.into());
+            events.push(ev);
+        }
+        let recorded = u32::try_from(report.deliveries.len()).unwrap_or(u32::MAX);
+        self.shared.record(events).await.map_err(internal)?;
+        Ok(Response::new(pb::DeliveryAck { recorded }))
     }
 }

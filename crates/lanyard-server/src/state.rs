@@ -58,6 +58,9 @@ pub struct Shared {
     pub audit_key: lanyard_audit::AuditKey,
     /// This server's identity in audit events.
     pub server_name: String,
+    /// Group-commit queue for events that are not part of a state change's own
+    /// transaction (attestations, issuance, CA steps).
+    audit_queue: lanyard_store::AuditQueue,
     /// Head of the log at the last checkpoint.
     last_checkpoint: std::sync::Mutex<Option<u64>>,
 }
@@ -249,7 +252,9 @@ impl Shared {
         let audit_key = load_or_create_audit_key(&config.data_dir)?;
         let server_name = load_or_create_server_name(&config.data_dir)?;
         let (changes, _) = watch::channel(0u64);
+        let audit_queue = lanyard_store::AuditQueue::start(store.clone(), 256);
         let shared = Arc::new(Self {
+            audit_queue,
             store,
             ca: RwLock::new(ca),
             bundles: Arc::new(RwLock::new(BundleSet::new())),
@@ -306,17 +311,18 @@ impl Shared {
             _ => {
                 let seq = self
                     .store
-                    .put_bundle(&td, &doc, self.clock.unix_seconds())
+                    .put_bundle(&td, &doc, self.clock.unix_seconds(), &|seq| {
+                        let mut ev = self.event(
+                            lanyard_audit::EventKind::BundleChanged,
+                            lanyard_audit::Outcome::Success,
+                        );
+                        ev.subject = Some(self.config.trust_domain.id_string());
+                        ev.evidence
+                            .insert("sequence".into(), serde_json::Value::from(*seq));
+                        vec![ev]
+                    })
                     .await?;
                 tracing::info!(sequence = seq, "trust bundle changed");
-                let mut ev = self.event(
-                    lanyard_audit::EventKind::BundleChanged,
-                    lanyard_audit::Outcome::Success,
-                );
-                ev.subject = Some(self.config.trust_domain.id_string());
-                ev.evidence
-                    .insert("sequence".into(), serde_json::Value::from(seq));
-                self.record(vec![ev]).await?;
                 seq
             }
         };
@@ -402,12 +408,11 @@ impl Shared {
         ev
     }
 
-    /// Append events to the evidence log; callers hand out nothing until this succeeds.
+    /// Append events to the evidence log (group commit: concurrent callers share one
+    /// transaction); callers hand out nothing until this returns Ok, which is after
+    /// the commit.
     pub async fn record(&self, events: Vec<lanyard_audit::Event>) -> Result<(), ServerError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        self.store.append_audit(&events).await?;
+        self.audit_queue.append(events).await?;
         Ok(())
     }
 

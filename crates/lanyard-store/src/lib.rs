@@ -12,8 +12,10 @@ use std::future::Future;
 use lanyard_core::{Selector, SpiffeId};
 use serde::{Deserialize, Serialize};
 
+mod group;
 mod sql;
 
+pub use group::AuditQueue;
 pub use sql::{AnyStore, PgStore, SqliteStore};
 
 /// Errors of the datastore; each says what happened in terms of Lanyard objects.
@@ -114,6 +116,12 @@ pub struct StoredBundle {
     pub document: String,
 }
 
+/// Builds the evidence-log events for a state change from its result. The store
+/// appends them in the same transaction as the change, so a change is never stored
+/// without its record (nor a record without its change). Called again if the
+/// transaction is retried.
+pub type AuditFn<'a, T> = &'a (dyn Fn(&T) -> Vec<lanyard_audit::Event> + Send + Sync);
+
 /// The datastore. Implemented by [`SqliteStore`], [`PgStore`] and [`AnyStore`].
 pub trait Store: Send + Sync {
     /// Store a new entry; refuses an identical (SPIFFE ID, parent, selectors) entry.
@@ -121,6 +129,7 @@ pub trait Store: Send + Sync {
         &self,
         spec: &EntrySpec,
         now: i64,
+        audit: AuditFn<'_, Entry>,
     ) -> impl Future<Output = Result<Entry>> + Send;
 
     /// Replace an entry's fields. With `expected_revision`, refuses if the entry has
@@ -131,10 +140,15 @@ pub trait Store: Send + Sync {
         spec: &EntrySpec,
         expected_revision: Option<i64>,
         now: i64,
+        audit: AuditFn<'_, Entry>,
     ) -> impl Future<Output = Result<Entry>> + Send;
 
     /// Delete an entry, returning what was deleted.
-    fn delete_entry(&self, id: &str) -> impl Future<Output = Result<Entry>> + Send;
+    fn delete_entry(
+        &self,
+        id: &str,
+        audit: AuditFn<'_, Entry>,
+    ) -> impl Future<Output = Result<Entry>> + Send;
 
     fn get_entry(&self, id: &str) -> impl Future<Output = Result<Option<Entry>>> + Send;
 
@@ -168,10 +182,15 @@ pub trait Store: Send + Sync {
         id: &SpiffeId,
         banned: bool,
         now: i64,
+        audit: AuditFn<'_, Node>,
     ) -> impl Future<Output = Result<Node>> + Send;
 
     /// Forget a node (evict): it must attest again.
-    fn delete_node(&self, id: &SpiffeId) -> impl Future<Output = Result<Node>> + Send;
+    fn delete_node(
+        &self,
+        id: &SpiffeId,
+        audit: AuditFn<'_, Node>,
+    ) -> impl Future<Output = Result<Node>> + Send;
 
     /// Store a join token by its hash.
     fn create_join_token(
@@ -179,6 +198,7 @@ pub trait Store: Send + Sync {
         token_hash: &str,
         token: &JoinToken,
         now: i64,
+        audit: AuditFn<'_, ()>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Atomically remove and return a join token: a token can be consumed once.
@@ -199,6 +219,7 @@ pub trait Store: Send + Sync {
         trust_domain: &str,
         document: &str,
         now: i64,
+        audit: AuditFn<'_, u64>,
     ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Append events to the evidence log, chained after the last stored record, in

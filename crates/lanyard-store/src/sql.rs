@@ -10,7 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
-use crate::{Entry, EntrySpec, JoinToken, Node, Result, Store, StoreError, StoredBundle, new_id};
+use crate::{
+    AuditFn, Entry, EntrySpec, JoinToken, Node, Result, Store, StoreError, StoredBundle, new_id,
+};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -78,8 +80,122 @@ fn record_from_parts(
     })
 }
 
+/// A failure inside an audited transaction: a database error (retried when it is a
+/// serialization conflict) or a domain error (returned as is).
+enum TxErr {
+    Sql(sqlx::Error),
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for TxErr {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<StoreError> for TxErr {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// Fixes the error type of a transaction body so that `?` converts into [`TxErr`].
+fn tx_body<T, F: std::future::Future<Output = std::result::Result<T, TxErr>>>(f: F) -> F {
+    f
+}
+
+/// Run `$body` (which uses `$tx`) in a serialized transaction, append the events
+/// `$audit` builds from its result to the evidence log in the same transaction, and
+/// commit; retry the whole transaction on serialization conflicts.
+macro_rules! audited {
+    ($self:ident, $begin:expr, $audit:expr, |$tx:ident| $body:block) => {{
+        let mut last_err = None;
+        for attempt in 0..AUDIT_RETRIES {
+            let result: std::result::Result<_, TxErr> = async {
+                let mut $tx = $self.pool.begin_with($begin).await?;
+                let value = tx_body(async { $body }).await?;
+                let events = ($audit)(&value);
+                if !events.is_empty() {
+                    append_in_tx(&mut $tx, &events).await?;
+                }
+                $tx.commit().await?;
+                Ok(value)
+            }
+            .await;
+            match result {
+                Ok(v) => return Ok(v),
+                Err(TxErr::Sql(e)) if is_retryable(&e) => last_err = Some(e),
+                Err(TxErr::Sql(e)) => return Err(db_err(e)),
+                Err(TxErr::Store(e)) => return Err(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
+        }
+        Err(StoreError::Database(format!(
+            "the datastore stayed busy after {AUDIT_RETRIES} attempts: {}",
+            last_err.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }};
+}
+
+/// Bind an entry's columns ($2..$13, in `ENTRY_COLUMNS` order after the id).
+macro_rules! bind_spec {
+    ($q:expr, $spec:expr, $selectors:expr, $dns:expr) => {
+        $q.bind($spec.spiffe_id.to_string())
+            .bind($spec.parent_id.to_string())
+            .bind(&$selectors)
+            .bind(&$spec.owner)
+            .bind(&$spec.environment)
+            .bind(to_i64($spec.x509_ttl)?)
+            .bind(to_i64($spec.jwt_ttl)?)
+            .bind(&$dns)
+            .bind(&$spec.hint)
+            .bind($spec.admin)
+            .bind($spec.downstream)
+            .bind($spec.expires_at)
+    };
+}
+
 macro_rules! impl_store {
-    ($store:ident, $row:ty, $begin:expr) => {
+    ($store:ident, $row:ty, $db:ty, $begin:expr) => {
+        /// Append events after the newest record, inside the caller's transaction.
+        async fn append_in_tx(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            events: &[lanyard_audit::Event],
+        ) -> std::result::Result<Vec<lanyard_audit::Record>, sqlx::Error> {
+            let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+            let mut chain = match last {
+                None => lanyard_audit::Chain::default(),
+                Some(r) => lanyard_audit::Chain {
+                    next_seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0) + 1,
+                    head: r.try_get::<String, _>("hash")?,
+                },
+            };
+            let mut out = Vec::with_capacity(events.len());
+            for ev in events {
+                let rec = chain
+                    .append(ev.clone())
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                let json = lanyard_audit::canonical(&rec.event)
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO audit_events (seq, prev_hash, hash, time, kind, subject, event) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                )
+                .bind(i64::try_from(rec.seq).unwrap_or(i64::MAX))
+                .bind(&rec.prev_hash)
+                .bind(&rec.hash)
+                .bind(rec.event.time)
+                .bind(serde_json::to_value(rec.event.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                .bind(&rec.event.subject)
+                .bind(String::from_utf8_lossy(&json).into_owned())
+                .execute(&mut **tx)
+                .await?;
+                out.push(rec);
+            }
+            Ok(out)
+        }
+
         fn entry_from_row(row: &$row) -> Result<Entry> {
             let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db_err);
             let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(db_err);
@@ -130,30 +246,21 @@ macro_rules! impl_store {
         }
 
         impl Store for $store {
-            async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry> {
+            async fn create_entry(&self, spec: &EntrySpec, now: i64, audit: AuditFn<'_, Entry>) -> Result<Entry> {
                 let id = new_id()?;
                 let sql = format!(
                     "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,1,$14,$14) RETURNING {ENTRY_COLUMNS}"
                 );
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(&id)
-                    .bind(spec.spiffe_id.to_string())
-                    .bind(spec.parent_id.to_string())
-                    .bind(selectors_json(&spec.canonical_selectors())?)
-                    .bind(&spec.owner)
-                    .bind(&spec.environment)
-                    .bind(to_i64(spec.x509_ttl)?)
-                    .bind(to_i64(spec.jwt_ttl)?)
-                    .bind(serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-                    .bind(&spec.hint)
-                    .bind(spec.admin)
-                    .bind(spec.downstream)
-                    .bind(spec.expires_at)
-                    .bind(now)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| if is_unique_violation(&e) { duplicate_entry(spec) } else { db_err(e) })?;
-                entry_from_row(&row)
+                let selectors = selectors_json(&spec.canonical_selectors())?;
+                let dns = serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                audited!(self, $begin, audit, |tx| {
+                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(&id), spec, selectors, dns)
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(|e| if is_unique_violation(&e) { TxErr::Store(duplicate_entry(spec)) } else { TxErr::Sql(e) })?;
+                    Ok(entry_from_row(&row)?)
+                })
             }
 
             async fn update_entry(
@@ -162,51 +269,52 @@ macro_rules! impl_store {
                 spec: &EntrySpec,
                 expected_revision: Option<i64>,
                 now: i64,
+                audit: AuditFn<'_, Entry>,
             ) -> Result<Entry> {
                 let sql = format!(
                     "UPDATE entries SET spiffe_id=$2, parent_id=$3, selectors=$4, owner=$5, environment=$6, x509_ttl=$7, jwt_ttl=$8, dns_names=$9, hint=$10, admin=$11, downstream=$12, expires_at=$13, revision=revision+1, updated_at=$14 \
                      WHERE id=$1 AND ($15 IS NULL OR revision=$15) RETURNING {ENTRY_COLUMNS}"
                 );
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(id)
-                    .bind(spec.spiffe_id.to_string())
-                    .bind(spec.parent_id.to_string())
-                    .bind(selectors_json(&spec.canonical_selectors())?)
-                    .bind(&spec.owner)
-                    .bind(&spec.environment)
-                    .bind(to_i64(spec.x509_ttl)?)
-                    .bind(to_i64(spec.jwt_ttl)?)
-                    .bind(serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-                    .bind(&spec.hint)
-                    .bind(spec.admin)
-                    .bind(spec.downstream)
-                    .bind(spec.expires_at)
-                    .bind(now)
-                    .bind(expected_revision)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| if is_unique_violation(&e) { duplicate_entry(spec) } else { db_err(e) })?;
-                match row {
-                    Some(r) => entry_from_row(&r),
-                    None => match self.get_entry(id).await? {
-                        None => Err(StoreError::NotFound { what: "entry", id: id.to_string() }),
-                        Some(current) => Err(StoreError::Conflict {
-                            what: "entry",
-                            id: id.to_string(),
-                            expected: expected_revision.unwrap_or_default(),
-                            actual: current.revision,
-                        }),
-                    },
-                }
+                let current_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
+                let selectors = selectors_json(&spec.canonical_selectors())?;
+                let dns = serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                audited!(self, $begin, audit, |tx| {
+                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id), spec, selectors, dns)
+                        .bind(now)
+                        .bind(expected_revision)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| if is_unique_violation(&e) { TxErr::Store(duplicate_entry(spec)) } else { TxErr::Sql(e) })?;
+                    match row {
+                        Some(r) => Ok(entry_from_row(&r)?),
+                        None => {
+                            let current = sqlx::query(sqlx::AssertSqlSafe(current_sql.clone()))
+                                .bind(id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            match current {
+                                None => Err(TxErr::Store(StoreError::NotFound { what: "entry", id: id.to_string() })),
+                                Some(c) => Err(TxErr::Store(StoreError::Conflict {
+                                    what: "entry",
+                                    id: id.to_string(),
+                                    expected: expected_revision.unwrap_or_default(),
+                                    actual: entry_from_row(&c)?.revision,
+                                })),
+                            }
+                        }
+                    }
+                })
             }
 
-            async fn delete_entry(&self, id: &str) -> Result<Entry> {
+            async fn delete_entry(&self, id: &str, audit: AuditFn<'_, Entry>) -> Result<Entry> {
                 let sql = format!("DELETE FROM entries WHERE id=$1 RETURNING {ENTRY_COLUMNS}");
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
-                match row {
-                    Some(r) => entry_from_row(&r),
-                    None => Err(StoreError::NotFound { what: "entry", id: id.to_string() }),
-                }
+                audited!(self, $begin, audit, |tx| {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(&mut *tx).await?;
+                    match row {
+                        Some(r) => Ok(entry_from_row(&r)?),
+                        None => Err(TxErr::Store(StoreError::NotFound { what: "entry", id: id.to_string() })),
+                    }
+                })
             }
 
             async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
@@ -286,50 +394,54 @@ macro_rules! impl_store {
                     .ok_or_else(|| StoreError::NotFound { what: "agent", id: id.to_string() })
             }
 
-            async fn set_node_banned(&self, id: &SpiffeId, banned: bool, now: i64) -> Result<Node> {
+            async fn set_node_banned(&self, id: &SpiffeId, banned: bool, now: i64, audit: AuditFn<'_, Node>) -> Result<Node> {
                 let sql = format!("UPDATE nodes SET banned=$2, updated_at=$3 WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}");
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(id.to_string())
-                    .bind(banned)
-                    .bind(now)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                row.as_ref()
-                    .map(node_from_row)
-                    .transpose()?
-                    .ok_or_else(|| StoreError::NotFound { what: "agent", id: id.to_string() })
+                audited!(self, $begin, audit, |tx| {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(id.to_string())
+                        .bind(banned)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match row {
+                        Some(r) => Ok(node_from_row(&r)?),
+                        None => Err(TxErr::Store(StoreError::NotFound { what: "agent", id: id.to_string() })),
+                    }
+                })
             }
 
-            async fn delete_node(&self, id: &SpiffeId) -> Result<Node> {
+            async fn delete_node(&self, id: &SpiffeId, audit: AuditFn<'_, Node>) -> Result<Node> {
                 let sql = format!("DELETE FROM nodes WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}");
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(id.to_string())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                row.as_ref()
-                    .map(node_from_row)
-                    .transpose()?
-                    .ok_or_else(|| StoreError::NotFound { what: "agent", id: id.to_string() })
+                audited!(self, $begin, audit, |tx| {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match row {
+                        Some(r) => Ok(node_from_row(&r)?),
+                        None => Err(TxErr::Store(StoreError::NotFound { what: "agent", id: id.to_string() })),
+                    }
+                })
             }
 
-            async fn create_join_token(&self, token_hash: &str, token: &JoinToken, now: i64) -> Result<()> {
-                sqlx::query("INSERT INTO join_tokens (token_hash, spiffe_id, expires_at, created_at) VALUES ($1,$2,$3,$4)")
-                    .bind(token_hash)
-                    .bind(token.spiffe_id.as_ref().map(|i| i.to_string()))
-                    .bind(token.expires_at)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Duplicate("this join token already exists".to_string())
-                        } else {
-                            db_err(e)
-                        }
-                    })?;
-                Ok(())
+            async fn create_join_token(&self, token_hash: &str, token: &JoinToken, now: i64, audit: AuditFn<'_, ()>) -> Result<()> {
+                audited!(self, $begin, audit, |tx| {
+                    sqlx::query("INSERT INTO join_tokens (token_hash, spiffe_id, expires_at, created_at) VALUES ($1,$2,$3,$4)")
+                        .bind(token_hash)
+                        .bind(token.spiffe_id.as_ref().map(|i| i.to_string()))
+                        .bind(token.expires_at)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| {
+                            if is_unique_violation(&e) {
+                                TxErr::Store(StoreError::Duplicate("this join token already exists".to_string()))
+                            } else {
+                                TxErr::Sql(e)
+                            }
+                        })?;
+                    Ok(())
+                })
             }
 
             async fn consume_join_token(&self, token_hash: &str) -> Result<Option<JoinToken>> {
@@ -363,19 +475,20 @@ macro_rules! impl_store {
                 }))
             }
 
-            async fn put_bundle(&self, trust_domain: &str, document: &str, now: i64) -> Result<u64> {
-                let row = sqlx::query(
-                    "INSERT INTO bundles (trust_domain, sequence, document, updated_at) VALUES ($1, 1, $2, $3) \
-                     ON CONFLICT (trust_domain) DO UPDATE SET sequence=bundles.sequence+1, document=excluded.document, updated_at=excluded.updated_at \
-                     RETURNING sequence",
-                )
-                .bind(trust_domain)
-                .bind(document)
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err)?;
-                to_u64(row.try_get::<i64, _>("sequence").map_err(db_err)?)
+            async fn put_bundle(&self, trust_domain: &str, document: &str, now: i64, audit: AuditFn<'_, u64>) -> Result<u64> {
+                audited!(self, $begin, audit, |tx| {
+                    let row = sqlx::query(
+                        "INSERT INTO bundles (trust_domain, sequence, document, updated_at) VALUES ($1, 1, $2, $3) \
+                         ON CONFLICT (trust_domain) DO UPDATE SET sequence=bundles.sequence+1, document=excluded.document, updated_at=excluded.updated_at \
+                         RETURNING sequence",
+                    )
+                    .bind(trust_domain)
+                    .bind(document)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Ok(to_u64(row.try_get::<i64, _>("sequence")?)?)
+                })
             }
 
             async fn append_audit(
@@ -384,66 +497,17 @@ macro_rules! impl_store {
             ) -> Result<Vec<lanyard_audit::Record>> {
                 let mut last_err = None;
                 for attempt in 0..AUDIT_RETRIES {
-                    let mut tx = match self.pool.begin_with($begin).await {
-                        Ok(tx) => tx,
-                        Err(e) if is_retryable(&e) => {
-                            last_err = Some(e);
-                            tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
-                            continue;
-                        }
-                        Err(e) => return Err(db_err(e)),
-                    };
-                    let result: std::result::Result<Vec<lanyard_audit::Record>, sqlx::Error> = async {
-                        let last = sqlx::query(
-                            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                        )
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        let mut chain = match last {
-                            None => lanyard_audit::Chain::default(),
-                            Some(r) => lanyard_audit::Chain {
-                                next_seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0) + 1,
-                                head: r.try_get::<String, _>("hash")?,
-                            },
-                        };
-                        let mut out = Vec::with_capacity(events.len());
-                        for ev in events {
-                            let rec = chain
-                                .append(ev.clone())
-                                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-                            let json = lanyard_audit::canonical(&rec.event)
-                                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-                            sqlx::query(
-                                "INSERT INTO audit_events (seq, prev_hash, hash, time, kind, subject, event) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-                            )
-                            .bind(i64::try_from(rec.seq).unwrap_or(i64::MAX))
-                            .bind(&rec.prev_hash)
-                            .bind(&rec.hash)
-                            .bind(rec.event.time)
-                            .bind(serde_json::to_value(rec.event.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
-                            .bind(&rec.event.subject)
-                            .bind(String::from_utf8_lossy(&json).into_owned())
-                            .execute(&mut *tx)
-                            .await?;
-                            out.push(rec);
-                        }
-                        Ok(out)
+                    let result = async {
+                        let mut tx = self.pool.begin_with($begin).await?;
+                        let out = append_in_tx(&mut tx, events).await?;
+                        tx.commit().await?;
+                        Ok::<_, sqlx::Error>(out)
                     }
                     .await;
                     match result {
-                        Ok(out) => match tx.commit().await {
-                            Ok(()) => return Ok(out),
-                            Err(e) if is_retryable(&e) => last_err = Some(e),
-                            Err(e) => return Err(db_err(e)),
-                        },
-                        Err(e) if is_retryable(&e) => {
-                            let _ = tx.rollback().await;
-                            last_err = Some(e);
-                        }
-                        Err(e) => {
-                            let _ = tx.rollback().await;
-                            return Err(db_err(e));
-                        }
+                        Ok(out) => return Ok(out),
+                        Err(e) if is_retryable(&e) => last_err = Some(e),
+                        Err(e) => return Err(db_err(e)),
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
                 }
@@ -573,7 +637,12 @@ impl PgStore {
 
 mod sqlite_impl {
     use super::*;
-    impl_store!(SqliteStore, sqlx::sqlite::SqliteRow, "BEGIN IMMEDIATE");
+    impl_store!(
+        SqliteStore,
+        sqlx::sqlite::SqliteRow,
+        sqlx::Sqlite,
+        "BEGIN IMMEDIATE"
+    );
 }
 
 mod pg_impl {
@@ -581,6 +650,7 @@ mod pg_impl {
     impl_store!(
         PgStore,
         sqlx::postgres::PgRow,
+        sqlx::Postgres,
         "BEGIN ISOLATION LEVEL SERIALIZABLE"
     );
 }
@@ -616,8 +686,13 @@ macro_rules! delegate {
 }
 
 impl Store for AnyStore {
-    async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry> {
-        delegate!(self, s => s.create_entry(spec, now))
+    async fn create_entry(
+        &self,
+        spec: &EntrySpec,
+        now: i64,
+        a: AuditFn<'_, Entry>,
+    ) -> Result<Entry> {
+        delegate!(self, s => s.create_entry(spec, now, a))
     }
     async fn update_entry(
         &self,
@@ -625,11 +700,12 @@ impl Store for AnyStore {
         spec: &EntrySpec,
         rev: Option<i64>,
         now: i64,
+        a: AuditFn<'_, Entry>,
     ) -> Result<Entry> {
-        delegate!(self, s => s.update_entry(id, spec, rev, now))
+        delegate!(self, s => s.update_entry(id, spec, rev, now, a))
     }
-    async fn delete_entry(&self, id: &str) -> Result<Entry> {
-        delegate!(self, s => s.delete_entry(id))
+    async fn delete_entry(&self, id: &str, a: AuditFn<'_, Entry>) -> Result<Entry> {
+        delegate!(self, s => s.delete_entry(id, a))
     }
     async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
         delegate!(self, s => s.get_entry(id))
@@ -658,14 +734,26 @@ impl Store for AnyStore {
     ) -> Result<Node> {
         delegate!(self, s => s.set_node_svid(id, serial, expires_at, now))
     }
-    async fn set_node_banned(&self, id: &SpiffeId, banned: bool, now: i64) -> Result<Node> {
-        delegate!(self, s => s.set_node_banned(id, banned, now))
+    async fn set_node_banned(
+        &self,
+        id: &SpiffeId,
+        banned: bool,
+        now: i64,
+        a: AuditFn<'_, Node>,
+    ) -> Result<Node> {
+        delegate!(self, s => s.set_node_banned(id, banned, now, a))
     }
-    async fn delete_node(&self, id: &SpiffeId) -> Result<Node> {
-        delegate!(self, s => s.delete_node(id))
+    async fn delete_node(&self, id: &SpiffeId, a: AuditFn<'_, Node>) -> Result<Node> {
+        delegate!(self, s => s.delete_node(id, a))
     }
-    async fn create_join_token(&self, hash: &str, token: &JoinToken, now: i64) -> Result<()> {
-        delegate!(self, s => s.create_join_token(hash, token, now))
+    async fn create_join_token(
+        &self,
+        hash: &str,
+        token: &JoinToken,
+        now: i64,
+        a: AuditFn<'_, ()>,
+    ) -> Result<()> {
+        delegate!(self, s => s.create_join_token(hash, token, now, a))
     }
     async fn consume_join_token(&self, hash: &str) -> Result<Option<JoinToken>> {
         delegate!(self, s => s.consume_join_token(hash))
@@ -673,8 +761,14 @@ impl Store for AnyStore {
     async fn get_bundle(&self, td: &str) -> Result<Option<StoredBundle>> {
         delegate!(self, s => s.get_bundle(td))
     }
-    async fn put_bundle(&self, td: &str, document: &str, now: i64) -> Result<u64> {
-        delegate!(self, s => s.put_bundle(td, document, now))
+    async fn put_bundle(
+        &self,
+        td: &str,
+        document: &str,
+        now: i64,
+        a: AuditFn<'_, u64>,
+    ) -> Result<u64> {
+        delegate!(self, s => s.put_bundle(td, document, now, a))
     }
     async fn append_audit(
         &self,

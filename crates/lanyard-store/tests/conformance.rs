@@ -16,6 +16,11 @@ fn id(s: &str) -> SpiffeId {
     SpiffeId::new(s).unwrap()
 }
 
+/// No evidence-log events for a change.
+fn none<T>(_: &T) -> Vec<lanyard_audit::Event> {
+    Vec::new()
+}
+
 fn sel(s: &str) -> Selector {
     Selector::new(s).unwrap()
 }
@@ -38,7 +43,7 @@ fn spec(path: &str) -> EntrySpec {
 }
 
 async fn entries<S: Store>(s: &S) {
-    let e = s.create_entry(&spec("/web"), 100).await.unwrap();
+    let e = s.create_entry(&spec("/web"), 100, &none).await.unwrap();
     assert_eq!(e.revision, 1);
     assert_eq!(e.created_at, 100);
     assert_eq!(e.id.len(), 32);
@@ -52,12 +57,12 @@ async fn entries<S: Store>(s: &S) {
     // The same identity with the same selectors in another order is a duplicate.
     let mut dup = spec("/web");
     dup.selectors.reverse();
-    let err = s.create_entry(&dup, 101).await.unwrap_err();
+    let err = s.create_entry(&dup, 101, &none).await.unwrap_err();
     assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
     // Different selectors are another entry.
     let mut other = spec("/web");
     other.selectors = vec![sel("unix:uid:0")];
-    let e2 = s.create_entry(&other, 102).await.unwrap();
+    let e2 = s.create_entry(&other, 102, &none).await.unwrap();
     assert_ne!(e2.id, e.id);
 
     // Update with and without revision checks.
@@ -67,7 +72,10 @@ async fn entries<S: Store>(s: &S) {
     changed.hint = None;
     changed.expires_at = None;
     changed.admin = true;
-    let u = s.update_entry(&e.id, &changed, Some(1), 200).await.unwrap();
+    let u = s
+        .update_entry(&e.id, &changed, Some(1), 200, &none)
+        .await
+        .unwrap();
     assert_eq!(u.revision, 2);
     assert_eq!(u.spec.owner, "team-b");
     assert_eq!(u.spec.environment, None);
@@ -75,30 +83,33 @@ async fn entries<S: Store>(s: &S) {
     assert_eq!(u.created_at, 100);
     assert_eq!(u.updated_at, 200);
     let err = s
-        .update_entry(&e.id, &changed, Some(1), 201)
+        .update_entry(&e.id, &changed, Some(1), 201, &none)
         .await
         .unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict { actual: 2, .. }),
         "{err:?}"
     );
-    let u3 = s.update_entry(&e.id, &changed, None, 202).await.unwrap();
+    let u3 = s
+        .update_entry(&e.id, &changed, None, 202, &none)
+        .await
+        .unwrap();
     assert_eq!(u3.revision, 3);
     let err = s
-        .update_entry("nope", &changed, None, 203)
+        .update_entry("nope", &changed, None, 203, &none)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     // Updating into a duplicate of another entry is refused and changes nothing.
     let err = s
-        .update_entry(&e2.id, &changed, None, 204)
+        .update_entry(&e2.id, &changed, None, 204, &none)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
     assert_eq!(s.get_entry(&e2.id).await.unwrap().unwrap(), e2);
 
     // Listing.
-    let e3 = s.create_entry(&spec("/db"), 300).await.unwrap();
+    let e3 = s.create_entry(&spec("/db"), 300, &none).await.unwrap();
     let all = s.list_entries().await.unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[0].id, e3.id, "ordered by SPIFFE ID");
@@ -115,10 +126,10 @@ async fn entries<S: Store>(s: &S) {
     );
 
     // Delete returns what was deleted; a second delete is NotFound.
-    let d = s.delete_entry(&e3.id).await.unwrap();
+    let d = s.delete_entry(&e3.id, &none).await.unwrap();
     assert_eq!(d, e3);
     assert!(matches!(
-        s.delete_entry(&e3.id).await,
+        s.delete_entry(&e3.id, &none).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(s.get_entry(&e3.id).await.unwrap().is_none());
@@ -144,7 +155,7 @@ async fn nodes<S: Store>(s: &S) {
         (r.serial.as_str(), r.expires_at, r.updated_at, r.created_at),
         ("02", 2000, 20, 10)
     );
-    let b = s.set_node_banned(&agent, true, 30).await.unwrap();
+    let b = s.set_node_banned(&agent, true, 30, &none).await.unwrap();
     assert!(b.banned);
     // Re-attestation (upsert) does not lift a ban.
     s.upsert_node(&Node {
@@ -159,16 +170,16 @@ async fn nodes<S: Store>(s: &S) {
     assert_eq!(again.serial, "03");
     assert_eq!(again.created_at, 10);
     assert_eq!(s.list_nodes().await.unwrap().len(), 1);
-    let evicted = s.delete_node(&agent).await.unwrap();
+    let evicted = s.delete_node(&agent, &none).await.unwrap();
     assert_eq!(evicted.spiffe_id, agent);
     assert!(s.get_node(&agent).await.unwrap().is_none());
     let ghost = id("spiffe://example.org/ghost");
     assert!(matches!(
-        s.delete_node(&ghost).await,
+        s.delete_node(&ghost, &none).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.set_node_banned(&ghost, true, 1).await,
+        s.set_node_banned(&ghost, true, 1, &none).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
@@ -182,9 +193,9 @@ async fn join_tokens<S: Store>(s: &S) {
         spiffe_id: Some(id("spiffe://example.org/node/1")),
         expires_at: 600,
     };
-    s.create_join_token("h1", &t, 0).await.unwrap();
+    s.create_join_token("h1", &t, 0, &none).await.unwrap();
     assert!(matches!(
-        s.create_join_token("h1", &t, 0).await,
+        s.create_join_token("h1", &t, 0, &none).await,
         Err(StoreError::Duplicate(_))
     ));
     s.create_join_token(
@@ -194,6 +205,7 @@ async fn join_tokens<S: Store>(s: &S) {
             expires_at: 600,
         },
         0,
+        &none,
     )
     .await
     .unwrap();
@@ -218,6 +230,7 @@ async fn concurrent_token_use_succeeds_once<S: Store + Clone + 'static>(s: &S) {
             expires_at: 600,
         },
         0,
+        &none,
     )
     .await
     .unwrap();
@@ -240,25 +253,96 @@ async fn concurrent_token_use_succeeds_once<S: Store + Clone + 'static>(s: &S) {
 async fn bundles<S: Store>(s: &S) {
     assert!(s.get_bundle("example.org").await.unwrap().is_none());
     assert_eq!(
-        s.put_bundle("example.org", "{\"keys\":[]}", 1)
+        s.put_bundle("example.org", "{\"keys\":[]}", 1, &none)
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        s.put_bundle("example.org", "{\"keys\":[1]}", 2)
+        s.put_bundle("example.org", "{\"keys\":[1]}", 2, &none)
             .await
             .unwrap(),
         2
     );
-    assert_eq!(s.put_bundle("other.org", "{}", 2).await.unwrap(), 1);
+    assert_eq!(s.put_bundle("other.org", "{}", 2, &none).await.unwrap(), 1);
     let b = s.get_bundle("example.org").await.unwrap().unwrap();
     assert_eq!(b.sequence, 2);
     assert_eq!(b.document, "{\"keys\":[1]}");
 }
 
+/// A state change and its evidence-log event commit together: a refused change leaves
+/// no event, concurrent audited changes and plain appends keep one intact chain.
+async fn audited_changes<S: Store + Clone + 'static>(s: &S) {
+    let before = s.audit_records().await.unwrap().len();
+    let ev = |e: &lanyard_store::Entry| {
+        let mut ev = audit_event(7);
+        ev.id = format!("created-{}", e.id);
+        ev.subject = Some(e.spec.spiffe_id.to_string());
+        vec![ev]
+    };
+    let e = s.create_entry(&spec("/audited"), 10, &ev).await.unwrap();
+    let created_id = e.id.clone();
+    let recs = s.audit_records().await.unwrap();
+    assert_eq!(recs.len(), before + 1);
+    assert_eq!(recs.last().unwrap().event.id, format!("created-{}", e.id));
+    // A duplicate is refused and records nothing.
+    assert!(matches!(
+        s.create_entry(&spec("/audited"), 11, &ev).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    // A stale revision is refused and records nothing.
+    let stale = s
+        .update_entry(&e.id, &spec("/audited"), Some(9), 12, &|_| {
+            vec![audit_event(8)]
+        })
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { actual: 1, .. })),
+        "{stale:?}"
+    );
+    assert!(matches!(
+        s.delete_entry("0123456789abcdef0123456789abcdef", &|_| vec![audit_event(
+            9
+        )])
+        .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.audit_records().await.unwrap().len(), before + 1);
+    // Concurrent audited changes and plain appends interleave into one chain.
+    let mut handles = Vec::new();
+    for t in 0..4u64 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..3u64 {
+                let path = format!("/race/{t}/{i}");
+                let n = 1000 + t * 10 + i;
+                s.create_entry(&spec(&path), 20, &move |_| vec![audit_event(n)])
+                    .await
+                    .unwrap();
+                s.append_audit(&[audit_event(n + 500)]).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let recs = s.audit_records().await.unwrap();
+    assert_eq!(recs.len(), before + 1 + 24);
+    let mut chain = lanyard_audit::Chain::default();
+    for r in &recs {
+        let again = chain.append(r.event.clone()).unwrap();
+        assert_eq!(&again, r, "record {} does not chain", r.seq);
+    } // Leave the entries as the other checks expect them.
+    for e in s.list_entries().await.unwrap() {
+        if e.spec.spiffe_id.path().starts_with("/race/") || e.id == created_id {
+            s.delete_entry(&e.id, &none).await.unwrap();
+        }
+    }
+}
+
 async fn suite<S: Store + Clone + 'static>(s: S) {
     entries(&s).await;
+    audited_changes(&s).await;
     nodes(&s).await;
     join_tokens(&s).await;
     concurrent_token_use_succeeds_once(&s).await;

@@ -703,6 +703,56 @@ async fn audit_trail_of_dev_and_tamper_detection() {
     ]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("entry_created"));
 
+    // The agent reports which process received the SVID; the server records it
+    // linked to the issuance event.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let delivered = loop {
+        let out = dev.ok(&[
+            "audit",
+            "query",
+            "--data-dir",
+            &data,
+            "--kind",
+            "workload_svid_delivered",
+            "--output",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if let Some(d) = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"]["evidence"]["serial"] == serial.as_str())
+        {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "no delivery evidence: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ev = &delivered["event"];
+    assert_eq!(ev["outcome"], "success");
+    assert_eq!(ev["subject"], dev.expected_id().as_str());
+    assert_eq!(ev["parent_id"], issued["event"]["id"]);
+    assert!(
+        ev["actor"].as_str().unwrap().contains("/lanyard/agent/"),
+        "{ev}"
+    );
+    assert!(ev["evidence"]["pid"].as_i64().unwrap() > 0);
+    assert_eq!(ev["evidence"]["uid"].as_u64().unwrap(), u64::from(dev.uid));
+    let exe = std::fs::canonicalize(common::bin()).unwrap();
+    assert_eq!(ev["evidence"]["path"], exe.to_str().unwrap());
+    let sha = ev["evidence"]["sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64);
+    let trace = dev.ok(&[
+        "audit",
+        "query",
+        "--data-dir",
+        &data,
+        "--subject",
+        dev.expected_id().as_str(),
+    ]);
+    assert!(trace.contains("workload_svid_delivered"), "{trace}");
+
     // Wait for a signed checkpoint, then verify.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

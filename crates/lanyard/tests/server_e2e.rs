@@ -899,3 +899,80 @@ async fn health_and_upstream_ca() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The evidence log on PostgreSQL: `audit verify --database-url` passes on an intact
+/// log and names the record when a row is modified or a middle record removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_over_postgres() {
+    use sqlx::Connection;
+    let db = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), Some(&db.url), None);
+    token(&server, &[]);
+    create_entry(
+        &server,
+        "/pg/web",
+        &format!("spiffe://{TD}/lanyard/server"),
+        &[],
+    );
+    create_entry(
+        &server,
+        "/pg/db",
+        &format!("spiffe://{TD}/lanyard/server"),
+        &[],
+    );
+    let data = dir.path().to_str().unwrap().to_string();
+    let verify = || {
+        std::process::Command::new(common::bin())
+            .args([
+                "audit",
+                "verify",
+                "--database-url",
+                &db.url,
+                "--data-dir",
+                &data,
+            ])
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = verify();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if !out.contains(" 0 checkpoints") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint: {out}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE audit_events SET event = REPLACE(event, '\"owner\":\"team-a\"', '\"owner\":\"mallory\"') WHERE kind = 'entry_created'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("was modified"), "{err}");
+    sqlx::query("UPDATE audit_events SET event = REPLACE(event, '\"owner\":\"mallory\"', '\"owner\":\"team-a\"') WHERE kind = 'entry_created'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(verify().status.success());
+    sqlx::query("DELETE FROM audit_events WHERE seq = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("record 1"), "{err}");
+    drop(conn);
+    drop(server);
+    db.drop_db().await;
+}
