@@ -116,6 +116,57 @@ pub struct StoredBundle {
     pub document: String,
 }
 
+/// A stored policy set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    /// `registration` or `authz`.
+    pub kind: String,
+    /// Cedar text.
+    pub body: String,
+    /// Starts at 1, incremented by every change.
+    pub version: i64,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// A revoked JWT-SVID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedJwt {
+    pub jti: String,
+    pub spiffe_id: Option<String>,
+    /// Kept on the deny-list until then (the token's own expiry).
+    pub expires_at: i64,
+    pub revoked_at: i64,
+    pub reason: String,
+}
+
+/// A time-boxed exception for a legacy static secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exception {
+    pub name: String,
+    pub owner: String,
+    pub justification: String,
+    /// Identities the secret may be released to.
+    pub allowed: Vec<SpiffeId>,
+    pub expires_at: i64,
+    pub created_at: i64,
+    pub created_by: String,
+    pub revoked_at: Option<i64>,
+    /// The sealed secret (base64url nonce || ciphertext || tag); never logged.
+    #[serde(skip_serializing)]
+    pub sealed: String,
+}
+
+/// What the evidence log says an identity last did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activity {
+    pub subject: String,
+    /// Unix milliseconds of the newest X509-SVID or JWT-SVID issuance.
+    pub last_issued_ms: Option<i64>,
+    /// The newest `workload_svid_delivered` event.
+    pub last_delivery: Option<lanyard_audit::Event>,
+}
+
 /// Builds the evidence-log events for a state change from its result. The store
 /// appends them in the same transaction as the change, so a change is never stored
 /// without its record (nor a record without its change). Called again if the
@@ -240,6 +291,52 @@ pub trait Store: Send + Sync {
     fn audit_checkpoints(
         &self,
     ) -> impl Future<Output = Result<Vec<lanyard_audit::Checkpoint>>> + Send;
+
+    /// Replace the policy set of `kind` (version increases by one).
+    fn put_policy(
+        &self,
+        kind: &str,
+        body: &str,
+        updated_by: &str,
+        now: i64,
+        audit: AuditFn<'_, StoredPolicy>,
+    ) -> impl Future<Output = Result<StoredPolicy>> + Send;
+
+    fn get_policy(&self, kind: &str) -> impl Future<Output = Result<Option<StoredPolicy>>> + Send;
+
+    /// Put a jti on the deny-list; a jti already there is a `Duplicate`.
+    fn revoke_jwt(
+        &self,
+        r: &RevokedJwt,
+        audit: AuditFn<'_, RevokedJwt>,
+    ) -> impl Future<Output = Result<RevokedJwt>> + Send;
+
+    /// Revoked JWTs that have not expired yet at `now`.
+    fn revoked_jwts(&self, now: i64) -> impl Future<Output = Result<Vec<RevokedJwt>>> + Send;
+
+    /// Store a new exception; an existing name is a `Duplicate`.
+    fn create_exception(
+        &self,
+        e: &Exception,
+        audit: AuditFn<'_, Exception>,
+    ) -> impl Future<Output = Result<Exception>> + Send;
+
+    fn get_exception(&self, name: &str) -> impl Future<Output = Result<Option<Exception>>> + Send;
+
+    /// All exceptions, by name.
+    fn list_exceptions(&self) -> impl Future<Output = Result<Vec<Exception>>> + Send;
+
+    /// Mark an exception revoked (it releases nothing afterwards).
+    fn revoke_exception(
+        &self,
+        name: &str,
+        now: i64,
+        audit: AuditFn<'_, Exception>,
+    ) -> impl Future<Output = Result<Exception>> + Send;
+
+    /// Per identity: newest issuance and newest delivery to a workload, from the
+    /// evidence log.
+    fn identity_activity(&self) -> impl Future<Output = Result<Vec<Activity>>> + Send;
 }
 
 /// A random identifier (32 hex characters) for new entries.

@@ -11,7 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::{
-    AuditFn, Entry, EntrySpec, JoinToken, Node, Result, Store, StoreError, StoredBundle, new_id,
+    Activity, AuditFn, Entry, EntrySpec, Exception, JoinToken, Node, Result, RevokedJwt, Store,
+    StoreError, StoredBundle, StoredPolicy, new_id,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -48,6 +49,9 @@ fn to_u64(v: i64) -> Result<u64> {
 const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, revision, created_at, updated_at";
 const NODE_COLUMNS: &str =
     "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at";
+
+const EXCEPTION_COLUMNS: &str =
+    "name, owner, justification, allowed, expires_at, created_at, created_by, revoked_at, sealed";
 
 /// Attempts at appending to the evidence log when writers race.
 const AUDIT_RETRIES: usize = 20;
@@ -235,6 +239,33 @@ macro_rules! impl_store {
                 banned: row.try_get::<bool, _>("banned").map_err(db_err)?,
                 created_at: get_i("created_at")?,
                 updated_at: get_i("updated_at")?,
+            })
+        }
+
+        fn policy_from_row(row: &$row) -> Result<StoredPolicy> {
+            Ok(StoredPolicy {
+                kind: row.try_get("kind").map_err(db_err)?,
+                body: row.try_get("body").map_err(db_err)?,
+                version: row.try_get("version").map_err(db_err)?,
+                updated_at: row.try_get("updated_at").map_err(db_err)?,
+                updated_by: row.try_get("updated_by").map_err(db_err)?,
+            })
+        }
+
+        fn exception_from_row(row: &$row) -> Result<Exception> {
+            let allowed: String = row.try_get("allowed").map_err(db_err)?;
+            let allowed: Vec<String> = serde_json::from_str(&allowed)
+                .map_err(|e| StoreError::Corrupt(format!("exception allowed list: {e}")))?;
+            Ok(Exception {
+                name: row.try_get("name").map_err(db_err)?,
+                owner: row.try_get("owner").map_err(db_err)?,
+                justification: row.try_get("justification").map_err(db_err)?,
+                allowed: allowed.iter().map(|s| parse_id(s)).collect::<Result<_>>()?,
+                expires_at: row.try_get("expires_at").map_err(db_err)?,
+                created_at: row.try_get("created_at").map_err(db_err)?,
+                created_by: row.try_get("created_by").map_err(db_err)?,
+                revoked_at: row.try_get("revoked_at").map_err(db_err)?,
+                sealed: row.try_get("sealed").map_err(db_err)?,
             })
         }
 
@@ -566,6 +597,161 @@ macro_rules! impl_store {
                     })
                     .collect()
             }
+
+            async fn put_policy(&self, kind: &str, body: &str, updated_by: &str, now: i64, audit: AuditFn<'_, StoredPolicy>) -> Result<StoredPolicy> {
+                audited!(self, $begin, audit, |tx| {
+                    let row = sqlx::query(
+                        "INSERT INTO policies (kind, body, version, updated_at, updated_by) VALUES ($1,$2,1,$3,$4) \
+                         ON CONFLICT (kind) DO UPDATE SET body=excluded.body, version=policies.version+1, updated_at=excluded.updated_at, updated_by=excluded.updated_by \
+                         RETURNING kind, body, version, updated_at, updated_by",
+                    )
+                    .bind(kind)
+                    .bind(body)
+                    .bind(now)
+                    .bind(updated_by)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Ok(policy_from_row(&row)?)
+                })
+            }
+
+            async fn get_policy(&self, kind: &str) -> Result<Option<StoredPolicy>> {
+                let row = sqlx::query("SELECT kind, body, version, updated_at, updated_by FROM policies WHERE kind=$1")
+                    .bind(kind)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(policy_from_row).transpose()
+            }
+
+            async fn revoke_jwt(&self, r: &RevokedJwt, audit: AuditFn<'_, RevokedJwt>) -> Result<RevokedJwt> {
+                audited!(self, $begin, audit, |tx| {
+                    sqlx::query("INSERT INTO revoked_jwts (jti, spiffe_id, expires_at, revoked_at, reason) VALUES ($1,$2,$3,$4,$5)")
+                        .bind(&r.jti)
+                        .bind(&r.spiffe_id)
+                        .bind(r.expires_at)
+                        .bind(r.revoked_at)
+                        .bind(&r.reason)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| if is_unique_violation(&e) {
+                            TxErr::Store(StoreError::Duplicate(format!("JWT-SVID {:?} is already revoked", r.jti)))
+                        } else {
+                            TxErr::Sql(e)
+                        })?;
+                    Ok(r.clone())
+                })
+            }
+
+            async fn revoked_jwts(&self, now: i64) -> Result<Vec<RevokedJwt>> {
+                let rows = sqlx::query("SELECT jti, spiffe_id, expires_at, revoked_at, reason FROM revoked_jwts WHERE expires_at > $1 ORDER BY jti")
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(RevokedJwt {
+                            jti: r.try_get("jti").map_err(db_err)?,
+                            spiffe_id: r.try_get("spiffe_id").map_err(db_err)?,
+                            expires_at: r.try_get("expires_at").map_err(db_err)?,
+                            revoked_at: r.try_get("revoked_at").map_err(db_err)?,
+                            reason: r.try_get("reason").map_err(db_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn create_exception(&self, e: &Exception, audit: AuditFn<'_, Exception>) -> Result<Exception> {
+                let allowed = serde_json::to_string(&e.allowed).map_err(|x| StoreError::Corrupt(x.to_string()))?;
+                audited!(self, $begin, audit, |tx| {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO exceptions ({EXCEPTION_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)")))
+                        .bind(&e.name)
+                        .bind(&e.owner)
+                        .bind(&e.justification)
+                        .bind(&allowed)
+                        .bind(e.expires_at)
+                        .bind(e.created_at)
+                        .bind(&e.created_by)
+                        .bind(e.revoked_at)
+                        .bind(&e.sealed)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|x| if is_unique_violation(&x) {
+                            TxErr::Store(StoreError::Duplicate(format!("an exception named {:?} already exists; pick another name or revoke it first", e.name)))
+                        } else {
+                            TxErr::Sql(x)
+                        })?;
+                    Ok(e.clone())
+                })
+            }
+
+            async fn get_exception(&self, name: &str) -> Result<Option<Exception>> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {EXCEPTION_COLUMNS} FROM exceptions WHERE name=$1")))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(exception_from_row).transpose()
+            }
+
+            async fn list_exceptions(&self) -> Result<Vec<Exception>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {EXCEPTION_COLUMNS} FROM exceptions ORDER BY name")))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(exception_from_row).collect()
+            }
+
+            async fn revoke_exception(&self, name: &str, now: i64, audit: AuditFn<'_, Exception>) -> Result<Exception> {
+                audited!(self, $begin, audit, |tx| {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE exceptions SET revoked_at=$2 WHERE name=$1 AND revoked_at IS NULL RETURNING {EXCEPTION_COLUMNS}"
+                    )))
+                    .bind(name)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match row {
+                        Some(r) => Ok(exception_from_row(&r)?),
+                        None => Err(TxErr::Store(StoreError::NotFound { what: "unrevoked exception", id: name.to_string() })),
+                    }
+                })
+            }
+
+            async fn identity_activity(&self) -> Result<Vec<Activity>> {
+                let issued = sqlx::query(
+                    "SELECT subject, MAX(time) AS last FROM audit_events \
+                     WHERE subject IS NOT NULL AND kind IN ('x509_svid_issued', 'jwt_svid_issued') GROUP BY subject",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let delivered = sqlx::query(
+                    "SELECT subject, event FROM audit_events WHERE seq IN \
+                     (SELECT MAX(seq) FROM audit_events WHERE subject IS NOT NULL AND kind = 'workload_svid_delivered' GROUP BY subject)",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let mut out: std::collections::BTreeMap<String, Activity> = Default::default();
+                for r in &issued {
+                    let subject: String = r.try_get("subject").map_err(db_err)?;
+                    let last: i64 = r.try_get("last").map_err(db_err)?;
+                    out.entry(subject.clone())
+                        .or_insert_with(|| Activity { subject, last_issued_ms: None, last_delivery: None })
+                        .last_issued_ms = Some(last);
+                }
+                for r in &delivered {
+                    let subject: String = r.try_get("subject").map_err(db_err)?;
+                    let event: String = r.try_get("event").map_err(db_err)?;
+                    let ev = serde_json::from_str(&event).ok();
+                    out.entry(subject.clone())
+                        .or_insert_with(|| Activity { subject, last_issued_ms: None, last_delivery: None })
+                        .last_delivery = ev;
+                }
+                Ok(out.into_values().collect())
+            }
         }
     };
 }
@@ -784,5 +970,48 @@ impl Store for AnyStore {
     }
     async fn audit_checkpoints(&self) -> Result<Vec<lanyard_audit::Checkpoint>> {
         delegate!(self, s => s.audit_checkpoints())
+    }
+    async fn put_policy(
+        &self,
+        kind: &str,
+        body: &str,
+        by: &str,
+        now: i64,
+        a: AuditFn<'_, StoredPolicy>,
+    ) -> Result<StoredPolicy> {
+        delegate!(self, s => s.put_policy(kind, body, by, now, a))
+    }
+    async fn get_policy(&self, kind: &str) -> Result<Option<StoredPolicy>> {
+        delegate!(self, s => s.get_policy(kind))
+    }
+    async fn revoke_jwt(&self, r: &RevokedJwt, a: AuditFn<'_, RevokedJwt>) -> Result<RevokedJwt> {
+        delegate!(self, s => s.revoke_jwt(r, a))
+    }
+    async fn revoked_jwts(&self, now: i64) -> Result<Vec<RevokedJwt>> {
+        delegate!(self, s => s.revoked_jwts(now))
+    }
+    async fn create_exception(
+        &self,
+        e: &Exception,
+        a: AuditFn<'_, Exception>,
+    ) -> Result<Exception> {
+        delegate!(self, s => s.create_exception(e, a))
+    }
+    async fn get_exception(&self, name: &str) -> Result<Option<Exception>> {
+        delegate!(self, s => s.get_exception(name))
+    }
+    async fn list_exceptions(&self) -> Result<Vec<Exception>> {
+        delegate!(self, s => s.list_exceptions())
+    }
+    async fn revoke_exception(
+        &self,
+        name: &str,
+        now: i64,
+        a: AuditFn<'_, Exception>,
+    ) -> Result<Exception> {
+        delegate!(self, s => s.revoke_exception(name, now, a))
+    }
+    async fn identity_activity(&self) -> Result<Vec<Activity>> {
+        delegate!(self, s => s.identity_activity())
     }
 }

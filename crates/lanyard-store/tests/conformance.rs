@@ -340,8 +340,127 @@ async fn audited_changes<S: Store + Clone + 'static>(s: &S) {
     }
 }
 
+/// Policies, the JWT deny-list, exceptions and identity activity.
+async fn governance<S: Store>(s: &S) {
+    use lanyard_store::{Exception, RevokedJwt};
+    assert_eq!(s.get_policy("registration").await.unwrap(), None);
+    let p1 = s
+        .put_policy(
+            "registration",
+            "permit(principal, action, resource);",
+            "uid:0",
+            5,
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(p1.version, 1);
+    let p2 = s
+        .put_policy(
+            "registration",
+            "forbid(principal, action, resource);",
+            "uid:1",
+            6,
+            &|p| {
+                vec![{
+                    let mut e = audit_event(4000);
+                    e.evidence.insert("version".into(), p.version.into());
+                    e
+                }]
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((p2.version, p2.updated_by.as_str()), (2, "uid:1"));
+    assert_eq!(
+        s.get_policy("registration").await.unwrap().unwrap().body,
+        "forbid(principal, action, resource);"
+    );
+    assert_eq!(s.get_policy("authz").await.unwrap(), None);
+
+    let r = RevokedJwt {
+        jti: "j1".into(),
+        spiffe_id: Some("spiffe://example.org/w".into()),
+        expires_at: 100,
+        revoked_at: 10,
+        reason: "leaked".into(),
+    };
+    s.revoke_jwt(&r, &none).await.unwrap();
+    assert!(matches!(
+        s.revoke_jwt(&r, &none).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    s.revoke_jwt(
+        &RevokedJwt {
+            jti: "j2".into(),
+            expires_at: 50,
+            ..r.clone()
+        },
+        &none,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.revoked_jwts(60).await.unwrap(),
+        vec![r.clone()],
+        "expired revocations are left out"
+    );
+
+    let e = Exception {
+        name: "legacy-db".into(),
+        owner: "team-a".into(),
+        justification: "vendor app".into(),
+        allowed: vec![id("spiffe://example.org/web")],
+        expires_at: 1000,
+        created_at: 10,
+        created_by: "uid:0".into(),
+        revoked_at: None,
+        sealed: "c2VhbGVk".into(),
+    };
+    s.create_exception(&e, &none).await.unwrap();
+    assert!(matches!(
+        s.create_exception(&e, &none).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(s.get_exception("legacy-db").await.unwrap().unwrap(), e);
+    assert_eq!(s.list_exceptions().await.unwrap().len(), 1);
+    let revoked = s.revoke_exception("legacy-db", 20, &none).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(20));
+    assert_eq!(revoked.sealed, e.sealed);
+    assert!(matches!(
+        s.revoke_exception("legacy-db", 21, &none).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.revoke_exception("nope", 21, &none).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let mut issued = audit_event(5000);
+    issued.kind = lanyard_audit::EventKind::X509SvidIssued;
+    issued.subject = Some("spiffe://example.org/active".into());
+    let mut delivered = issued.clone();
+    delivered.kind = lanyard_audit::EventKind::WorkloadSvidDelivered;
+    delivered.id = "delivery-1".into();
+    delivered.time += 5;
+    let mut later = delivered.clone();
+    later.id = "delivery-2".into();
+    later.time += 5;
+    s.append_audit(&[issued.clone(), delivered, later])
+        .await
+        .unwrap();
+    let act = s.identity_activity().await.unwrap();
+    let a = act
+        .iter()
+        .find(|a| a.subject == "spiffe://example.org/active")
+        .unwrap();
+    assert_eq!(a.last_issued_ms, Some(issued.time));
+    assert_eq!(a.last_delivery.as_ref().unwrap().id, "delivery-2");
+}
+
 async fn suite<S: Store + Clone + 'static>(s: S) {
     entries(&s).await;
+    governance(&s).await;
     audited_changes(&s).await;
     nodes(&s).await;
     join_tokens(&s).await;
