@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "lanyard/admin.proto",
         "lanyard/node.proto",
+        "lanyard/secrets.proto",
         "spiffe/workload.proto",
     ];
     for f in &files {

@@ -165,7 +165,10 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(svc))
+            .add_service(SpiffeWorkloadApiServer::new(svc.clone()))
+            .add_service(lanyard_proto::secrets::secrets_server::SecretsServer::new(
+                svc,
+            ))
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), until(rx))
             .await
             .map_err(|e| format!("Workload API: {e}"))

@@ -64,6 +64,8 @@ pub struct CachedSvid {
     /// Certificate serial (hex) and the server's issuance event, for delivery evidence.
     pub serial: String,
     pub event_id: String,
+    /// Subject Key Identifier (hex) of the CA that signed it (the leaf's AKI).
+    pub authority: String,
 }
 
 /// A cached JWT-SVID.
@@ -74,6 +76,8 @@ pub struct CachedJwt {
     pub expires_at: i64,
     pub jti: String,
     pub event_id: String,
+    /// Key id of the signing key.
+    pub kid: String,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +88,10 @@ struct Inner {
     federated: Vec<Bundle>,
     svids: HashMap<String, CachedSvid>,
     jwts: HashMap<(String, Vec<String>), CachedJwt>,
+    /// Revoked JWT-SVID ids, as the server distributes them.
+    revoked_jtis: std::collections::HashSet<String>,
+    /// Tainted CA keys (Subject Key Identifiers and JWT key ids).
+    tainted: std::collections::HashSet<String>,
 }
 
 /// Shared agent state.
@@ -136,8 +144,24 @@ impl AgentState {
             })
             .collect();
         federated.sort_by(|a, b| a.trust_domain().cmp(b.trust_domain()));
+        let revoked: std::collections::HashSet<String> =
+            update.revoked_jtis.iter().cloned().collect();
+        let tainted: std::collections::HashSet<String> =
+            update.tainted_authorities.iter().cloned().collect();
         let mut changed = false;
         if let Ok(mut inner) = self.inner.write() {
+            if inner.revoked_jtis != revoked {
+                // A cached token that was revoked is never handed out again.
+                inner.jwts.retain(|_, j| !revoked.contains(&j.jti));
+                inner.revoked_jtis = revoked;
+                changed = true;
+            }
+            if inner.tainted != tainted {
+                // Tokens signed by a tainted key are minted again on next request.
+                inner.jwts.retain(|_, j| !tainted.contains(&j.kid));
+                inner.tainted = tainted;
+                changed = true;
+            }
             if inner.entries != entries {
                 // SVIDs of removed or changed entries go at once.
                 let keep: HashMap<&str, i64> = entries
@@ -192,6 +216,45 @@ impl AgentState {
         self.notify();
     }
 
+    /// Whether a CA key (Subject Key Identifier) is tainted.
+    pub fn is_tainted(&self, authority: &str) -> bool {
+        self.inner
+            .read()
+            .map(|g| g.tainted.contains(authority))
+            .unwrap_or(false)
+    }
+
+    /// CA keys the cached SVIDs depend on: authority -> latest expiry.
+    pub fn holdings(&self) -> std::collections::BTreeMap<String, i64> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(g) = self.inner.read() {
+            for s in g.svids.values() {
+                let e = out.entry(s.authority.clone()).or_insert(s.expires_at);
+                *e = (*e).max(s.expires_at);
+            }
+        }
+        out
+    }
+
+    /// Whether the server has revoked the JWT-SVID with this `jti`.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.inner
+            .read()
+            .map(|g| g.revoked_jtis.contains(jti))
+            .unwrap_or(true)
+    }
+
+    /// The soonest entry expiry after `now` (unix seconds), if any.
+    pub fn next_entry_expiry(&self, now: i64) -> Option<i64> {
+        self.inner.read().ok().and_then(|g| {
+            g.entries
+                .iter()
+                .map(|e| e.expires_at)
+                .filter(|&t| t > now)
+                .min()
+        })
+    }
+
     pub fn entries(&self) -> Vec<CachedEntry> {
         self.inner
             .read()
@@ -229,7 +292,11 @@ impl AgentState {
             .filter(|e| e.expires_at == 0 || e.expires_at > now)
             .filter(|e| match inner.svids.get(&e.id) {
                 None => true,
-                Some(s) => now >= s.rotate_at || s.entry_revision != e.revision,
+                Some(s) => {
+                    now >= s.rotate_at
+                        || s.entry_revision != e.revision
+                        || inner.tainted.contains(&s.authority)
+                }
             })
             .cloned()
             .collect()

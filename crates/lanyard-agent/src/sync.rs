@@ -282,6 +282,11 @@ async fn reconcile(
             continue;
         };
         let issued = now;
+        let authority = r
+            .cert_chain
+            .first()
+            .and_then(|c| lanyard_core::x509::authority_key_id(c))
+            .unwrap_or_default();
         tracing::info!(spiffe_id = %entry.spiffe_id, expires_at = r.expires_at, "X509-SVID cached");
         state.store_svid(
             &r.entry_id,
@@ -293,6 +298,7 @@ async fn reconcile(
                 expires_at: r.expires_at,
                 rotate_at: rotate_at(issued, r.expires_at),
                 entry_revision: entry.revision,
+                authority,
                 serial: r.serial,
                 event_id: r.event_id,
             },
@@ -372,6 +378,7 @@ async fn session(
     let mut stream = client.sync(pb::SyncRequest {}).await?.into_inner();
     node.set(Some(client.clone())).await;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reported: Option<std::collections::BTreeMap<String, i64>> = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
@@ -388,7 +395,16 @@ async fn session(
             _ = tick.tick() => {
                 reconcile(&mut client, state).await?;
                 let now = SystemClock.unix_seconds();
-                if now >= identity.issued_at + (identity.expires_at - identity.issued_at) / 2 {
+                let own_authority = identity
+                    .chain
+                    .first()
+                    .and_then(|c| lanyard_core::x509::authority_key_id(c))
+                    .unwrap_or_default();
+                let tainted = state.is_tainted(&own_authority);
+                if tainted {
+                    tracing::warn!("the agent SVID was signed by a tainted CA key; renewing now");
+                }
+                if tainted || now >= identity.issued_at + (identity.expires_at - identity.issued_at) / 2 {
                     let (key, csr) = new_key_and_csr().map_err(tonic::Status::internal)?;
                     let r = client.renew_agent(pb::RenewRequest { csr }).await?.into_inner();
                     let svid = X509Svid::parse(r.cert_chain.clone())
@@ -403,6 +419,19 @@ async fn session(
                     save_identity(&cfg.data_dir, &identity).map_err(tonic::Status::internal)?;
                     resolver.set(certified_key(&identity.chain, &identity.key_pkcs8).map_err(tonic::Status::internal)?);
                     tracing::info!(agent = %identity.spiffe_id, expires_at = identity.expires_at, "agent SVID renewed");
+                }
+                // Tell the server which CA keys this agent still depends on, so that a
+                // tainted key can leave the bundle once nobody uses it.
+                let mut holdings = state.holdings();
+                if let Some(ski) = identity.chain.first().and_then(|c| lanyard_core::x509::authority_key_id(c)) {
+                    let e = holdings.entry(ski).or_insert(identity.expires_at);
+                    *e = (*e).max(identity.expires_at);
+                }
+                if reported.as_ref() != Some(&holdings) {
+                    client
+                        .report_holdings(pb::Holdings { authorities: holdings.clone().into_iter().collect() })
+                        .await?;
+                    reported = Some(holdings);
                 }
             }
         }

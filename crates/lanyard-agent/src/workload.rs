@@ -210,13 +210,30 @@ where
             }
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
-                // Re-check now and then: expiry is time-driven.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                // Re-check now and then, and right when the next entry expires.
+                _ = tokio::time::sleep(until_next_check(&state)) => {}
                 _ = tx.closed() => return,
             }
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// At most 5 s, or until just after the soonest entry expiry.
+fn until_next_check(state: &AgentState) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let default = Duration::from_secs(5);
+    match state.next_entry_expiry(i64::try_from(now.as_secs()).unwrap_or(i64::MAX)) {
+        Some(t) => {
+            let at = Duration::from_secs(u64::try_from(t).unwrap_or(0));
+            at.saturating_sub(now)
+                .saturating_add(Duration::from_millis(20))
+                .min(default)
+        }
+        None => default,
+    }
 }
 
 fn struct_from_json(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
@@ -326,7 +343,11 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
                             Status::unavailable(format!("JWT-SVID minting failed: {}", e.message()))
                         })?
                         .into_inner();
+                    let kid = JwtSvid::parse_insecure(&resp.token)
+                        .map(|t| t.kid().to_string())
+                        .unwrap_or_default();
                     let jwt = CachedJwt {
+                        kid,
                         token: resp.token,
                         issued_at: now,
                         expires_at: resp.expires_at,
@@ -392,6 +413,13 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
             .unwrap_or_default();
         let svid = JwtSvid::validate(&r.svid, &[r.audience.as_str()], &set, &SystemClock)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(jti) = svid.claims().get("jti").and_then(|v| v.as_str())
+            && self.state.is_revoked(jti)
+        {
+            return Err(Status::invalid_argument(format!(
+                "the JWT-SVID with jti {jti:?} has been revoked"
+            )));
+        }
         Ok(Response::new(pb::ValidateJwtsvidResponse {
             spiffe_id: svid.spiffe_id().to_string(),
             claims: Some(struct_from_json(svid.claims())),
@@ -414,5 +442,74 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         Err(Status::unimplemented(
             "the WIT-SVID profile is not implemented by this agent",
         ))
+    }
+}
+
+/// Lanyard's secrets service on the Workload API socket: releases the secret of a
+/// time-boxed exception to an attested workload whose identity the exception allows.
+/// The server decides and records every release and refusal.
+#[tonic::async_trait]
+impl lanyard_proto::secrets::secrets_server::Secrets for WorkloadService {
+    async fn fetch_secret(
+        &self,
+        req: Request<lanyard_proto::secrets::FetchSecretRequest>,
+    ) -> Result<Response<lanyard_proto::secrets::FetchSecretResponse>, Status> {
+        let (selectors, who) = self.caller(&req)?;
+        let r = req.into_inner();
+        if r.name.is_empty() || r.name.len() > 64 {
+            return Err(Status::invalid_argument(
+                "name must be the exception's name (1 to 64 characters)",
+            ));
+        }
+        let now = SystemClock.unix_seconds();
+        let mut ids = self.state.identities(&selectors, now);
+        if !r.spiffe_id.is_empty() {
+            ids.retain(|(e, _)| e.spiffe_id.to_string() == r.spiffe_id);
+        }
+        if ids.is_empty() {
+            return Err(Status::permission_denied(
+                "no identity issued: secrets are released only to attested workloads holding an SVID",
+            ));
+        }
+        let mut client = self.node.client().await.ok_or_else(|| {
+            Status::unavailable("the Lanyard server is not reachable; retry shortly")
+        })?;
+        let recipient = npb::Delivery {
+            spiffe_id: String::new(),
+            svid_type: "secret".into(),
+            pid: who.pid,
+            uid: who.uid,
+            gid: who.gid,
+            path: who.path.clone(),
+            sha256: who.sha256.clone(),
+            ..Default::default()
+        };
+        // Try each of the caller's identities; the first one the exception allows wins.
+        let mut last = Status::permission_denied("no identity issued");
+        for (entry, _) in ids {
+            let mut rec = recipient.clone();
+            rec.spiffe_id = entry.spiffe_id.to_string();
+            match client
+                .fetch_secret(npb::SecretRequest {
+                    name: r.name.clone(),
+                    entry_id: entry.id.clone(),
+                    recipient: Some(rec),
+                })
+                .await
+            {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    return Ok(Response::new(lanyard_proto::secrets::FetchSecretResponse {
+                        name: r.name,
+                        secret: resp.secret,
+                        expires_at: resp.expires_at,
+                        spiffe_id: resp.spiffe_id,
+                    }));
+                }
+                Err(e) if e.code() == tonic::Code::PermissionDenied => last = e,
+                Err(e) => return Err(Status::new(e.code(), e.message().to_string())),
+            }
+        }
+        Err(Status::permission_denied(last.message().to_string()))
     }
 }

@@ -51,6 +51,15 @@ pub enum EventKind {
     BundleChanged,
     AdminCallRefused,
     WorkloadSvidDelivered,
+    /// A registration change refused by registration policy.
+    EntryRefused,
+    PolicyChanged,
+    JwtRevoked,
+    CaKeyTainted,
+    ExceptionCreated,
+    ExceptionRevoked,
+    SecretReleased,
+    SecretRefused,
 }
 
 /// How it ended.

@@ -137,6 +137,9 @@ pub enum SlotState {
     Active,
     /// Signs nothing; published until its certificate expires.
     Retired,
+    /// Distrusted by an operator (`lanyard ca taint`): signs nothing; agents re-mint
+    /// what it signed; published only until nothing depends on it.
+    Tainted,
 }
 
 impl SlotState {
@@ -145,6 +148,7 @@ impl SlotState {
             Self::Prepared => "prepared",
             Self::Active => "active",
             Self::Retired => "retired",
+            Self::Tainted => "tainted",
         }
     }
 }
@@ -160,9 +164,14 @@ pub struct CaSlot {
     jwt_kid: String,
     not_before: i64,
     not_after: i64,
+    tainted_at: Option<i64>,
 }
 
 impl CaSlot {
+    /// When the slot was tainted.
+    pub fn tainted_at(&self) -> Option<i64> {
+        self.tainted_at
+    }
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -198,6 +207,7 @@ impl CaSlot {
             jwt_kid: self.jwt_kid.clone(),
             not_before: self.not_before,
             not_after: self.not_after,
+            tainted_at: self.tainted_at,
         }
     }
 
@@ -228,6 +238,7 @@ impl CaSlot {
             jwt_kid: r.jwt_kid.clone(),
             not_before: r.not_before,
             not_after: r.not_after,
+            tainted_at: r.tainted_at,
         })
     }
 }
@@ -246,6 +257,8 @@ pub struct SlotRecord {
     pub jwt_kid: String,
     pub not_before: i64,
     pub not_after: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tainted_at: Option<i64>,
 }
 
 /// What a [`CertificateAuthority::tick`] changed.
@@ -255,6 +268,7 @@ pub enum CaEvent {
     Activated { slot: String },
     Retired { slot: String },
     Removed { slot: String },
+    Tainted { slot: String },
 }
 
 /// Where the subject key of an X509-SVID comes from.
@@ -421,7 +435,75 @@ impl CertificateAuthority {
             jwt_key,
             not_before,
             not_after,
+            tainted_at: None,
         })
+    }
+
+    /// Distrust a slot at once: it signs nothing more. If it was the active slot, the
+    /// prepared slot (or a new one) takes over. The slot stays published until
+    /// [`Self::remove_tainted`] (once nothing depends on it) or its expiry.
+    pub fn taint(&mut self, slot_id: &str, now: i64) -> Result<Vec<CaEvent>, CaError> {
+        let pos = self
+            .slots
+            .iter()
+            .position(|s| s.id == slot_id)
+            .ok_or_else(|| CaError::UnknownSlot(slot_id.to_string()))?;
+        if self.slots[pos].state == SlotState::Tainted {
+            return Err(CaError::AlreadyTainted(slot_id.to_string()));
+        }
+        let was_active = self.slots[pos].state == SlotState::Active;
+        let mut events = Vec::new();
+        if was_active {
+            if let Some(p) = self
+                .slots
+                .iter_mut()
+                .find(|s| s.state == SlotState::Prepared)
+            {
+                p.state = SlotState::Active;
+                events.push(CaEvent::Activated { slot: p.id.clone() });
+            } else {
+                let slot = self.new_slot(SlotState::Active, now)?;
+                events.push(CaEvent::Prepared {
+                    slot: slot.id.clone(),
+                    not_after: slot.not_after,
+                });
+                events.push(CaEvent::Activated {
+                    slot: slot.id.clone(),
+                });
+                self.slots.push(slot);
+            }
+        }
+        let s = &mut self.slots[pos];
+        s.state = SlotState::Tainted;
+        s.tainted_at = Some(now);
+        events.insert(
+            0,
+            CaEvent::Tainted {
+                slot: slot_id.to_string(),
+            },
+        );
+        Ok(events)
+    }
+
+    /// Take a tainted slot out of the bundle (nothing depends on it any more).
+    pub fn remove_tainted(&mut self, slot_id: &str) -> Option<CaEvent> {
+        let pos = self
+            .slots
+            .iter()
+            .position(|s| s.id == slot_id && s.state == SlotState::Tainted)?;
+        self.slots.remove(pos);
+        Some(CaEvent::Removed {
+            slot: slot_id.to_string(),
+        })
+    }
+
+    /// Ids of tainted slots and their JWT key ids.
+    pub fn tainted(&self) -> Vec<(String, String)> {
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Tainted)
+            .map(|s| (s.id.clone(), s.jwt_kid.clone()))
+            .collect()
     }
 
     /// Advance the rotation to time `now` (unix seconds). Returns what changed.
@@ -430,14 +512,16 @@ impl CertificateAuthority {
         // Expired retired slots leave; an expired active or prepared slot is retired
         // (and leaves in the same step, as it has expired).
         for s in &mut self.slots {
-            if s.state != SlotState::Retired && now >= s.not_after {
+            if s.state != SlotState::Retired && s.state != SlotState::Tainted && now >= s.not_after
+            {
                 s.state = SlotState::Retired;
                 events.push(CaEvent::Retired { slot: s.id.clone() });
             }
         }
         let mut removed = Vec::new();
         self.slots.retain(|s| {
-            let keep = !(s.state == SlotState::Retired && now >= s.not_after);
+            let keep =
+                !(matches!(s.state, SlotState::Retired | SlotState::Tainted) && now >= s.not_after);
             if !keep {
                 removed.push(s.id.clone());
             }

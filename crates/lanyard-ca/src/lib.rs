@@ -46,6 +46,10 @@ pub enum CaError {
     ForeignId { id: String, trust_domain: String },
     #[error("{0} is a trust domain ID; SVIDs need a path, e.g. {0}/workload")]
     RootId(String),
+    #[error("no CA slot {0:?}; `lanyard ca list` shows the slots")]
+    UnknownSlot(String),
+    #[error("CA slot {0:?} is already tainted")]
+    AlreadyTainted(String),
 }
 
 #[cfg(test)]

@@ -388,3 +388,87 @@ fn minted_jwt_svids_validate_with_the_published_bundle() {
         assert!(late.is_err(), "{alg}");
     }
 }
+
+#[test]
+fn taint_switches_signing_and_keeps_the_slot_published_until_removed() {
+    let mut ca = ca_with(KeyAlgorithm::EcP256);
+    let old = ca.active().unwrap().id().to_string();
+    let old_ski = lanyard_core::x509::subject_key_id(ca.active().unwrap().x509_cert_der()).unwrap();
+    let (req, _) = csr();
+    let before = ca
+        .mint_x509_svid(
+            &id("spiffe://example.org/w"),
+            SubjectKey::Csr(&req),
+            None,
+            &[],
+            T0,
+        )
+        .unwrap();
+    assert_eq!(
+        lanyard_core::x509::authority_key_id(&before.chain[0]).as_deref(),
+        Some(old_ski.as_str()),
+        "a leaf names its signing slot"
+    );
+    let events = ca.taint(&old, T0 + 10).unwrap();
+    assert!(matches!(&events[0], CaEvent::Tainted { slot } if slot == &old));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, CaEvent::Activated { .. }))
+    );
+    let new = ca.active().unwrap().id().to_string();
+    assert_ne!(new, old);
+    assert!(matches!(
+        ca.taint(&old, T0 + 11),
+        Err(CaError::AlreadyTainted(_))
+    ));
+    assert!(matches!(
+        ca.taint("nope", T0 + 11),
+        Err(CaError::UnknownSlot(_))
+    ));
+    let (req, _) = csr();
+    let after = ca
+        .mint_x509_svid(
+            &id("spiffe://example.org/w"),
+            SubjectKey::Csr(&req),
+            None,
+            &[],
+            T0 + 12,
+        )
+        .unwrap();
+    assert_eq!(after.slot, new);
+    // Both still verify while the tainted slot is published.
+    assert_eq!(ca.bundle().unwrap().x509_authorities().len(), 2);
+    assert_eq!(ca.tainted().len(), 1);
+    // Ticking does not bring the tainted slot back.
+    ca.tick(T0 + 20).unwrap();
+    assert_eq!(
+        ca.slots()
+            .iter()
+            .filter(|s| s.state() == SlotState::Active)
+            .count(),
+        1
+    );
+    // The stored form keeps the taint.
+    let rec = ca
+        .slots()
+        .iter()
+        .find(|s| s.id() == old)
+        .unwrap()
+        .to_record();
+    assert_eq!(rec.tainted_at, Some(T0 + 10));
+    assert_eq!(
+        CaSlot::from_record(&rec).unwrap().state(),
+        SlotState::Tainted
+    );
+    assert!(matches!(
+        ca.remove_tainted(&old),
+        Some(CaEvent::Removed { .. })
+    ));
+    assert!(ca.remove_tainted(&old).is_none());
+    assert_eq!(ca.bundle().unwrap().x509_authorities().len(), 1);
+    let set: BundleSet = [ca.bundle().unwrap()].into_iter().collect();
+    let clock = FakeClock::at(T0 + 13);
+    assert!(X509Svid::validate(before.chain.clone(), &set, &clock).is_err());
+    assert!(X509Svid::validate(after.chain.clone(), &set, &clock).is_ok());
+}

@@ -894,3 +894,32 @@ pub fn is_ca_der(der: &[u8]) -> bool {
 #[cfg(test)]
 #[path = "x509_tests.rs"]
 mod tests;
+
+/// The certificate's Subject Key Identifier (hex), if present.
+pub fn subject_key_id(der: &[u8]) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    c.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(hex_lower(k.0)),
+            _ => None,
+        })
+}
+
+/// The certificate's Authority Key Identifier (hex): the Subject Key Identifier of
+/// the CA that signed it, if present.
+pub fn authority_key_id(der: &[u8]) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    c.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| hex_lower(k.0))
+            }
+            _ => None,
+        })
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -17,6 +17,10 @@ pub mod node {
     tonic::include_proto!("lanyard.node.v1");
 }
 
+pub mod secrets {
+    tonic::include_proto!("lanyard.secrets.v1");
+}
+
 /// The SPIFFE Workload API (no proto package).
 pub mod workload {
     tonic::include_proto!("_");

@@ -68,10 +68,13 @@ impl AdminService {
         &self,
         kind: lanyard_audit::EventKind,
         actor: &str,
+        policy_ids: &[String],
         e: &Entry,
     ) -> Vec<lanyard_audit::Event> {
         let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
         ev.actor = Some(actor.to_string());
+        ev.policy_ids = policy_ids.to_vec();
+        ev.decision = Some("allow".to_string());
         ev.subject = Some(e.spec.spiffe_id.to_string());
         ev.owner = Some(e.spec.owner.clone());
         ev.evidence.insert("entry_id".into(), e.id.clone().into());
@@ -146,7 +149,7 @@ impl AdminService {
     }
 }
 
-fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Duplicate(m) => Status::already_exists(m),
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
@@ -220,7 +223,8 @@ pub fn validate_entry(shared: &Shared, e: &pb::Entry) -> Result<EntrySpec, Statu
         .iter()
         .map(|s| Selector::new(s).map_err(|err| bad(format!("selector {s:?}: {err}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let owner = label("owner", &e.owner, true)?.unwrap_or_default();
+    // Whether an owner is required is registration policy ("owner-required").
+    let owner = label("owner", &e.owner, false)?.unwrap_or_default();
     let environment = label("environment", &e.environment, false)?;
     let hint = label("hint", &e.hint, false)?;
     let ca_ttl = shared.config.ca_ttl.as_secs();
@@ -315,11 +319,24 @@ impl pb::admin_server::Admin for AdminService {
         self.authorize(&req).await?;
         let spec = validate_entry(&self.shared, req.get_ref())?;
         let actor = self.actor(&req);
+        let policy_ids = crate::policy::check_entry(
+            &self.shared,
+            &self.caller(&req),
+            &actor,
+            lanyard_policy::RegistrationAction::Create,
+            &spec,
+        )
+        .await?;
         let e = self
             .shared
             .store
             .create_entry(&spec, self.shared.clock.unix_seconds(), &|e| {
-                self.entry_event(lanyard_audit::EventKind::EntryCreated, &actor, e)
+                self.entry_event(
+                    lanyard_audit::EventKind::EntryCreated,
+                    &actor,
+                    &policy_ids,
+                    e,
+                )
             })
             .await
             .map_err(store_status)?;
@@ -334,10 +351,36 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::Entry>, Status> {
         self.authorize(&req).await?;
         let actor = self.actor(&req);
+        let caller = self.caller(&req);
         let r = req.into_inner();
         let e = r.entry.ok_or_else(|| bad("entry is required"))?;
         let id = entry_id(&e.id)?;
         let spec = validate_entry(&self.shared, &e)?;
+        // Both the entry as it is and as it would become must be allowed (an admin
+        // scoped to a path cannot move an entry in or out of it).
+        let current = self
+            .shared
+            .store
+            .get_entry(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no entry with id {id:?}")))?;
+        crate::policy::check_entry(
+            &self.shared,
+            &caller,
+            &actor,
+            lanyard_policy::RegistrationAction::Update,
+            &current.spec,
+        )
+        .await?;
+        let policy_ids = crate::policy::check_entry(
+            &self.shared,
+            &caller,
+            &actor,
+            lanyard_policy::RegistrationAction::Update,
+            &spec,
+        )
+        .await?;
         let expected = (r.expected_revision > 0).then_some(r.expected_revision);
         let updated = self
             .shared
@@ -347,7 +390,14 @@ impl pb::admin_server::Admin for AdminService {
                 &spec,
                 expected,
                 self.shared.clock.unix_seconds(),
-                &|e| self.entry_event(lanyard_audit::EventKind::EntryUpdated, &actor, e),
+                &|e| {
+                    self.entry_event(
+                        lanyard_audit::EventKind::EntryUpdated,
+                        &actor,
+                        &policy_ids,
+                        e,
+                    )
+                },
             )
             .await
             .map_err(store_status)?;
@@ -360,11 +410,31 @@ impl pb::admin_server::Admin for AdminService {
         self.authorize(&req).await?;
         let id = entry_id(&req.get_ref().id)?;
         let actor = self.actor(&req);
+        let current = self
+            .shared
+            .store
+            .get_entry(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no entry with id {id:?}")))?;
+        let policy_ids = crate::policy::check_entry(
+            &self.shared,
+            &self.caller(&req),
+            &actor,
+            lanyard_policy::RegistrationAction::Delete,
+            &current.spec,
+        )
+        .await?;
         let e = self
             .shared
             .store
             .delete_entry(id, &|e| {
-                self.entry_event(lanyard_audit::EventKind::EntryDeleted, &actor, e)
+                self.entry_event(
+                    lanyard_audit::EventKind::EntryDeleted,
+                    &actor,
+                    &policy_ids,
+                    e,
+                )
             })
             .await
             .map_err(store_status)?;
@@ -564,5 +634,194 @@ impl pb::admin_server::Admin for AdminService {
             jwks: p.document,
             pem,
         }))
+    }
+
+    async fn revoke_jwt(
+        &self,
+        req: Request<pb::RevokeJwtRequest>,
+    ) -> Result<Response<pb::RevokedJwt>, Status> {
+        self.authorize(&req).await?;
+        let actor = self.actor(&req);
+        let r = crate::governance::revoke_jwt(&self.shared, &actor, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn list_revoked_jwts(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::RevokedJwtList>, Status> {
+        self.authorize(&req).await?;
+        let list = self
+            .shared
+            .store
+            .revoked_jwts(self.shared.clock.unix_seconds())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::RevokedJwtList {
+            revoked: list.iter().map(crate::governance::to_pb_revoked).collect(),
+        }))
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.authorize(&req).await?;
+        let actor = self.actor(&req);
+        let r = req.into_inner();
+        let p = crate::policy::set_policy(&self.shared, &actor, &r.kind, &r.body).await?;
+        Ok(Response::new(p))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::PolicyKind>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.authorize(&req).await?;
+        let p = crate::policy::get_policy(&self.shared, &req.get_ref().kind).await?;
+        Ok(Response::new(p))
+    }
+
+    async fn create_exception(
+        &self,
+        req: Request<pb::CreateExceptionRequest>,
+    ) -> Result<Response<pb::ExceptionInfo>, Status> {
+        self.authorize(&req).await?;
+        let actor = self.actor(&req);
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        let policy_ids = crate::policy::check_exception(&self.shared, &caller, &actor, &r).await?;
+        let e = crate::governance::create_exception(&self.shared, &actor, &r, policy_ids).await?;
+        Ok(Response::new(e))
+    }
+
+    async fn list_exceptions(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ExceptionList>, Status> {
+        self.authorize(&req).await?;
+        let now = self.shared.clock.unix_seconds();
+        let list = self
+            .shared
+            .store
+            .list_exceptions()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ExceptionList {
+            exceptions: list
+                .iter()
+                .map(|e| crate::governance::to_pb_exception(e, now))
+                .collect(),
+        }))
+    }
+
+    async fn get_exception(
+        &self,
+        req: Request<pb::ExceptionName>,
+    ) -> Result<Response<pb::ExceptionInfo>, Status> {
+        self.authorize(&req).await?;
+        let name = &req.get_ref().name;
+        let e = self
+            .shared
+            .store
+            .get_exception(name)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no exception named {name:?}")))?;
+        Ok(Response::new(crate::governance::to_pb_exception(
+            &e,
+            self.shared.clock.unix_seconds(),
+        )))
+    }
+
+    async fn revoke_exception(
+        &self,
+        req: Request<pb::ExceptionName>,
+    ) -> Result<Response<pb::ExceptionInfo>, Status> {
+        self.authorize(&req).await?;
+        let actor = self.actor(&req);
+        let e =
+            crate::governance::revoke_exception(&self.shared, &actor, &req.get_ref().name).await?;
+        Ok(Response::new(e))
+    }
+
+    async fn get_inventory(
+        &self,
+        req: Request<pb::InventoryRequest>,
+    ) -> Result<Response<pb::Inventory>, Status> {
+        self.authorize(&req).await?;
+        let inv = crate::governance::inventory(&self.shared, req.get_ref()).await?;
+        Ok(Response::new(inv))
+    }
+
+    async fn list_ca_slots(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::CaSlots>, Status> {
+        self.authorize(&req).await?;
+        Ok(Response::new(self.ca_slots()?))
+    }
+
+    async fn taint_ca(
+        &self,
+        req: Request<pb::TaintRequest>,
+    ) -> Result<Response<pb::CaSlots>, Status> {
+        self.authorize(&req).await?;
+        let actor = self.actor(&req);
+        let slot = req.get_ref().slot.clone();
+        self.shared
+            .taint(&slot, &actor)
+            .await
+            .map_err(|e| match e {
+                crate::state::ServerError::Ca(
+                    c @ (lanyard_ca::CaError::UnknownSlot(_)
+                    | lanyard_ca::CaError::AlreadyTainted(_)),
+                ) => Status::failed_precondition(c.to_string()),
+                other => Status::internal(other.to_string()),
+            })?;
+        tracing::warn!(slot = %slot, "CA key tainted");
+        Ok(Response::new(self.ca_slots()?))
+    }
+}
+
+impl AdminService {
+    fn ca_slots(&self) -> Result<pb::CaSlots, Status> {
+        let ca = self
+            .shared
+            .ca_read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(pb::CaSlots {
+            slots: ca
+                .slots()
+                .iter()
+                .map(|s| pb::CaSlotInfo {
+                    id: s.id().to_string(),
+                    state: s.state().name().to_string(),
+                    not_before: s.not_before(),
+                    not_after: s.not_after(),
+                    subject_key_id: lanyard_core::x509::subject_key_id(s.x509_cert_der())
+                        .unwrap_or_default(),
+                    tainted_at: s.tainted_at().unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+
+    /// The caller as registration policy sees it.
+    pub(crate) fn caller<T>(&self, req: &Request<T>) -> crate::policy::CallerFacts {
+        if let Some(id) = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|c| peer_spiffe_id(&c))
+        {
+            return crate::policy::CallerFacts::Spiffe(id);
+        }
+        let uid = req
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .map_or(u32::MAX, |c| c.uid());
+        crate::policy::CallerFacts::Local { uid }
     }
 }

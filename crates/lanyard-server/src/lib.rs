@@ -10,7 +10,10 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod governance;
 pub mod node;
+pub mod policy;
+pub mod secrets;
 pub mod state;
 pub mod tls;
 

@@ -58,6 +58,22 @@ impl NodeService {
     }
 }
 
+/// Who asked, as evidence (bounded sizes; unknown fields left out).
+fn recipient_evidence(ev: &mut lanyard_audit::Event, who: &pb::Delivery) {
+    let e = &mut ev.evidence;
+    if who.pid > 0 {
+        e.insert("pid".into(), who.pid.into());
+        e.insert("uid".into(), who.uid.into());
+        e.insert("gid".into(), who.gid.into());
+    }
+    if !who.path.is_empty() && who.path.len() <= 4096 {
+        e.insert("path".into(), who.path.clone().into());
+    }
+    if who.sha256.len() == 64 && who.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        e.insert("sha256".into(), who.sha256.clone().into());
+    }
+}
+
 /// Most deliveries accepted in one report.
 pub const MAX_DELIVERIES: usize = 1000;
 
@@ -208,6 +224,7 @@ async fn admit(
         banned: false,
         created_at: now,
         updated_at: now,
+        holdings: Default::default(),
     };
     shared.store.upsert_node(&node).await.map_err(internal)?;
     tracing::info!(agent = %id, attestation = attestation_type, serial = %minted.serial, "node attested");
@@ -514,10 +531,19 @@ impl pb::node_server::Node for NodeService {
                         return;
                     }
                 };
+                let revoked = match shared.store.revoked_jwts(shared.clock.unix_seconds()).await {
+                    Ok(r) => r.into_iter().map(|r| r.jti).collect(),
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
                 let update = match shared.authorized_entries(&current).await {
                     Ok(entries) => {
                         let published = shared.published();
                         pb::SyncUpdate {
+                            revoked_jtis: revoked,
+                            tainted_authorities: shared.tainted_authorities(),
                             entries: entries.iter().map(to_pb_entry).collect(),
                             bundle: published.document,
                             bundle_sequence: published.sequence,
@@ -700,6 +726,150 @@ impl pb::node_server::Node for NodeService {
             jti: minted.jti,
             event_id,
         }))
+    }
+
+    async fn report_holdings(
+        &self,
+        req: Request<pb::Holdings>,
+    ) -> Result<Response<pb::HoldingsAck>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let h = req.into_inner();
+        if h.authorities.len() > 64
+            || h.authorities
+                .keys()
+                .any(|k| k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(Status::invalid_argument(
+                "holdings: at most 64 authorities, each a hex Subject Key Identifier",
+            ));
+        }
+        let holdings = lanyard_store::NodeHoldings {
+            reported_at: self.shared.clock.unix_seconds(),
+            authorities: h.authorities.into_iter().collect(),
+        };
+        self.shared
+            .store
+            .set_node_holdings(&node.spiffe_id, &holdings)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(pb::HoldingsAck {}))
+    }
+
+    async fn fetch_secret(
+        &self,
+        req: Request<pb::SecretRequest>,
+    ) -> Result<Response<pb::SecretResponse>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let r = req.into_inner();
+        let who = r.recipient.unwrap_or_default();
+        let entry = self
+            .shared
+            .authorized_entries(&node)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|e| e.id == r.entry_id)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "entry {:?} does not exist or is not authorized for agent {}",
+                    r.entry_id, node.spiffe_id
+                ))
+            })?;
+        let now = self.shared.clock.unix_seconds();
+        let refuse = |status: Status, owner: Option<String>| {
+            let mut ev = self.shared.event(
+                lanyard_audit::EventKind::SecretRefused,
+                lanyard_audit::Outcome::Denied,
+            );
+            ev.actor = Some(node.spiffe_id.to_string());
+            ev.subject = Some(entry.spec.spiffe_id.to_string());
+            ev.owner = owner;
+            ev.reason = Some(status.message().to_string());
+            ev.evidence
+                .insert("exception".into(), r.name.clone().into());
+            recipient_evidence(&mut ev, &who);
+            (ev, status)
+        };
+        let decision: Result<(Vec<u8>, lanyard_store::Exception), (lanyard_audit::Event, Status)> =
+            async {
+                let exc = self
+                    .shared
+                    .store
+                    .get_exception(&r.name)
+                    .await
+                    .map_err(internal)
+                    .map_err(|s| refuse(s, None))?
+                    .ok_or_else(|| {
+                        refuse(
+                            Status::not_found(format!("no exception named {:?}", r.name)),
+                            None,
+                        )
+                    })?;
+                let owner = Some(exc.owner.clone());
+                if let Some(at) = exc.revoked_at {
+                    return Err(refuse(
+                        Status::failed_precondition(format!(
+                            "exception {:?} was revoked at {}; ask its owner {} about replacing the static secret with SVID-based access",
+                            exc.name, at, exc.owner
+                        )),
+                        owner,
+                    ));
+                }
+                if exc.expires_at <= now {
+                    return Err(refuse(
+                        Status::failed_precondition(format!(
+                            "exception {:?} expired at {} (unix time); its owner {} must renew it with `lanyard exception create` or move the workload to SVID-based access",
+                            exc.name, exc.expires_at, exc.owner
+                        )),
+                        owner,
+                    ));
+                }
+                if !exc.allowed.contains(&entry.spec.spiffe_id) {
+                    return Err(refuse(
+                        Status::permission_denied(format!(
+                            "{} is not allowed to receive the secret of exception {:?}",
+                            entry.spec.spiffe_id, exc.name
+                        )),
+                        owner,
+                    ));
+                }
+                let secret = self
+                    .shared
+                    .secrets
+                    .open(&exc.name, &exc.sealed)
+                    .map_err(|e| refuse(Status::internal(e), owner))?;
+                Ok((secret, exc))
+            }
+            .await;
+        match decision {
+            Ok((secret, exc)) => {
+                let mut ev = self.shared.event(
+                    lanyard_audit::EventKind::SecretReleased,
+                    lanyard_audit::Outcome::Success,
+                );
+                ev.actor = Some(node.spiffe_id.to_string());
+                ev.subject = Some(entry.spec.spiffe_id.to_string());
+                ev.owner = Some(exc.owner.clone());
+                ev.evidence
+                    .insert("exception".into(), exc.name.clone().into());
+                ev.evidence
+                    .insert("expires_at".into(), exc.expires_at.into());
+                recipient_evidence(&mut ev, &who);
+                // On record before it is handed out.
+                self.shared.record(vec![ev]).await.map_err(internal)?;
+                tracing::info!(exception = %exc.name, spiffe_id = %entry.spec.spiffe_id, "secret released");
+                Ok(Response::new(pb::SecretResponse {
+                    secret,
+                    expires_at: exc.expires_at,
+                    spiffe_id: entry.spec.spiffe_id.to_string(),
+                }))
+            }
+            Err((ev, status)) => {
+                tracing::warn!(exception = %r.name, spiffe_id = %entry.spec.spiffe_id, reason = %status.message(), "secret refused");
+                self.shared.record(vec![ev]).await.map_err(internal)?;
+                Err(status)
+            }
+        }
     }
 
     async fn report_deliveries(

@@ -58,6 +58,15 @@ pub struct Shared {
     pub audit_key: lanyard_audit::AuditKey,
     /// This server's identity in audit events.
     pub server_name: String,
+    /// Compiled policy sets by kind, with the stored version they came from.
+    pub policies: RwLock<
+        std::collections::HashMap<
+            lanyard_policy::PolicyKind,
+            (i64, lanyard_policy::CompiledPolicies),
+        >,
+    >,
+    /// Seals exception secrets at rest.
+    pub secrets: crate::secrets::SecretBox,
     /// Group-commit queue for events that are not part of a state change's own
     /// transaction (attestations, issuance, CA steps).
     audit_queue: lanyard_store::AuditQueue,
@@ -253,7 +262,10 @@ impl Shared {
         let server_name = load_or_create_server_name(&config.data_dir)?;
         let (changes, _) = watch::channel(0u64);
         let audit_queue = lanyard_store::AuditQueue::start(store.clone(), 256);
+        let secrets = crate::secrets::SecretBox::load_or_create(&config.data_dir)?;
         let shared = Arc::new(Self {
+            policies: RwLock::new(Default::default()),
+            secrets,
             audit_queue,
             store,
             ca: RwLock::new(ca),
@@ -391,6 +403,128 @@ impl Shared {
         }
     }
 
+    /// Taint a CA slot (`lanyard ca taint`): a new key signs from now on, agents
+    /// re-mint what the tainted key signed, and it leaves the bundle once no agent
+    /// reports depending on it (see [`Self::drop_tainted_when_unused`]).
+    pub async fn taint(&self, slot: &str, actor: &str) -> Result<(), ServerError> {
+        let now = self.clock.unix_seconds();
+        let events = {
+            let mut ca = self
+                .ca
+                .write()
+                .map_err(|_| ServerError::Other("CA lock poisoned".to_string()))?;
+            ca.taint(slot, now)?
+        };
+        let audit = events
+            .iter()
+            .map(|e| {
+                let mut ev = self.ca_event(e);
+                ev.actor = Some(actor.to_string());
+                ev
+            })
+            .collect();
+        self.record(audit).await?;
+        self.save_keys()?;
+        self.renew_server_svid(now)?;
+        self.publish_bundle().await?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Subject Key Identifiers (hex) of tainted slots' certificates, and their JWT
+    /// key ids: what agents must stop relying on.
+    pub fn tainted_authorities(&self) -> Vec<String> {
+        let Ok(ca) = self.ca_read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in ca.slots() {
+            if s.state() == lanyard_ca::SlotState::Tainted {
+                if let Some(ski) = lanyard_core::x509::subject_key_id(s.x509_cert_der()) {
+                    out.push(ski);
+                }
+                out.push(s.jwt_kid().to_string());
+            }
+        }
+        out
+    }
+
+    /// Take tainted slots out of the bundle once nothing depends on them: every agent
+    /// whose SVID is still valid has reported, after the taint, holdings without the
+    /// tainted key (or the SVIDs it held from that key have expired).
+    pub async fn drop_tainted_when_unused(&self) -> Result<(), ServerError> {
+        let now = self.clock.unix_seconds();
+        let tainted: Vec<(String, String, i64)> = {
+            let ca = self.ca_read()?;
+            ca.slots()
+                .iter()
+                .filter(|s| s.state() == lanyard_ca::SlotState::Tainted)
+                .filter_map(|s| {
+                    Some((
+                        s.id().to_string(),
+                        lanyard_core::x509::subject_key_id(s.x509_cert_der())?,
+                        s.tainted_at().unwrap_or(0),
+                    ))
+                })
+                .collect()
+        };
+        if tainted.is_empty() {
+            return Ok(());
+        }
+        let nodes = self.store.list_nodes().await?;
+        let mut removed = Vec::new();
+        for (slot, ski, tainted_at) in tainted {
+            let depends = nodes
+                .iter()
+                .filter(|n| !n.banned && n.expires_at > now)
+                .any(|n| {
+                    n.holdings.reported_at < tainted_at
+                        || n.holdings
+                            .authorities
+                            .get(&ski)
+                            .is_some_and(|&exp| exp > now)
+                });
+            if !depends {
+                let ev = self
+                    .ca
+                    .write()
+                    .map_err(|_| ServerError::Other("CA lock poisoned".to_string()))?
+                    .remove_tainted(&slot);
+                if let Some(ev) = ev {
+                    tracing::warn!(slot = %slot, "tainted CA key removed from the bundle: nothing depends on it");
+                    removed.push(ev);
+                }
+            }
+        }
+        if !removed.is_empty() {
+            let audit = removed
+                .iter()
+                .map(|e| {
+                    let mut ev = self.ca_event(e);
+                    ev.reason = Some("tainted key no longer used by any agent".to_string());
+                    ev
+                })
+                .collect();
+            self.record(audit).await?;
+            self.save_keys()?;
+            self.publish_bundle().await?;
+        }
+        Ok(())
+    }
+
+    fn renew_server_svid(&self, now: i64) -> Result<(), ServerError> {
+        let (key, minted) = {
+            let ca = self.ca_read()?;
+            mint_server_svid(&ca, &self.server_id, now)?
+        };
+        self.server_tls
+            .set(certified_key(&minted.chain, key.pkcs8_der()).map_err(ServerError::Other)?);
+        if let Ok(mut g) = self.server_svid_expiry.write() {
+            *g = (now, minted.not_after);
+        }
+        Ok(())
+    }
+
     /// The audit event for a CA rotation step.
     fn ca_event(&self, e: &lanyard_ca::CaEvent) -> lanyard_audit::Event {
         use lanyard_audit::EventKind;
@@ -401,6 +535,7 @@ impl Shared {
             CaEvent::Retired { slot } | CaEvent::Removed { slot } => {
                 (EventKind::CaKeyRetired, slot)
             }
+            CaEvent::Tainted { slot } => (EventKind::CaKeyTainted, slot),
         };
         let mut ev = self.event(kind, lanyard_audit::Outcome::Success);
         ev.evidence
@@ -473,16 +608,9 @@ impl Shared {
         }
         let (issued, expiry) = self.server_svid_expiry.read().map(|g| *g).unwrap_or((0, 0));
         if now >= issued + (expiry - issued) / 2 || !events.is_empty() {
-            let (key, minted) = {
-                let ca = self.ca_read()?;
-                mint_server_svid(&ca, &self.server_id, now)?
-            };
-            self.server_tls
-                .set(certified_key(&minted.chain, key.pkcs8_der()).map_err(ServerError::Other)?);
-            if let Ok(mut g) = self.server_svid_expiry.write() {
-                *g = (now, minted.not_after);
-            }
+            self.renew_server_svid(now)?;
         }
+        self.drop_tainted_when_unused().await?;
         Ok(())
     }
 

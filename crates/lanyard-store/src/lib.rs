@@ -100,6 +100,17 @@ pub struct Node {
     pub banned: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the agent last reported holding (for CA taint).
+    #[serde(default)]
+    pub holdings: NodeHoldings,
+}
+
+/// The CA certificates that signed SVIDs an agent holds: Subject Key Identifier
+/// (hex) -> latest expiry (unix seconds) of such an SVID; as of `reported_at`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHoldings {
+    pub reported_at: i64,
+    pub authorities: std::collections::BTreeMap<String, i64>,
 }
 
 /// A join token as stored (only its hash is kept).
@@ -227,6 +238,13 @@ pub trait Store: Send + Sync {
         expires_at: i64,
         now: i64,
     ) -> impl Future<Output = Result<Node>> + Send;
+
+    /// Record what an agent reported holding.
+    fn set_node_holdings(
+        &self,
+        id: &SpiffeId,
+        holdings: &NodeHoldings,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     fn set_node_banned(
         &self,

@@ -11,8 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::{
-    Activity, AuditFn, Entry, EntrySpec, Exception, JoinToken, Node, Result, RevokedJwt, Store,
-    StoreError, StoredBundle, StoredPolicy, new_id,
+    Activity, AuditFn, Entry, EntrySpec, Exception, JoinToken, Node, NodeHoldings, Result,
+    RevokedJwt, Store, StoreError, StoredBundle, StoredPolicy, new_id,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -47,8 +47,7 @@ fn to_u64(v: i64) -> Result<u64> {
 }
 
 const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, revision, created_at, updated_at";
-const NODE_COLUMNS: &str =
-    "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at";
+const NODE_COLUMNS: &str = "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at, held_authorities";
 
 const EXCEPTION_COLUMNS: &str =
     "name, owner, justification, allowed, expires_at, created_at, created_by, revoked_at, sealed";
@@ -239,6 +238,7 @@ macro_rules! impl_store {
                 banned: row.try_get::<bool, _>("banned").map_err(db_err)?,
                 created_at: get_i("created_at")?,
                 updated_at: get_i("updated_at")?,
+                holdings: serde_json::from_str(&get_s("held_authorities")?).unwrap_or_default(),
             })
         }
 
@@ -372,7 +372,7 @@ macro_rules! impl_store {
 
             async fn upsert_node(&self, node: &Node) -> Result<()> {
                 let sql = format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) \
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
                      ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type=excluded.attestation_type, selectors=excluded.selectors, \
                      serial=excluded.serial, expires_at=excluded.expires_at, updated_at=excluded.updated_at"
                 );
@@ -385,6 +385,7 @@ macro_rules! impl_store {
                     .bind(node.banned)
                     .bind(node.created_at)
                     .bind(node.updated_at)
+                    .bind(serde_json::to_string(&node.holdings).map_err(|e| StoreError::Corrupt(e.to_string()))?)
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?;
@@ -423,6 +424,19 @@ macro_rules! impl_store {
                     .map(node_from_row)
                     .transpose()?
                     .ok_or_else(|| StoreError::NotFound { what: "agent", id: id.to_string() })
+            }
+
+            async fn set_node_holdings(&self, id: &SpiffeId, holdings: &NodeHoldings) -> Result<()> {
+                let r = sqlx::query("UPDATE nodes SET held_authorities=$2 WHERE spiffe_id=$1")
+                    .bind(id.to_string())
+                    .bind(serde_json::to_string(holdings).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                if r.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { what: "agent", id: id.to_string() });
+                }
+                Ok(())
             }
 
             async fn set_node_banned(&self, id: &SpiffeId, banned: bool, now: i64, audit: AuditFn<'_, Node>) -> Result<Node> {
@@ -919,6 +933,9 @@ impl Store for AnyStore {
         now: i64,
     ) -> Result<Node> {
         delegate!(self, s => s.set_node_svid(id, serial, expires_at, now))
+    }
+    async fn set_node_holdings(&self, id: &SpiffeId, h: &NodeHoldings) -> Result<()> {
+        delegate!(self, s => s.set_node_holdings(id, h))
     }
     async fn set_node_banned(
         &self,

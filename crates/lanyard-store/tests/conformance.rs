@@ -147,9 +147,24 @@ async fn nodes<S: Store>(s: &S) {
         banned: false,
         created_at: 10,
         updated_at: 10,
+        holdings: Default::default(),
     };
     s.upsert_node(&n).await.unwrap();
     assert_eq!(s.get_node(&agent).await.unwrap().unwrap(), n);
+    let held = lanyard_store::NodeHoldings {
+        reported_at: 15,
+        authorities: [("ab12".to_string(), 900)].into_iter().collect(),
+    };
+    s.set_node_holdings(&agent, &held).await.unwrap();
+    assert_eq!(s.get_node(&agent).await.unwrap().unwrap().holdings, held);
+    assert!(matches!(
+        s.set_node_holdings(&id("spiffe://example.org/ghost"), &held)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.set_node_holdings(&agent, &Default::default())
+        .await
+        .unwrap();
     let r = s.set_node_svid(&agent, "02", 2000, 20).await.unwrap();
     assert_eq!(
         (r.serial.as_str(), r.expires_at, r.updated_at, r.created_at),

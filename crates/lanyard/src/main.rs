@@ -72,6 +72,50 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Policy as code (Cedar): set, get, check, test.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Time-boxed exceptions for legacy static secrets (admin API).
+    Exception {
+        #[command(subcommand)]
+        command: ExceptionCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Every identity with owner, agents, last activity and risk flags (admin API).
+    Inventory {
+        /// Flag identities not issued for this long (default 7d).
+        #[arg(long)]
+        stale_after: Option<String>,
+        /// Flag entries expiring within this long (default 7d).
+        #[arg(long)]
+        expiring_within: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The server's CA keys: list, taint (admin API).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// JWT-SVID revocation (admin API).
+    Jwt {
+        #[command(subcommand)]
+        command: JwtCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Workload side: fetch an exception's secret through the agent socket.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// Join tokens for node attestation (admin API).
     Token {
         #[command(subcommand)]
@@ -114,6 +158,111 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         command: BundleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and make it the active set of its kind.
+    Set {
+        #[arg(long, default_value = "registration")]
+        kind: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Print the active set (the shipped default until one is set).
+    Get {
+        #[arg(long, default_value = "registration")]
+        kind: String,
+    },
+    /// Validate a policy file against its schema (no server needed).
+    Check {
+        #[arg(long, default_value = "registration")]
+        kind: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Evaluate a sample request (JSON) against a file or the server's active set;
+    /// exit code 1 when refused.
+    Test {
+        #[arg(long, default_value = "registration")]
+        kind: String,
+        /// Policy file (default: the server's active set).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// {"caller": "uid:0", "action": "create_entry", "entry": {"spiffe_id": ..., "selectors": [...], "owner": ...}}
+        #[arg(long)]
+        request: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExceptionCommand {
+    /// Store a legacy secret for a limited time, releasable only to the allowed identities.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        justification: String,
+        /// How long it lasts, e.g. 30d (the maximum is registration policy).
+        #[arg(long)]
+        expires: String,
+        /// A SPIFFE ID the secret may be released to (repeatable).
+        #[arg(long, required = true)]
+        allow: Vec<String>,
+        /// File holding the secret.
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Stop releasing the secret now.
+    Revoke {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// List CA slots (prepared, active, retired, tainted).
+    List,
+    /// Distrust a CA key now: a new key signs, agents re-mint, and the tainted key
+    /// leaves the bundle once nothing depends on it.
+    Taint { slot: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum JwtCommand {
+    /// Put a JWT-SVID on the deny-list (honoured by ValidateJWTSVID on every agent).
+    Revoke {
+        #[arg(long, conflicts_with = "token_file")]
+        jti: Option<String>,
+        /// A file holding the token itself (it is not stored).
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List revoked JWT-SVIDs that have not expired yet.
+    Revoked,
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Print an exception's secret (uses SPIFFE_ENDPOINT_SOCKET or --socket).
+    Fetch {
+        name: String,
+        #[arg(long)]
+        socket: Option<String>,
+        /// Use this one of your identities.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -411,6 +560,116 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 }
             })
         }
+        Command::Policy { command, admin } => {
+            use cmd::governance as g;
+            let sock = admin.admin_socket.clone();
+            let out = admin.output;
+            runtime()?.block_on(async move {
+                let s = sock.as_deref();
+                match command {
+                    PolicyCommand::Set { kind, file } => g::policy_set(s, &kind, &file, out).await,
+                    PolicyCommand::Get { kind } => g::policy_get(s, &kind, out).await,
+                    PolicyCommand::Check { kind, file } => g::policy_check(&kind, &file, out),
+                    PolicyCommand::Test {
+                        kind,
+                        file,
+                        request,
+                    } => g::policy_test(s, &kind, file.as_deref(), &request, out).await,
+                }
+            })
+        }
+        Command::Exception { command, admin } => {
+            use cmd::governance as g;
+            let sock = admin.admin_socket.clone();
+            let out = admin.output;
+            runtime()?.block_on(async move {
+                let s = sock.as_deref();
+                match command {
+                    ExceptionCommand::Create {
+                        name,
+                        owner,
+                        justification,
+                        expires,
+                        allow,
+                        secret_file,
+                    } => {
+                        g::exception_create(
+                            s,
+                            &name,
+                            &owner,
+                            &justification,
+                            &expires,
+                            &allow,
+                            &secret_file,
+                            out,
+                        )
+                        .await
+                    }
+                    ExceptionCommand::List => g::exception_list(s, out).await,
+                    ExceptionCommand::Show { name } => g::exception_show(s, &name, out).await,
+                    ExceptionCommand::Revoke { name } => g::exception_revoke(s, &name, out).await,
+                }
+            })
+        }
+        Command::Inventory {
+            stale_after,
+            expiring_within,
+            admin,
+        } => runtime()?.block_on(cmd::governance::inventory(
+            admin.admin_socket.as_deref(),
+            stale_after.as_deref(),
+            expiring_within.as_deref(),
+            admin.output,
+        )),
+        Command::Ca { command, admin } => {
+            let s = admin.admin_socket.clone();
+            runtime()?.block_on(async move {
+                match command {
+                    CaCommand::List => cmd::governance::ca_list(s.as_deref(), admin.output).await,
+                    CaCommand::Taint { slot } => {
+                        cmd::governance::ca_taint(s.as_deref(), &slot, admin.output).await
+                    }
+                }
+            })
+        }
+        Command::Jwt { command, admin } => {
+            let s = admin.admin_socket.clone();
+            runtime()?.block_on(async move {
+                match command {
+                    JwtCommand::Revoke {
+                        jti,
+                        token_file,
+                        reason,
+                    } => {
+                        cmd::governance::jwt_revoke(
+                            s.as_deref(),
+                            jti.as_deref(),
+                            token_file.as_deref(),
+                            reason.as_deref(),
+                            admin.output,
+                        )
+                        .await
+                    }
+                    JwtCommand::Revoked => {
+                        cmd::governance::jwt_revoked(s.as_deref(), admin.output).await
+                    }
+                }
+            })
+        }
+        Command::Secret {
+            command:
+                SecretCommand::Fetch {
+                    name,
+                    socket,
+                    spiffe_id,
+                    output,
+                },
+        } => runtime()?.block_on(cmd::workload::secret_fetch(
+            socket.as_deref(),
+            &name,
+            spiffe_id.as_deref(),
+            output,
+        )),
         Command::Token {
             command: TokenCommand::Generate { ttl, spiffe_id },
             admin,

@@ -433,7 +433,7 @@ async fn invalid_admin_input_is_refused_and_changes_nothing() {
             .into_iter()
             .map(String::from)
             .collect(),
-            "owner is required",
+            "refused by registration policy \"owner-required\"",
         ),
         (
             [

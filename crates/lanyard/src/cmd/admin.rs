@@ -31,11 +31,11 @@ pub async fn connect(socket: Option<&Path>) -> Result<AdminClient<Channel>, Stri
     Ok(AdminClient::new(channel))
 }
 
-fn status(e: tonic::Status) -> String {
+pub fn status(e: tonic::Status) -> String {
     e.message().to_string()
 }
 
-fn time_str(t: i64) -> String {
+pub fn time_str(t: i64) -> String {
     OffsetDateTime::from_unix_timestamp(t)
         .ok()
         .and_then(|d| d.format(&Rfc3339).ok())
@@ -127,7 +127,7 @@ fn entry_text(e: &pb::Entry) -> String {
     .join("\n")
 }
 
-fn print(output: Output, text: String, value: Value) {
+pub fn print(output: Output, text: String, value: Value) {
     match output {
         Output::Text => println!("{text}"),
         Output::Json => println!(

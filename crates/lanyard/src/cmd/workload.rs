@@ -33,6 +33,14 @@ type Client = SpiffeWorkloadApiClient<
 /// Connect to the Workload API named by `--socket` or `SPIFFE_ENDPOINT_SOCKET`
 /// (`unix:///path` or `tcp://ip:port`).
 pub async fn connect(socket: Option<&str>) -> Result<Client, String> {
+    Ok(SpiffeWorkloadApiClient::with_interceptor(
+        channel(socket).await?,
+        SecurityHeader,
+    ))
+}
+
+/// A channel to the agent socket named by `--socket` or `SPIFFE_ENDPOINT_SOCKET`.
+pub async fn channel(socket: Option<&str>) -> Result<Channel, String> {
     let addr = match socket {
         Some(s) => s.to_string(),
         None => std::env::var("SPIFFE_ENDPOINT_SOCKET").map_err(|_| {
@@ -62,10 +70,45 @@ pub async fn connect(socket: Option<&str>) -> Result<Client, String> {
             "{addr:?} is not a Workload API address; use unix:///path or tcp://ip:port"
         ));
     };
-    Ok(SpiffeWorkloadApiClient::with_interceptor(
-        channel,
-        SecurityHeader,
-    ))
+    Ok(channel)
+}
+
+/// `lanyard secret fetch NAME`: the secret of a time-boxed exception, released by
+/// the agent to this (attested) process; raw bytes on stdout, or JSON.
+pub async fn secret_fetch(
+    socket: Option<&str>,
+    name: &str,
+    spiffe_id: Option<&str>,
+    output: Output,
+) -> Result<ExitCode, String> {
+    use lanyard_proto::secrets::secrets_client::SecretsClient;
+    let mut c = SecretsClient::with_interceptor(channel(socket).await?, SecurityHeader);
+    let r = c
+        .fetch_secret(lanyard_proto::secrets::FetchSecretRequest {
+            name: name.to_string(),
+            spiffe_id: spiffe_id.unwrap_or_default().to_string(),
+        })
+        .await
+        .map_err(|e| format!("secret {name:?} not released: {}", e.message()))?
+        .into_inner();
+    match output {
+        Output::Text => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&r.secret)
+                .map_err(|e| e.to_string())?;
+        }
+        Output::Json => println!(
+            "{}",
+            json!({
+                "name": r.name,
+                "spiffe_id": r.spiffe_id,
+                "expires_at": r.expires_at,
+                "secret": String::from_utf8_lossy(&r.secret),
+            })
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(e: tonic::Status) -> String {

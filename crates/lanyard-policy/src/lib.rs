@@ -1,0 +1,342 @@
+//! Lanyard's policy engine. A policy set is Cedar text, parsed and validated against
+//! its kind's schema once when it is loaded (refused with line and column when
+//! invalid), then evaluated as a pure function per request.
+//!
+//! Kinds: `registration` (who may create, change and delete which identity; how
+//! long an exception may last). Each policy names itself with `@id("...")` and
+//! explains itself with `@reason("...")`; refusals quote both.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicySet, Request,
+    Schema, ValidationMode, Validator,
+};
+
+mod registration;
+#[cfg(test)]
+mod tests;
+
+pub use registration::{
+    Caller, EntryFacts, ExceptionFacts, RegistrationAction, RegistrationRequest,
+};
+
+/// Which policy set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    Registration,
+}
+
+impl PolicyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Registration => "registration",
+        }
+    }
+
+    /// The Cedar schema (human-readable format).
+    pub fn schema_text(self) -> &'static str {
+        match self {
+            Self::Registration => include_str!("registration.cedarschema"),
+        }
+    }
+
+    /// What a new install enforces.
+    pub fn default_policy(self) -> &'static str {
+        match self {
+            Self::Registration => include_str!("registration_default.cedar"),
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "registration" => Ok(Self::Registration),
+            other => Err(PolicyError::UnknownKind(other.to_string())),
+        }
+    }
+}
+
+/// A problem at a place in the policy text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// 1-based; 0 when Cedar gave no location.
+    pub line: usize,
+    pub column: usize,
+    pub policy_id: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Located {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}, column {}: ", self.line, self.column)?;
+        }
+        if let Some(id) = &self.policy_id {
+            write!(f, "policy {id:?}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+fn join(errors: &[Located]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Errors of this module.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown policy kind {0:?}; the kinds are: registration")]
+    UnknownKind(String),
+    #[error("the policy does not parse: {}", join(.errors))]
+    Parse { errors: Vec<Located> },
+    #[error("the policy does not match the {kind} schema: {}", join(.errors))]
+    Validation {
+        kind: PolicyKind,
+        errors: Vec<Located>,
+    },
+    #[error("two policies share @id({0:?}); every @id must be unique")]
+    DuplicateId(String),
+    #[error("the built-in {0} schema is invalid: {1}")]
+    Schema(PolicyKind, String),
+    #[error("cannot build the policy request: {0}")]
+    Request(String),
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let upto = &text[..offset.min(text.len())];
+    let line = upto.matches('\n').count() + 1;
+    let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn locate(text: &str, d: &dyn miette::Diagnostic, policy_id: Option<String>) -> Located {
+    let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
+    let (line, column) = offset.map_or((0, 0), |o| line_col(text, o));
+    let mut message = d.to_string();
+    if let Some(help) = d.help() {
+        message.push_str(&format!(" ({help})"));
+    }
+    Located {
+        line,
+        column,
+        policy_id,
+        message,
+    }
+}
+
+struct Inner {
+    kind: PolicyKind,
+    text: String,
+    set: PolicySet,
+    schema: Schema,
+}
+
+/// A parsed and validated policy set. Cheap to clone.
+#[derive(Clone)]
+pub struct CompiledPolicies {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CompiledPolicies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPolicies")
+            .field("kind", &self.inner.kind)
+            .field("policies", &self.policy_ids())
+            .finish()
+    }
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `@id` of the policies that decided: the permits that allowed, or the
+    /// forbids that denied (empty when nothing permitted).
+    pub policy_ids: Vec<String>,
+    /// `@reason` of those policies.
+    pub reasons: Vec<String>,
+    /// Policies that failed to evaluate (skipped by Cedar).
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    /// A sentence for the caller.
+    pub fn explain(&self, kind: PolicyKind) -> String {
+        if self.allowed {
+            return format!(
+                "allowed by {kind} policy {}",
+                self.policy_ids
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if self.policy_ids.is_empty() {
+            return format!(
+                "refused: no {kind} policy permits this request (policies deny by default)"
+            );
+        }
+        let parts: Vec<String> = self
+            .policy_ids
+            .iter()
+            .zip(
+                self.reasons
+                    .iter()
+                    .map(String::as_str)
+                    .chain(std::iter::repeat("")),
+            )
+            .map(|(id, reason)| {
+                if reason.is_empty() {
+                    format!("{id:?}")
+                } else {
+                    format!("{id:?}: {reason}")
+                }
+            })
+            .collect();
+        format!("refused by {kind} policy {}", parts.join("; "))
+    }
+}
+
+impl CompiledPolicies {
+    /// Parse `text` and validate it against the kind's schema (strict mode).
+    pub fn compile(kind: PolicyKind, text: &str) -> Result<Self, PolicyError> {
+        let (schema, _) = Schema::from_cedarschema_str(kind.schema_text())
+            .map_err(|e| PolicyError::Schema(kind, e.to_string()))?;
+        let set = PolicySet::from_str(text).map_err(|errs| PolicyError::Parse {
+            errors: errs.iter().map(|e| locate(text, e, None)).collect(),
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for p in set.policies() {
+            if let Some(id) = p.annotation("id")
+                && !seen.insert(id.to_string())
+            {
+                return Err(PolicyError::DuplicateId(id.to_string()));
+            }
+        }
+        let compiled = Self {
+            inner: Arc::new(Inner {
+                kind,
+                text: text.to_string(),
+                set,
+                schema,
+            }),
+        };
+        let result = Validator::new(compiled.inner.schema.clone())
+            .validate(&compiled.inner.set, ValidationMode::Strict);
+        let errors: Vec<Located> = result
+            .validation_errors()
+            .map(|e| {
+                let id = compiled.display_id(e.policy_id());
+                locate(text, e, Some(id))
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(PolicyError::Validation { kind, errors });
+        }
+        Ok(compiled)
+    }
+
+    /// The shipped default of `kind`.
+    pub fn default_for(kind: PolicyKind) -> Result<Self, PolicyError> {
+        Self::compile(kind, kind.default_policy())
+    }
+
+    pub fn kind(&self) -> PolicyKind {
+        self.inner.kind
+    }
+
+    pub fn text(&self) -> &str {
+        &self.inner.text
+    }
+
+    /// Every policy's `@id` (or Cedar's own id when it has none), in text order.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut v: Vec<(usize, String)> = self
+            .inner
+            .set
+            .policies()
+            .map(|p| {
+                let order = p
+                    .id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse()
+                    .unwrap_or(usize::MAX);
+                (order, self.display_id(p.id()))
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn display_id(&self, id: &cedar_policy::PolicyId) -> String {
+        self.inner
+            .set
+            .policy(id)
+            .and_then(|p| p.annotation("id"))
+            .map_or_else(|| id.to_string(), str::to_string)
+    }
+
+    fn reason_of(&self, id: &cedar_policy::PolicyId) -> String {
+        self.inner
+            .set
+            .policy(id)
+            .and_then(|p| p.annotation("reason"))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Evaluate one request given as Cedar entity JSON.
+    fn evaluate(
+        &self,
+        principal: &str,
+        action: &str,
+        resource: &str,
+        entities: serde_json::Value,
+    ) -> Result<Decision, PolicyError> {
+        let uid =
+            |s: &str| EntityUid::from_str(s).map_err(|e| PolicyError::Request(format!("{s}: {e}")));
+        let (p, a, r) = (uid(principal)?, uid(action)?, uid(resource)?);
+        let schema = &self.inner.schema;
+        let context = Context::from_json_value(serde_json::json!({}), Some((schema, &a)))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let request = Request::new(p, a, r, context, Some(schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let entities = Entities::from_json_value(entities, Some(schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.inner.set, &entities);
+        let mut ids: Vec<&cedar_policy::PolicyId> = response.diagnostics().reason().collect();
+        ids.sort_by_key(|id| {
+            id.to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        Ok(Decision {
+            allowed: response.decision() == CedarDecision::Allow,
+            policy_ids: ids.iter().map(|id| self.display_id(id)).collect(),
+            reasons: ids.iter().map(|id| self.reason_of(id)).collect(),
+            errors: response
+                .diagnostics()
+                .errors()
+                .map(ToString::to_string)
+                .collect(),
+        })
+    }
+}

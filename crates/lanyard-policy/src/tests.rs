@@ -1,0 +1,303 @@
+use crate::*;
+
+fn default() -> CompiledPolicies {
+    CompiledPolicies::default_for(PolicyKind::Registration).unwrap()
+}
+
+fn entry(id: &str, selectors: &[&str]) -> EntryFacts {
+    EntryFacts {
+        spiffe_id: id.into(),
+        parent_id: "spiffe://example.org/lanyard/agent/a".into(),
+        selectors: selectors.iter().map(|s| s.to_string()).collect(),
+        x509_ttl: 3600,
+        jwt_ttl: 300,
+        owner: "team-a".into(),
+        environment: String::new(),
+        admin: false,
+        downstream: false,
+        has_expiry: false,
+    }
+}
+
+fn local(action: RegistrationAction, e: EntryFacts) -> RegistrationRequest {
+    RegistrationRequest {
+        caller: Caller::Local { uid: 0 },
+        action,
+        entry: e,
+    }
+}
+
+fn refused_by(p: &CompiledPolicies, r: &RegistrationRequest) -> Vec<String> {
+    let d = p.evaluate_registration(r).unwrap();
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    if d.allowed { vec![] } else { d.policy_ids }
+}
+
+#[test]
+fn default_policy_compiles_and_names_its_rules() {
+    assert_eq!(
+        default().policy_ids(),
+        vec![
+            "allow-admins",
+            "owner-required",
+            "x509-ttl-max-24h",
+            "jwt-ttl-max-1h",
+            "prod-strong-selectors",
+            "admin-entries-local-only",
+            "exception-max-90d"
+        ]
+    );
+}
+
+#[test]
+fn a_good_entry_is_allowed_by_allow_admins() {
+    let d = default()
+        .evaluate_registration(&local(
+            RegistrationAction::Create,
+            entry("spiffe://example.org/web", &["unix:uid:1000"]),
+        ))
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.policy_ids, vec!["allow-admins"]);
+}
+
+#[test]
+fn owner_required() {
+    let p = default();
+    let mut e = entry("spiffe://example.org/web", &["unix:uid:1000"]);
+    e.owner = String::new();
+    let r = local(RegistrationAction::Create, e.clone());
+    assert_eq!(refused_by(&p, &r), vec!["owner-required"]);
+    let d = p.evaluate_registration(&r).unwrap();
+    let msg = d.explain(PolicyKind::Registration);
+    assert!(
+        msg.contains("\"owner-required\": every identity needs an owner: set --owner TEAM"),
+        "{msg}"
+    );
+    // Update too; delete of an unowned legacy entry is fine.
+    assert_eq!(
+        refused_by(&p, &local(RegistrationAction::Update, e.clone())),
+        vec!["owner-required"]
+    );
+    assert!(refused_by(&p, &local(RegistrationAction::Delete, e)).is_empty());
+}
+
+#[test]
+fn ttl_caps() {
+    let p = default();
+    let mut e = entry("spiffe://example.org/web", &["unix:uid:1000"]);
+    e.x509_ttl = 86_400;
+    assert!(refused_by(&p, &local(RegistrationAction::Create, e.clone())).is_empty());
+    e.x509_ttl = 86_401;
+    assert_eq!(
+        refused_by(&p, &local(RegistrationAction::Create, e.clone())),
+        vec!["x509-ttl-max-24h"]
+    );
+    e.x509_ttl = 3600;
+    e.jwt_ttl = 3601;
+    assert_eq!(
+        refused_by(&p, &local(RegistrationAction::Update, e.clone())),
+        vec!["jwt-ttl-max-1h"]
+    );
+    e.x509_ttl = 90_000;
+    assert_eq!(
+        refused_by(&p, &local(RegistrationAction::Create, e)),
+        vec!["x509-ttl-max-24h", "jwt-ttl-max-1h"],
+        "every violated rule is named"
+    );
+}
+
+#[test]
+fn prod_needs_two_selectors_one_strong() {
+    let p = default();
+    let create = |sel: &[&str]| {
+        local(
+            RegistrationAction::Create,
+            entry("spiffe://example.org/prod/web", sel),
+        )
+    };
+    assert_eq!(
+        refused_by(&p, &create(&["unix:uid:1000"])),
+        vec!["prod-strong-selectors"]
+    );
+    assert_eq!(
+        refused_by(&p, &create(&["unix:uid:1000", "unix:gid:10"])),
+        vec!["prod-strong-selectors"]
+    );
+    assert_eq!(
+        refused_by(&p, &create(&["unix:sha256:ab"])),
+        vec!["prod-strong-selectors"]
+    );
+    assert!(refused_by(&p, &create(&["unix:uid:1000", "unix:path:/usr/bin/web"])).is_empty());
+    assert!(refused_by(&p, &create(&["unix:uid:1000", "unix:sha256:ab"])).is_empty());
+    // Not under /prod/: one weak selector is allowed.
+    let staging = local(
+        RegistrationAction::Create,
+        entry("spiffe://example.org/production-ish/web", &["unix:uid:1"]),
+    );
+    assert!(refused_by(&p, &staging).is_empty());
+}
+
+#[test]
+fn admin_and_downstream_entries_only_from_the_local_socket() {
+    let p = default();
+    let mut e = entry("spiffe://example.org/ops/admin", &["unix:uid:0"]);
+    e.admin = true;
+    assert!(refused_by(&p, &local(RegistrationAction::Create, e.clone())).is_empty());
+    let remote = |action, e: EntryFacts| RegistrationRequest {
+        caller: Caller::Spiffe("spiffe://example.org/ops/admin".into()),
+        action,
+        entry: e,
+    };
+    assert_eq!(
+        refused_by(&p, &remote(RegistrationAction::Create, e.clone())),
+        vec!["admin-entries-local-only"]
+    );
+    assert_eq!(
+        refused_by(&p, &remote(RegistrationAction::Delete, e.clone())),
+        vec!["admin-entries-local-only"]
+    );
+    e.admin = false;
+    e.downstream = true;
+    assert_eq!(
+        refused_by(&p, &remote(RegistrationAction::Update, e.clone())),
+        vec!["admin-entries-local-only"]
+    );
+    e.downstream = false;
+    assert!(refused_by(&p, &remote(RegistrationAction::Create, e)).is_empty());
+}
+
+#[test]
+fn delegated_administration_by_path_prefix() {
+    let text = r#"
+@id("local-root")
+permit (principal, action, resource) when { principal.local };
+
+@id("team-a-admins")
+@reason("team-a admins manage identities under /team-a/")
+permit (principal, action, resource is Lanyard::Entry)
+when { principal.path like "/team-a/*" && resource.path like "/team-a/*" };
+"#;
+    let p = CompiledPolicies::compile(PolicyKind::Registration, text).unwrap();
+    let team_admin = |id: &str| RegistrationRequest {
+        caller: Caller::Spiffe("spiffe://example.org/team-a/admin".into()),
+        action: RegistrationAction::Create,
+        entry: entry(id, &["unix:uid:1"]),
+    };
+    let d = p
+        .evaluate_registration(&team_admin("spiffe://example.org/team-a/web"))
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.policy_ids, vec!["team-a-admins"]);
+    let d = p
+        .evaluate_registration(&team_admin("spiffe://example.org/team-b/web"))
+        .unwrap();
+    assert!(!d.allowed);
+    assert!(d.policy_ids.is_empty());
+    assert!(
+        d.explain(PolicyKind::Registration)
+            .contains("no registration policy permits")
+    );
+    assert!(
+        p.evaluate_registration(&local(
+            RegistrationAction::Create,
+            entry("spiffe://example.org/team-b/web", &["unix:uid:1"])
+        ))
+        .unwrap()
+        .allowed
+    );
+}
+
+#[test]
+fn exception_duration_is_a_policy() {
+    let p = default();
+    let facts = |days: u64| ExceptionFacts {
+        name: "legacy-db".into(),
+        owner: "team-a".into(),
+        duration: days * 86_400,
+        allowed: vec!["spiffe://example.org/web".into()],
+    };
+    let caller = Caller::Local { uid: 0 };
+    assert!(p.evaluate_exception(&caller, &facts(90)).unwrap().allowed);
+    let d = p.evaluate_exception(&caller, &facts(91)).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, vec!["exception-max-90d"]);
+    let custom = CompiledPolicies::compile(
+        PolicyKind::Registration,
+        "permit (principal, action, resource);\n@id(\"exc-7d\")\nforbid (principal, action == Lanyard::Action::\"create_exception\", resource) when { resource.duration > 604800 };",
+    )
+    .unwrap();
+    assert_eq!(
+        custom
+            .evaluate_exception(&caller, &facts(8))
+            .unwrap()
+            .policy_ids,
+        vec!["exc-7d"]
+    );
+}
+
+#[test]
+fn invalid_policies_are_refused_with_their_location() {
+    let syntax = "permit (principal, action, resource)\nwhen { resource.owner == };";
+    match CompiledPolicies::compile(PolicyKind::Registration, syntax) {
+        Err(PolicyError::Parse { errors }) => {
+            assert_eq!(errors[0].line, 2, "{errors:?}");
+            assert!(errors[0].column > 1, "{errors:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let unknown_attr = "@id(\"bad\")\nforbid (principal, action, resource is Lanyard::Entry)\nwhen { resource.ttl > 5 };";
+    match CompiledPolicies::compile(PolicyKind::Registration, unknown_attr) {
+        Err(e @ PolicyError::Validation { .. }) => {
+            let PolicyError::Validation { errors, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(
+                (errors[0].line, errors[0].policy_id.as_deref()),
+                (3, Some("bad")),
+                "{errors:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("line 3") && msg.contains("ttl"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let wrong_type =
+        "forbid (principal, action, resource is Lanyard::Entry)\nwhen { resource.owner > 5 };";
+    assert!(matches!(
+        CompiledPolicies::compile(PolicyKind::Registration, wrong_type),
+        Err(PolicyError::Validation { .. })
+    ));
+    let unknown_type = "permit (principal == Lanyard::Robot::\"x\", action, resource);";
+    match CompiledPolicies::compile(PolicyKind::Registration, unknown_type) {
+        Err(PolicyError::Validation { errors, .. }) => assert_eq!(errors[0].line, 1),
+        other => panic!("{other:?}"),
+    }
+    let dup = "@id(\"a\")\npermit (principal, action, resource);\n@id(\"a\")\nforbid (principal, action, resource);";
+    assert!(matches!(
+        CompiledPolicies::compile(PolicyKind::Registration, dup),
+        Err(PolicyError::DuplicateId(_))
+    ));
+    assert!(matches!(
+        "nope".parse::<PolicyKind>(),
+        Err(PolicyError::UnknownKind(_))
+    ));
+}
+
+#[test]
+fn empty_policy_denies_everything() {
+    let p = CompiledPolicies::compile(PolicyKind::Registration, "// nothing\n").unwrap();
+    let d = p
+        .evaluate_registration(&local(
+            RegistrationAction::Create,
+            entry("spiffe://example.org/web", &["unix:uid:1"]),
+        ))
+        .unwrap();
+    assert!(!d.allowed);
+}
+
+#[test]
+fn line_col_counts_from_one() {
+    assert_eq!(crate::line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(crate::line_col("ab\ncd", 4), (2, 2));
+}

@@ -1,0 +1,239 @@
+//! Registration policy in the server: the active set lives in the datastore (every
+//! server of a cluster uses the same one), compiled once per version and evaluated
+//! on every entry create, update and delete and every exception; decisions are
+//! audited.
+
+use lanyard_audit::{EventKind, Outcome};
+use lanyard_core::SpiffeId;
+use lanyard_policy::{
+    Caller, CompiledPolicies, Decision, EntryFacts, ExceptionFacts, PolicyKind, RegistrationAction,
+    RegistrationRequest,
+};
+use lanyard_proto::admin as pb;
+use lanyard_store::{EntrySpec, Store};
+use tonic::Status;
+
+use crate::state::Shared;
+
+/// The admin API caller.
+#[derive(Debug, Clone)]
+pub enum CallerFacts {
+    Local { uid: u32 },
+    Spiffe(SpiffeId),
+}
+
+impl CallerFacts {
+    fn to_policy(&self) -> Caller {
+        match self {
+            Self::Local { uid } => Caller::Local { uid: *uid },
+            Self::Spiffe(id) => Caller::Spiffe(id.to_string()),
+        }
+    }
+}
+
+fn kind_of(s: &str) -> Result<PolicyKind, Status> {
+    s.parse()
+        .map_err(|e: lanyard_policy::PolicyError| Status::invalid_argument(e.to_string()))
+}
+
+/// The active policy set of `kind` and its version (0: the shipped default).
+pub async fn active(shared: &Shared, kind: PolicyKind) -> Result<(i64, CompiledPolicies), Status> {
+    let stored = shared
+        .store
+        .get_policy(kind.name())
+        .await
+        .map_err(crate::admin::store_status)?;
+    let version = stored.as_ref().map_or(0, |p| p.version);
+    if let Ok(cache) = shared.policies.read()
+        && let Some((v, p)) = cache.get(&kind)
+        && *v == version
+    {
+        return Ok((version, p.clone()));
+    }
+    let compiled = match &stored {
+        Some(p) => CompiledPolicies::compile(kind, &p.body),
+        None => CompiledPolicies::default_for(kind),
+    }
+    .map_err(|e| {
+        Status::internal(format!(
+            "the stored {kind} policy (version {version}) no longer compiles: {e}; replace it with `lanyard policy set`"
+        ))
+    })?;
+    if let Ok(mut cache) = shared.policies.write() {
+        cache.insert(kind, (version, compiled.clone()));
+    }
+    Ok((version, compiled))
+}
+
+pub async fn set_policy(
+    shared: &Shared,
+    actor: &str,
+    kind: &str,
+    body: &str,
+) -> Result<pb::Policy, Status> {
+    let kind = kind_of(kind)?;
+    if body.len() > 1024 * 1024 {
+        return Err(Status::invalid_argument("the policy is larger than 1 MiB"));
+    }
+    let compiled = CompiledPolicies::compile(kind, body).map_err(|e| {
+        Status::invalid_argument(format!("{kind} policy refused, nothing changed: {e}"))
+    })?;
+    let ids = compiled.policy_ids();
+    let sha = crate::node::sha256_hex(body.as_bytes());
+    let stored = shared
+        .store
+        .put_policy(
+            kind.name(),
+            body,
+            actor,
+            shared.clock.unix_seconds(),
+            &|p| {
+                let mut ev = shared.event(EventKind::PolicyChanged, Outcome::Success);
+                ev.actor = Some(actor.to_string());
+                ev.policy_ids = ids.clone();
+                ev.evidence.insert("kind".into(), kind.name().into());
+                ev.evidence.insert("version".into(), p.version.into());
+                ev.evidence.insert("sha256".into(), sha.clone().into());
+                vec![ev]
+            },
+        )
+        .await
+        .map_err(crate::admin::store_status)?;
+    tracing::info!(kind = %kind, version = stored.version, "policy changed");
+    if let Ok(mut cache) = shared.policies.write() {
+        cache.insert(kind, (stored.version, compiled));
+    }
+    shared.notify();
+    Ok(pb::Policy {
+        kind: stored.kind,
+        body: stored.body,
+        version: stored.version,
+        updated_at: stored.updated_at,
+        updated_by: stored.updated_by,
+        policy_ids: ids,
+    })
+}
+
+pub async fn get_policy(shared: &Shared, kind: &str) -> Result<pb::Policy, Status> {
+    let kind = kind_of(kind)?;
+    let stored = shared
+        .store
+        .get_policy(kind.name())
+        .await
+        .map_err(crate::admin::store_status)?;
+    let (_, compiled) = active(shared, kind).await?;
+    Ok(match stored {
+        Some(p) => pb::Policy {
+            kind: p.kind,
+            body: p.body,
+            version: p.version,
+            updated_at: p.updated_at,
+            updated_by: p.updated_by,
+            policy_ids: compiled.policy_ids(),
+        },
+        None => pb::Policy {
+            kind: kind.name().to_string(),
+            body: kind.default_policy().to_string(),
+            version: 0,
+            updated_at: 0,
+            updated_by: String::new(),
+            policy_ids: compiled.policy_ids(),
+        },
+    })
+}
+
+/// What registration policy sees of an entry; TTLs are effective.
+pub fn entry_facts(shared: &Shared, spec: &EntrySpec) -> EntryFacts {
+    let eff = |v: u64, d: std::time::Duration| if v == 0 { d.as_secs() } else { v };
+    EntryFacts {
+        spiffe_id: spec.spiffe_id.to_string(),
+        parent_id: spec.parent_id.to_string(),
+        selectors: spec.selectors.iter().map(ToString::to_string).collect(),
+        x509_ttl: eff(spec.x509_ttl, shared.config.x509_svid_ttl),
+        jwt_ttl: eff(spec.jwt_ttl, shared.config.jwt_svid_ttl),
+        owner: spec.owner.clone(),
+        environment: spec.environment.clone().unwrap_or_default(),
+        admin: spec.admin,
+        downstream: spec.downstream,
+        has_expiry: spec.expires_at.is_some(),
+    }
+}
+
+/// Record a refusal and turn it into the caller's error.
+async fn refuse(
+    shared: &Shared,
+    actor: &str,
+    subject: Option<String>,
+    what: &str,
+    d: &Decision,
+) -> Status {
+    let explain = d.explain(PolicyKind::Registration);
+    let mut ev = shared.event(EventKind::EntryRefused, Outcome::Denied);
+    ev.actor = Some(actor.to_string());
+    ev.subject = subject;
+    ev.policy_ids = d.policy_ids.clone();
+    ev.decision = Some("deny".to_string());
+    ev.reason = Some(explain.clone());
+    ev.evidence.insert("action".into(), what.into());
+    if let Err(e) = shared.record(vec![ev]).await {
+        return Status::internal(format!("evidence log: {e}"));
+    }
+    tracing::warn!(actor, what, policies = ?d.policy_ids, "refused by registration policy");
+    Status::permission_denied(explain)
+}
+
+/// Decide an entry change; `Ok` carries the permitting policy ids for the audit
+/// event of the change.
+pub async fn check_entry(
+    shared: &Shared,
+    caller: &CallerFacts,
+    actor: &str,
+    action: RegistrationAction,
+    spec: &EntrySpec,
+) -> Result<Vec<String>, Status> {
+    let (_, p) = active(shared, PolicyKind::Registration).await?;
+    let req = RegistrationRequest {
+        caller: caller.to_policy(),
+        action,
+        entry: entry_facts(shared, spec),
+    };
+    let d = p
+        .evaluate_registration(&req)
+        .map_err(|e| Status::internal(format!("registration policy: {e}")))?;
+    if d.allowed {
+        Ok(d.policy_ids)
+    } else {
+        Err(refuse(
+            shared,
+            actor,
+            Some(spec.spiffe_id.to_string()),
+            action.name(),
+            &d,
+        )
+        .await)
+    }
+}
+
+/// Decide a new exception (its maximum duration is policy).
+pub async fn check_exception(
+    shared: &Shared,
+    caller: &CallerFacts,
+    actor: &str,
+    r: &pb::CreateExceptionRequest,
+) -> Result<Vec<String>, Status> {
+    let (_, p) = active(shared, PolicyKind::Registration).await?;
+    let facts = ExceptionFacts {
+        name: r.name.clone(),
+        owner: r.owner.clone(),
+        duration: r.duration_seconds,
+        allowed: r.allow.clone(),
+    };
+    let d = p
+        .evaluate_exception(&caller.to_policy(), &facts)
+        .map_err(|e| Status::internal(format!("registration policy: {e}")))?;
+    if d.allowed {
+        Ok(d.policy_ids)
+    } else {
+        Err(refuse(shared, actor, None, "create_exception", &d).await)
+    }
+}
