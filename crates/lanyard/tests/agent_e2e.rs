@@ -6,97 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Dev;
 use lanyard_proto::workload as wpb;
-
-struct Dev {
-    child: Child,
-    dir: PathBuf,
-    endpoint: String,
-    admin_socket: String,
-    uid: u32,
-}
-
-impl Dev {
-    fn start(dir: &Path) -> Self {
-        let started = Instant::now();
-        let mut child = Command::new(common::bin())
-            .args(["dev", "--dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut endpoint, mut admin_socket, mut uid) = (None, None, None);
-        while endpoint.is_none() || admin_socket.is_none() || uid.is_none() {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("lanyard dev output");
-            if let Some(v) = line.strip_prefix("SPIFFE_ENDPOINT_SOCKET=") {
-                endpoint = Some(v.to_string());
-            } else if let Some(v) = line.strip_prefix("LANYARD_ADMIN_SOCKET=") {
-                admin_socket = Some(v.to_string());
-            } else if let Some(rest) = line.strip_prefix("workload identity for uid ") {
-                uid = rest.split(':').next().and_then(|u| u.parse().ok());
-            }
-        }
-        // The issue asks for "ready in under 5 seconds" on these machines.
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "lanyard dev took {:?}",
-            started.elapsed()
-        );
-        Self {
-            child,
-            dir: dir.to_path_buf(),
-            endpoint: endpoint.unwrap(),
-            admin_socket: admin_socket.unwrap(),
-            uid: uid.unwrap(),
-        }
-    }
-
-    fn expected_id(&self) -> String {
-        format!("spiffe://example.org/dev/uid-{}", self.uid)
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(common::bin())
-            .args(args)
-            .env("SPIFFE_ENDPOINT_SOCKET", &self.endpoint)
-            .env("LANYARD_ADMIN_SOCKET", &self.admin_socket)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.cli(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn dev_then_fetch_and_openssl_verify() {

@@ -68,6 +68,22 @@ fn create_entry(server: &ServerProc, path: &str, parent: &str, extra: &[&str]) -
     server.json(&args)["id"].as_str().unwrap().to_string()
 }
 
+/// Events of `kind` from the server's evidence log (SQLite data dir).
+fn server_audit(data: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
+    let o = std::process::Command::new(common::bin())
+        .args(["audit", "query", "--data-dir"])
+        .arg(data)
+        .args(["--kind", kind, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 fn verify(chain: &[Vec<u8>], server: &ServerProc) -> X509Svid {
     let set: BundleSet = [server.bundle()].into_iter().collect();
     X509Svid::validate(chain.to_vec(), &set, &SystemClock).unwrap()
@@ -806,6 +822,101 @@ async fn admin_api_over_mtls_requires_an_admin_svid() {
     let err = plain.create_entry(apb::Entry::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
+    // Registration policy over mTLS. The default forbids admin entries from
+    // anywhere but the local socket.
+    let entry = |path: &str, admin_flag: bool| apb::Entry {
+        spiffe_id: format!("spiffe://{TD}{path}"),
+        parent_id: svid.spiffe_id.clone(),
+        selectors: vec!["unix:uid:1000".into()],
+        owner: "ops".into(),
+        admin: admin_flag,
+        ..Default::default()
+    };
+    let err = admin
+        .create_entry(entry("/ops/admin2", true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("\"admin-entries-local-only\""),
+        "{}",
+        err.message()
+    );
+    admin
+        .create_entry(entry("/anywhere/web", false))
+        .await
+        .unwrap();
+    // Delegated administration: ops admins manage /ops/ only.
+    let policy = dir.path().join("delegated.cedar");
+    std::fs::write(
+        &policy,
+        r#"@id("local-root")
+permit (principal, action, resource) when { principal.local };
+
+@id("ops-scope")
+@reason("ops admins manage identities under /ops/")
+permit (principal, action, resource is Lanyard::Entry)
+when { principal.path like "/ops/*" && resource.path like "/ops/*" };
+
+@id("admin-entries-local-only")
+@reason("only the local admin socket may manage admin entries")
+forbid (principal, action, resource is Lanyard::Entry)
+when { (resource.admin || resource.downstream) && !principal.local };
+"#,
+    )
+    .unwrap();
+    server.ok(&[
+        "policy",
+        "set",
+        "--kind",
+        "registration",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    let created = admin
+        .create_entry(entry("/ops/web", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = admin
+        .create_entry(entry("/team-b/web", false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("no registration policy permits"),
+        "{}",
+        err.message()
+    );
+    // Moving an entry out of the delegated prefix is refused too.
+    let mut moved = created.clone();
+    moved.spiffe_id = format!("spiffe://{TD}/team-b/moved");
+    let err = admin
+        .update_entry(apb::UpdateEntryRequest {
+            entry: Some(moved),
+            expected_revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    admin
+        .delete_entry(apb::EntryId {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap();
+    // The local socket still may do anything the policy lets it.
+    create_entry(&server, "/team-b/web", &svid.spiffe_id, &[]);
+    // Refusals are on record with the policy named.
+    let data = dir.path().join("data");
+    let refused = server_audit(&data, "entry_refused");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["event"]["policy_ids"][0] == "admin-entries-local-only"),
+        "{refused:?}"
+    );
+
     // No client certificate: the TLS handshake itself is refused.
     let anon = common::tls_channel(&mtls_addr, bundles.clone(), None).await;
     if let Ok(ch) = anon {
@@ -975,4 +1086,168 @@ async fn audit_verify_over_postgres() {
     drop(conn);
     drop(server);
     db.drop_db().await;
+}
+
+/// The shipped registration policy's rules through the CLI, a custom policy loaded at
+/// run time, an invalid policy refused with its location, `policy check` and `policy
+/// test`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_policy_rules_and_runtime_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA that lives long enough for the TTL cap to be policy's to enforce.
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "[ca]\nca_ttl = \"30d\"\n").unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), None, Some(&cfg));
+    let parent = format!("spiffe://{TD}/lanyard/agent/a");
+    let create = |path: &str, extra: &[&str]| {
+        let id = format!("spiffe://{TD}{path}");
+        let mut args = vec![
+            "entry",
+            "create",
+            "--spiffe-id",
+            &id,
+            "--parent-id",
+            &parent,
+            "--owner",
+            "team-a",
+        ];
+        args.extend_from_slice(extra);
+        server.cli(&args)
+    };
+    let refused = |o: std::process::Output, policy: &str| {
+        assert!(
+            !o.status.success(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            err.contains(&format!("\"{policy}\"")),
+            "expected {policy}: {err}"
+        );
+    };
+    let accepted = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    refused(
+        create("/a", &["--selector", "unix:uid:1", "--x509-ttl", "48h"]),
+        "x509-ttl-max-24h",
+    );
+    accepted(create(
+        "/a",
+        &["--selector", "unix:uid:1", "--x509-ttl", "24h"],
+    ));
+    refused(
+        create("/b", &["--selector", "unix:uid:1", "--jwt-ttl", "2h"]),
+        "jwt-ttl-max-1h",
+    );
+    accepted(create(
+        "/b",
+        &["--selector", "unix:uid:1", "--jwt-ttl", "1h"],
+    ));
+    refused(
+        create("/prod/web", &["--selector", "unix:uid:1"]),
+        "prod-strong-selectors",
+    );
+    refused(
+        create(
+            "/prod/web",
+            &["--selector", "unix:uid:1", "--selector", "unix:gid:1"],
+        ),
+        "prod-strong-selectors",
+    );
+    accepted(create(
+        "/prod/web",
+        &[
+            "--selector",
+            "unix:uid:1",
+            "--selector",
+            "unix:path:/usr/bin/web",
+        ],
+    ));
+    let o = server.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        &format!("spiffe://{TD}/c"),
+        "--parent-id",
+        &parent,
+        "--selector",
+        "unix:uid:1",
+    ]);
+    refused(o, "owner-required");
+
+    // An invalid policy is refused with its location; nothing changes.
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(&bad, "@id(\"x\")\nforbid (principal, action, resource is Lanyard::Entry)\nwhen { resource.ttl > 5 };\n").unwrap();
+    let err = server.fails(&["policy", "set", "--file", bad.to_str().unwrap()]);
+    assert!(err.contains("line 3") && err.contains("ttl"), "{err}");
+    let err = server.fails(&["policy", "check", "--file", bad.to_str().unwrap()]);
+    assert!(err.contains("line 3"), "{err}");
+    let current = server.json(&["policy", "get"]);
+    assert_eq!(current["version"], 0, "still the shipped default");
+
+    // A custom policy at run time.
+    let custom = dir.path().join("custom.cedar");
+    std::fs::write(
+        &custom,
+        r#"@id("allow-all")
+permit (principal, action, resource);
+
+@id("frozen")
+@reason("nothing new under /frozen/ during the freeze")
+forbid (principal, action == Lanyard::Action::"create_entry", resource)
+when { resource.path like "/frozen/*" };
+"#,
+    )
+    .unwrap();
+    let checked = server.ok(&["policy", "check", "--file", custom.to_str().unwrap()]);
+    assert!(checked.contains("allow-all, frozen"), "{checked}");
+    server.ok(&["policy", "set", "--file", custom.to_str().unwrap()]);
+    let current = server.json(&["policy", "get"]);
+    assert_eq!(current["version"], 1);
+    assert_eq!(
+        current["policy_ids"],
+        serde_json::json!(["allow-all", "frozen"])
+    );
+    refused(create("/frozen/x", &["--selector", "unix:uid:1"]), "frozen");
+    // The default's TTL cap no longer applies.
+    accepted(create(
+        "/long",
+        &["--selector", "unix:uid:1", "--x509-ttl", "48h"],
+    ));
+
+    // policy test against the active set and against a file.
+    let req = dir.path().join("req.json");
+    std::fs::write(
+        &req,
+        r#"{"caller": "uid:0", "action": "create_entry", "entry": {"spiffe_id": "spiffe://example.org/frozen/y", "selectors": ["unix:uid:1"], "owner": "t"}}"#,
+    )
+    .unwrap();
+    let o = server.cli(&["policy", "test", "--request", req.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"frozen\""));
+    let default_file = dir.path().join("default.cedar");
+    std::fs::write(
+        &default_file,
+        lanyard_policy::PolicyKind::Registration.default_policy(),
+    )
+    .unwrap();
+    let o = server.cli(&[
+        "policy",
+        "test",
+        "--file",
+        default_file.to_str().unwrap(),
+        "--request",
+        req.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let changed = server_audit(&dir.path().join("data"), "policy_changed");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["event"]["evidence"]["version"], 1);
 }
