@@ -369,6 +369,11 @@ enum BenchCommand {
         #[command(flatten)]
         args: cmd::bench::AuditArgs,
     },
+    /// Revocation delay: admin DeleteEntry to the workload's stream update.
+    Revoke {
+        #[command(flatten)]
+        args: cmd::bench::RevokeArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -685,6 +690,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Bench {
             command: BenchCommand::Workload { args },
         } => runtime()?.block_on(cmd::bench::workload(args)),
+        Command::Bench {
+            command: BenchCommand::Revoke { args },
+        } => runtime()?.block_on(cmd::bench::revoke(args)),
         Command::Bench {
             command: BenchCommand::Audit { args },
         } => runtime()?.block_on(cmd::bench::audit(args)),
