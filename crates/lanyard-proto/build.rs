@@ -7,6 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lanyard/node.proto",
         "lanyard/secrets.proto",
         "spiffe/workload.proto",
+        // Envoy external authorization (ext_authz) gRPC API: hand-written,
+        // wire-compatible subsets of the upstream files.
+        "envoy/service/auth/v3/external_auth.proto",
+        "envoy/service/auth/v3/attribute_context.proto",
+        "envoy/config/core/v3/address.proto",
+        "envoy/config/core/v3/base.proto",
+        "envoy/type/v3/http_status.proto",
+        "google/rpc/status.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -3,7 +3,8 @@
 //! invalid), then evaluated as a pure function per request.
 //!
 //! Kinds: `registration` (who may create, change and delete which identity; how
-//! long an exception may last). Each policy names itself with `@id("...")` and
+//! long an exception may last) and `authz` (what a workload may do at request time,
+//! who may act for whom in token exchange, which tools a task may call). Each policy names itself with `@id("...")` and
 //! explains itself with `@reason("...")`; refusals quote both.
 
 use std::str::FromStr;
@@ -14,10 +15,14 @@ use cedar_policy::{
     Schema, ValidationMode, Validator,
 };
 
+mod authz;
+#[cfg(test)]
+mod authz_tests;
 mod registration;
 #[cfg(test)]
 mod tests;
 
+pub use authz::{AuthzRequest, BUILTIN_ACTIONS, Target, TaskFacts, WorkloadFacts};
 pub use registration::{
     Caller, EntryFacts, ExceptionFacts, RegistrationAction, RegistrationRequest,
 };
@@ -26,12 +31,14 @@ pub use registration::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicyKind {
     Registration,
+    Authz,
 }
 
 impl PolicyKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Registration => "registration",
+            Self::Authz => "authz",
         }
     }
 
@@ -39,6 +46,7 @@ impl PolicyKind {
     pub fn schema_text(self) -> &'static str {
         match self {
             Self::Registration => include_str!("registration.cedarschema"),
+            Self::Authz => include_str!("authz.cedarschema"),
         }
     }
 
@@ -46,6 +54,7 @@ impl PolicyKind {
     pub fn default_policy(self) -> &'static str {
         match self {
             Self::Registration => include_str!("registration_default.cedar"),
+            Self::Authz => include_str!("authz_default.cedar"),
         }
     }
 }
@@ -61,6 +70,7 @@ impl FromStr for PolicyKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "registration" => Ok(Self::Registration),
+            "authz" => Ok(Self::Authz),
             other => Err(PolicyError::UnknownKind(other.to_string())),
         }
     }
@@ -99,7 +109,7 @@ fn join(errors: &[Located]) -> String {
 /// Errors of this module.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PolicyError {
-    #[error("unknown policy kind {0:?}; the kinds are: registration")]
+    #[error("unknown policy kind {0:?}; the kinds are: registration, authz")]
     UnknownKind(String),
     #[error("the policy does not parse: {}", join(.errors))]
     Parse { errors: Vec<Located> },
@@ -144,6 +154,8 @@ struct Inner {
     text: String,
     set: PolicySet,
     schema: Schema,
+    /// Action names the policies declare (authz: user-defined actions).
+    actions: std::collections::BTreeSet<String>,
 }
 
 /// A parsed and validated policy set. Cheap to clone.
@@ -188,9 +200,13 @@ impl Decision {
             );
         }
         if self.policy_ids.is_empty() {
-            return format!(
+            let mut s = format!(
                 "refused: no {kind} policy permits this request (policies deny by default)"
             );
+            if !self.errors.is_empty() {
+                s.push_str(&format!("; {}", self.errors.join("; ")));
+            }
+            return s;
         }
         let parts: Vec<String> = self
             .policy_ids
@@ -216,11 +232,20 @@ impl Decision {
 impl CompiledPolicies {
     /// Parse `text` and validate it against the kind's schema (strict mode).
     pub fn compile(kind: PolicyKind, text: &str) -> Result<Self, PolicyError> {
-        let (schema, _) = Schema::from_cedarschema_str(kind.schema_text())
-            .map_err(|e| PolicyError::Schema(kind, e.to_string()))?;
         let set = PolicySet::from_str(text).map_err(|errs| PolicyError::Parse {
             errors: errs.iter().map(|e| locate(text, e, None)).collect(),
         })?;
+        // Authz actions are the user's: declare every one the policies name.
+        let (actions, schema_text) = match kind {
+            PolicyKind::Registration => (Default::default(), kind.schema_text().to_string()),
+            PolicyKind::Authz => {
+                let actions = authz::named_actions(&set);
+                let text = authz::schema_text(&actions);
+                (actions, text)
+            }
+        };
+        let (schema, _) = Schema::from_cedarschema_str(&schema_text)
+            .map_err(|e| PolicyError::Schema(kind, e.to_string()))?;
         let mut seen = std::collections::HashSet::new();
         for p in set.policies() {
             if let Some(id) = p.annotation("id")
@@ -235,6 +260,7 @@ impl CompiledPolicies {
                 text: text.to_string(),
                 set,
                 schema,
+                actions,
             }),
         };
         let result = Validator::new(compiled.inner.schema.clone())
@@ -302,7 +328,12 @@ impl CompiledPolicies {
             .to_string()
     }
 
-    /// Evaluate one request given as Cedar entity JSON.
+    /// User-defined actions the policies name (authz).
+    pub fn actions(&self) -> Vec<String> {
+        self.inner.actions.iter().cloned().collect()
+    }
+
+    /// Evaluate one request given as Cedar entity JSON, with an empty context.
     fn evaluate(
         &self,
         principal: &str,
@@ -310,11 +341,24 @@ impl CompiledPolicies {
         resource: &str,
         entities: serde_json::Value,
     ) -> Result<Decision, PolicyError> {
+        self.evaluate_with(principal, action, resource, serde_json::json!({}), entities)
+    }
+
+    /// Evaluate one request given as Cedar JSON. A forbid policy that fails to
+    /// evaluate denies (fail closed); a failing permit is skipped.
+    fn evaluate_with(
+        &self,
+        principal: &str,
+        action: &str,
+        resource: &str,
+        context: serde_json::Value,
+        entities: serde_json::Value,
+    ) -> Result<Decision, PolicyError> {
         let uid =
             |s: &str| EntityUid::from_str(s).map_err(|e| PolicyError::Request(format!("{s}: {e}")));
         let (p, a, r) = (uid(principal)?, uid(action)?, uid(resource)?);
         let schema = &self.inner.schema;
-        let context = Context::from_json_value(serde_json::json!({}), Some((schema, &a)))
+        let context = Context::from_json_value(context, Some((schema, &a)))
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let request = Request::new(p, a, r, context, Some(schema))
             .map_err(|e| PolicyError::Request(e.to_string()))?;
@@ -328,15 +372,48 @@ impl CompiledPolicies {
                 .parse::<usize>()
                 .unwrap_or(usize::MAX)
         });
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        let failed_forbids: Vec<&cedar_policy::PolicyId> = response
+            .diagnostics()
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id(),
+            })
+            .filter(|id| {
+                self.inner
+                    .set
+                    .policy(id)
+                    .is_some_and(|p| p.effect() == cedar_policy::Effect::Forbid)
+            })
+            .collect();
+        if !failed_forbids.is_empty() {
+            return Ok(Decision {
+                allowed: false,
+                policy_ids: failed_forbids
+                    .iter()
+                    .map(|id| self.display_id(id))
+                    .collect(),
+                reasons: failed_forbids
+                    .iter()
+                    .map(|id| {
+                        format!(
+                            "{} (this forbid policy failed to evaluate, so it denies)",
+                            self.reason_of(id)
+                        )
+                    })
+                    .collect(),
+                errors,
+            });
+        }
         Ok(Decision {
             allowed: response.decision() == CedarDecision::Allow,
             policy_ids: ids.iter().map(|id| self.display_id(id)).collect(),
             reasons: ids.iter().map(|id| self.reason_of(id)).collect(),
-            errors: response
-                .diagnostics()
-                .errors()
-                .map(ToString::to_string)
-                .collect(),
+            errors,
         })
     }
 }

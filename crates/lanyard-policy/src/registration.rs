@@ -96,7 +96,7 @@ fn admin_entity(caller: &Caller) -> (String, Value) {
 }
 
 impl CompiledPolicies {
-    fn expect_kind(&self, kind: PolicyKind) -> Result<(), PolicyError> {
+    pub(crate) fn expect_kind(&self, kind: PolicyKind) -> Result<(), PolicyError> {
         if self.kind() == kind {
             Ok(())
         } else {

@@ -25,3 +25,39 @@ pub mod secrets {
 pub mod workload {
     tonic::include_proto!("_");
 }
+
+/// Envoy's external authorization gRPC API (`envoy.service.auth.v3.Authorization/Check`)
+/// and the types it uses: hand-written, wire-compatible subsets of the upstream protos
+/// (proto/envoy/...). Nested to mirror the proto packages so generated `super::` paths
+/// resolve.
+pub mod envoy {
+    pub mod service {
+        pub mod auth {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.auth.v3");
+            }
+        }
+    }
+
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+
+    /// The `envoy.type.v3` package (`type` is a Rust keyword).
+    pub mod r#type {
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+}
+
+/// `google.rpc.Status` (subset: no `details`), used by Envoy's `CheckResponse`.
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
