@@ -64,7 +64,7 @@ pub async fn revoke_jwt(
             })
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "no JWT-SVID with jti {:?} was issued by this trust domain; pass --token to revoke a token by value",
+                    "no JWT-SVID with jti {:?} was issued by this trust domain; pass --token-file to revoke a token by value",
                     r.jti
                 ))
             })?;
@@ -76,7 +76,7 @@ pub async fn revoke_jwt(
             .unwrap_or(now + 86_400);
         (r.jti.clone(), issued.event.subject.clone(), exp)
     } else {
-        return Err(bad("give the jti (--jti) or the token (--token) to revoke"));
+        return Err(bad("give the jti (--jti) or the token (--token-file) to revoke"));
     };
     if expires_at <= now {
         return Err(bad(format!(
