@@ -60,6 +60,14 @@ pub enum EventKind {
     ExceptionRevoked,
     SecretReleased,
     SecretRefused,
+    /// A runtime authorization decision (AuthZEN evaluation, Envoy ext_authz).
+    AuthzDecision,
+    /// An RFC 8693 token exchange issued a token.
+    TokenExchanged,
+    /// A token exchange (or task token request) was refused.
+    TokenExchangeRefused,
+    /// A task token was issued to an agent workload.
+    TaskTokenIssued,
 }
 
 /// How it ended.

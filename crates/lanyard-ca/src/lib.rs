@@ -9,7 +9,7 @@ pub mod keys;
 
 pub use authority::{
     CaConfig, CaEvent, CaSlot, CertificateAuthority, MintedJwt, MintedX509, SlotRecord, SlotState,
-    SubjectKey, UpstreamCa, verify_csr,
+    SubjectKey, UpstreamCa, sign_compact, verify_csr,
 };
 pub use keys::{KeyAlgorithm, SigningKey};
 

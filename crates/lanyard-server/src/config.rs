@@ -33,6 +33,15 @@ pub struct FileConfig {
     pub http_bind: Option<String>,
     pub admin_socket: Option<PathBuf>,
     pub admin_bind: Option<String>,
+    /// Envoy ext_authz gRPC over mTLS (`envoy.service.auth.v3.Authorization`).
+    pub ext_authz_bind: Option<String>,
+    /// The URL relying parties reach the HTTP listener at (OIDC discovery, token
+    /// endpoint); default `http://<http_bind address>`.
+    pub public_url: Option<String>,
+    /// Lifetime of exchanged tokens and task tokens (at most 5m for task tokens).
+    pub exchange_token_ttl: Option<String>,
+    /// Longest delegation chain (`act` nesting) a token exchange may produce.
+    pub max_delegation_depth: Option<u32>,
     pub database_url: Option<String>,
     pub agent_svid_ttl: Option<String>,
     pub join_token_ttl: Option<String>,
@@ -79,6 +88,8 @@ pub struct FileX509PopConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    /// Envoy ext_authz listener (`lanyard dev` serves it on a free port).
+    pub ext_authz_bind: Option<String>,
     pub trust_domain: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub bind: Option<String>,
@@ -98,6 +109,12 @@ pub struct ServerConfig {
     pub admin_socket: PathBuf,
     /// Admin API over mTLS for admin SVIDs; `None`: not served.
     pub admin_bind: Option<SocketAddr>,
+    /// Envoy ext_authz over mTLS; `None`: not served.
+    pub ext_authz_bind: Option<SocketAddr>,
+    /// Public base URL of the HTTP listener; `None`: `http://<bound address>`.
+    pub public_url: Option<String>,
+    pub exchange_token_ttl: Duration,
+    pub max_delegation_depth: u32,
     /// `None`: SQLite at `data_dir/lanyard.db`.
     pub database_url: Option<String>,
     pub agent_svid_ttl: Duration,
@@ -197,6 +214,35 @@ impl ServerConfig {
             None => None,
             Some(a) => Some(addr("admin_bind", Some(a), "")?),
         };
+        let ext_authz_bind = match o.ext_authz_bind.as_ref().or(f.ext_authz_bind.as_ref()) {
+            None => None,
+            Some(a) => Some(addr("ext_authz_bind", Some(a), "")?),
+        };
+        let public_url = match f.public_url {
+            None => None,
+            Some(u) => {
+                let t = u.trim_end_matches('/').to_string();
+                if !(t.starts_with("http://") || t.starts_with("https://")) || t.len() < 10 {
+                    return Err(ConfigError::Invalid {
+                        key: "public_url",
+                        reason: format!("{u:?}; use an absolute http:// or https:// URL"),
+                    });
+                }
+                Some(t)
+            }
+        };
+        let exchange_token_ttl = dur(
+            "exchange_token_ttl",
+            f.exchange_token_ttl.as_ref(),
+            Duration::from_secs(300),
+        )?;
+        let max_delegation_depth = f.max_delegation_depth.unwrap_or(4);
+        if max_delegation_depth == 0 || max_delegation_depth > 16 {
+            return Err(ConfigError::Invalid {
+                key: "max_delegation_depth",
+                reason: format!("{max_delegation_depth}; use 1 to 16"),
+            });
+        }
         let database_url = o.database_url.clone().or(f.database_url);
         if let Some(u) = &database_url
             && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
@@ -303,6 +349,10 @@ impl ServerConfig {
             http_bind,
             admin_socket,
             admin_bind,
+            ext_authz_bind,
+            public_url,
+            exchange_token_ttl,
+            max_delegation_depth,
             database_url,
             agent_svid_ttl,
             join_token_ttl,

@@ -76,7 +76,9 @@ pub async fn revoke_jwt(
             .unwrap_or(now + 86_400);
         (r.jti.clone(), issued.event.subject.clone(), exp)
     } else {
-        return Err(bad("give the jti (--jti) or the token (--token-file) to revoke"));
+        return Err(bad(
+            "give the jti (--jti) or the token (--token-file) to revoke",
+        ));
     };
     if expires_at <= now {
         return Err(bad(format!(

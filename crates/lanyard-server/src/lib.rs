@@ -3,14 +3,20 @@
 //! [`start`] opens the datastore, loads or creates the CA, and serves:
 //! * the admin API on a local Unix socket (mode 0600: trusted by file permissions);
 //! * the agent API (node attestation, pushed entries, signing) over TLS;
-//! * `/live` and `/ready` on an HTTP port.
+//! * on an HTTP port: `/live`, `/ready`, OIDC discovery and JWKS, the AuthZEN
+//!   evaluation API and the RFC 8693 token endpoint ([`http`]);
+//! * Envoy ext_authz over mTLS when `ext_authz_bind` is set ([`extauthz`]).
 //!
 //! A background task rotates the CA and renews the server's own SVID.
 
+pub mod access;
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod exchange;
+pub mod extauthz;
 pub mod governance;
+pub mod http;
 pub mod node;
 pub mod policy;
 pub mod secrets;
@@ -49,6 +55,9 @@ pub struct RunningServer {
     /// The admin mTLS listener, when `admin_bind` is set.
     pub admin_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
+    /// The Envoy ext_authz listener, when `ext_authz_bind` is set.
+    pub ext_authz_addr: Option<SocketAddr>,
+    pub access: Arc<access::Access>,
     pub admin_socket: PathBuf,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), ServerError>>,
@@ -245,8 +254,16 @@ pub async fn start(
     let http_addr = http
         .local_addr()
         .map_err(|e| ServerError::Io(e.to_string()))?;
+    let access = Arc::new(access::Access::new(shared.clone())?);
+    access.set_public_url(
+        shared
+            .config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}")),
+    );
     let ready_state = shared.clone();
-    let app = axum::Router::new()
+    let app = http::routes(access.clone())
         .route("/live", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/ready",
@@ -270,6 +287,7 @@ pub async fn start(
                 }
             }),
         );
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(1024 * 1024));
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
         axum::serve(http, app)
@@ -277,6 +295,27 @@ pub async fn start(
             .await
             .map_err(|e| ServerError::Other(format!("HTTP: {e}")))
     });
+
+    // Envoy ext_authz over mTLS (the enforcement point presents its SVID).
+    let ext_authz_addr = match shared.config.ext_authz_bind {
+        None => None,
+        Some(bind) => {
+            let (addr, conns) =
+                tls_listener(&shared, bind, true, shutdown_rx.clone(), &mut tasks).await?;
+            let svc = lanyard_proto::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
+                extauthz::ExtAuthz::new(access.clone()),
+            );
+            let rx = shutdown_rx.clone();
+            tasks.spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(ReceiverStream::new(conns), until(rx))
+                    .await
+                    .map_err(|e| ServerError::Other(format!("ext_authz: {e}")))
+            });
+            Some(addr)
+        }
+    };
 
     // CA rotation and server SVID renewal.
     let rot = shared.clone();
@@ -303,6 +342,8 @@ pub async fn start(
         agent_addr,
         admin_addr,
         http_addr,
+        ext_authz_addr,
+        access,
         admin_socket,
         shutdown,
         tasks,

@@ -538,6 +538,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             http_bind,
             admin_socket,
             database_url,
+            ext_authz_bind: None,
         })),
         Command::Entry { command, admin } => {
             let s = admin.admin_socket.as_deref();

@@ -101,6 +101,7 @@ pub async fn start_dev_stack(
         data_dir: Some(dir.clone()),
         bind: Some("127.0.0.1:0".to_string()),
         http_bind: Some("127.0.0.1:0".to_string()),
+        ext_authz_bind: Some("127.0.0.1:0".to_string()),
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
@@ -200,6 +201,17 @@ pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode,
     println!("SPIFFE_ENDPOINT_SOCKET=unix://{}", socket.display());
     println!("LANYARD_ADMIN_SOCKET={}", server.admin_socket.display());
     println!("server HTTP: http://{}", server.http_addr);
+    println!(
+        "OIDC discovery: http://{}/.well-known/openid-configuration",
+        server.http_addr
+    );
+    println!(
+        "AuthZEN evaluation: http://{}/access/v1/evaluation (token endpoint: http://{}/oauth2/token)",
+        server.http_addr, server.http_addr
+    );
+    if let Some(a) = server.ext_authz_addr {
+        println!("Envoy ext_authz (gRPC over mTLS): {a}");
+    }
     println!("server agent API: {}", server.agent_addr);
     println!("workload identity for uid {uid}: {workload_id}");
     println!(

@@ -31,8 +31,12 @@ pub async fn run(o: Overrides) -> Result<ExitCode, String> {
         .admin_addr
         .map(|a| format!(" admin_mtls={a}"))
         .unwrap_or_default();
+    let ext = running
+        .ext_authz_addr
+        .map(|a| format!(" ext_authz={a}"))
+        .unwrap_or_default();
     println!(
-        "lanyard server ready trust_domain={td} agent_api={} http={} admin_socket={}{mtls}",
+        "lanyard server ready trust_domain={td} agent_api={} http={} admin_socket={}{mtls}{ext}",
         running.agent_addr,
         running.http_addr,
         running.admin_socket.display()

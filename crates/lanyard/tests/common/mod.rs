@@ -263,6 +263,10 @@ pub struct Dev {
     pub endpoint: String,
     pub admin_socket: String,
     pub uid: u32,
+    /// `http://127.0.0.1:<port>` of the server's HTTP listener.
+    pub http: String,
+    /// The Envoy ext_authz listener (mTLS gRPC).
+    pub ext_authz: String,
 }
 
 impl Dev {
@@ -283,7 +287,13 @@ impl Dev {
             }
         });
         let (mut endpoint, mut admin_socket, mut uid) = (None, None, None);
-        while endpoint.is_none() || admin_socket.is_none() || uid.is_none() {
+        let (mut http, mut ext_authz) = (None, None);
+        while endpoint.is_none()
+            || admin_socket.is_none()
+            || uid.is_none()
+            || http.is_none()
+            || ext_authz.is_none()
+        {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("lanyard dev output");
@@ -291,6 +301,10 @@ impl Dev {
                 endpoint = Some(v.to_string());
             } else if let Some(v) = line.strip_prefix("LANYARD_ADMIN_SOCKET=") {
                 admin_socket = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("server HTTP: ") {
+                http = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("Envoy ext_authz (gRPC over mTLS): ") {
+                ext_authz = Some(v.to_string());
             } else if let Some(rest) = line.strip_prefix("workload identity for uid ") {
                 uid = rest.split(':').next().and_then(|u| u.parse().ok());
             }
@@ -307,6 +321,8 @@ impl Dev {
             endpoint: endpoint.unwrap(),
             admin_socket: admin_socket.unwrap(),
             uid: uid.unwrap(),
+            http: http.unwrap(),
+            ext_authz: ext_authz.unwrap(),
         }
     }
 
@@ -340,4 +356,56 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A minimal HTTP/1.1 client: (status, body).
+pub async fn http(
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Chunked answers (axum streams some bodies): join the chunks.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut rest = body;
+        let mut joined = String::new();
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            joined.push_str(&tail[..n.min(tail.len())]);
+            rest = tail.get(n + 2..).unwrap_or("");
+        }
+        joined
+    } else {
+        body.to_string()
+    };
+    (status, body)
 }

@@ -1,0 +1,676 @@
+//! RFC 8693 token exchange at `POST /oauth2/token`, with delegation chains (`act`)
+//! and task (transaction) tokens for AI agents.
+//!
+//! * The subject token is a JWT-SVID addressed to this server (audience: the issuer
+//!   or the token endpoint), or a token this endpoint issued (re-exchange: then an
+//!   actor whose SPIFFE ID is in that token's audience must present its JWT-SVID).
+//! * The actor token, when present, is a JWT-SVID addressed to this server. The
+//!   subject token's `may_act` (when present) and the authz policy (`act_for`)
+//!   decide whether the actor may act for the subject; chains are limited in depth.
+//! * Scopes are granted one by one by the authz policy (`token_exchange`) and only
+//!   narrow on re-exchange.
+//! * Task tokens (`requested_token_type=urn:ietf:params:oauth:token-type:txn_token`)
+//!   bind an agent to a purpose (`scope`) and the tools it may call (`tools`), each
+//!   tool allowed by the authz policy (`start_task`); they live at most 5 minutes.
+//!
+//! Every issued token and every refusal is audited before the answer is sent.
+
+use std::collections::BTreeSet;
+
+use lanyard_audit::{EventKind, Outcome};
+use lanyard_core::SpiffeId;
+use lanyard_policy::{AuthzRequest, PolicyKind, Target};
+use serde_json::{Map, Value, json};
+
+use crate::access::{Access, EXCHANGE_TYP, TASK_TYP};
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const TYPE_TXN_TOKEN: &str = "urn:ietf:params:oauth:token-type:txn_token";
+/// Task tokens never live longer than this.
+pub const MAX_TASK_TTL: i64 = 300;
+/// Longest accepted form body.
+pub const MAX_FORM: usize = 64 * 1024;
+
+/// An RFC 6749 / 8693 error answer (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub code: &'static str,
+    pub description: String,
+}
+
+impl OAuthError {
+    fn new(code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+        }
+    }
+    fn request(d: impl Into<String>) -> Self {
+        Self::new("invalid_request", d)
+    }
+    pub fn body(&self) -> Value {
+        json!({"error": self.code, "error_description": self.description})
+    }
+}
+
+/// The form parameters.
+#[derive(Debug, Default, Clone)]
+pub struct ExchangeForm {
+    pub grant_type: String,
+    pub subject_token: String,
+    pub subject_token_type: String,
+    pub actor_token: String,
+    pub actor_token_type: String,
+    pub audience: Vec<String>,
+    pub resource: Vec<String>,
+    pub scope: String,
+    pub requested_token_type: String,
+    /// Task tokens: tools the task may call (space-separated).
+    pub tools: String,
+}
+
+impl ExchangeForm {
+    /// Parse `application/x-www-form-urlencoded`; repeated single-valued
+    /// parameters are refused.
+    pub fn parse(body: &[u8]) -> Result<Self, OAuthError> {
+        if body.len() > MAX_FORM {
+            return Err(OAuthError::request(
+                "the request body is larger than 64 KiB",
+            ));
+        }
+        let mut f = Self::default();
+        let mut seen = BTreeSet::new();
+        for (k, v) in form_urlencoded::parse(body) {
+            let v = v.into_owned();
+            let single = |seen: &mut BTreeSet<String>, slot: &mut String| {
+                if !seen.insert(k.to_string()) {
+                    return Err(OAuthError::request(format!(
+                        "the parameter {k} is given twice"
+                    )));
+                }
+                *slot = v.clone();
+                Ok(())
+            };
+            match k.as_ref() {
+                "grant_type" => single(&mut seen, &mut f.grant_type)?,
+                "subject_token" => single(&mut seen, &mut f.subject_token)?,
+                "subject_token_type" => single(&mut seen, &mut f.subject_token_type)?,
+                "actor_token" => single(&mut seen, &mut f.actor_token)?,
+                "actor_token_type" => single(&mut seen, &mut f.actor_token_type)?,
+                "scope" => single(&mut seen, &mut f.scope)?,
+                "requested_token_type" => single(&mut seen, &mut f.requested_token_type)?,
+                "tools" => single(&mut seen, &mut f.tools)?,
+                "audience" => f.audience.push(v),
+                "resource" => f.resource.push(v),
+                _ => {} // RFC 6749: unknown parameters are ignored.
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// A validated subject or actor.
+#[derive(Debug, Clone)]
+struct Party {
+    id: SpiffeId,
+    exp: i64,
+    jti: String,
+    /// Claims of a token this endpoint issued (re-exchange).
+    issued: Option<Map<String, Value>>,
+}
+
+fn scopes_of(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+    v.dedup();
+    v
+}
+
+/// Actors already in an `act` chain, nearest first.
+fn chain_of(act: Option<&Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = act;
+    while let Some(a) = cur {
+        match a.get("sub").and_then(Value::as_str) {
+            Some(s) => out.push(s.to_string()),
+            None => break,
+        }
+        cur = a.get("act");
+        if out.len() > 64 {
+            break;
+        }
+    }
+    out
+}
+
+impl Access {
+    async fn party(
+        &self,
+        token: &str,
+        kind: &str,
+        allow_issued: bool,
+    ) -> Result<Party, OAuthError> {
+        if token.is_empty() {
+            return Err(OAuthError::request(format!("{kind}_token is missing")));
+        }
+        let header_kid = jsonwebtoken::decode_header(token)
+            .map_err(|e| OAuthError::request(format!("the {kind}_token is not a JWT: {e}")))?
+            .kid;
+        if header_kid.as_deref() == Some(self.token_key.kid()) {
+            if !allow_issued {
+                return Err(OAuthError::request(format!(
+                    "the {kind}_token must be the {kind}'s own JWT-SVID, not an exchanged token"
+                )));
+            }
+            let now = self.shared.clock.unix_seconds();
+            let claims = self
+                .token_key
+                .verify(token, EXCHANGE_TYP, &self.issuer(), now)
+                .map_err(|e| {
+                    OAuthError::request(format!("the {kind}_token is not accepted: {e}"))
+                })?;
+            let sub = claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let id = SpiffeId::new(sub).map_err(|e| {
+                OAuthError::request(format!("the {kind}_token's sub is not a SPIFFE ID: {e}"))
+            })?;
+            let jti = claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if self.revoked().await.contains(&jti) {
+                return Err(OAuthError::request(format!("the {kind}_token was revoked")));
+            }
+            return Ok(Party {
+                id,
+                exp: claims.get("exp").and_then(Value::as_i64).unwrap_or(0),
+                jti,
+                issued: Some(claims),
+            });
+        }
+        let svid = self.validate_svid(token).await.map_err(|e| {
+            OAuthError::request(format!(
+                "the {kind}_token is not an acceptable JWT-SVID: {e} (its audience must be {:?})",
+                self.issuer()
+            ))
+        })?;
+        Ok(Party {
+            id: svid.spiffe_id().clone(),
+            exp: svid.expiry(),
+            jti: svid
+                .claims()
+                .get("jti")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            issued: None,
+        })
+    }
+
+    /// Handle one token request. The caller answers 400 with the error body.
+    pub async fn exchange(&self, form: ExchangeForm) -> Result<Value, OAuthError> {
+        let mut refused = self
+            .shared
+            .event(EventKind::TokenExchangeRefused, Outcome::Denied);
+        match self.exchange_inner(&form, &mut refused).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                refused.reason = Some(format!("{}: {}", e.code, e.description));
+                refused.decision = Some("deny".to_string());
+                if let Err(err) = self.shared.record(vec![refused]).await {
+                    tracing::error!(error = %err, "cannot record a refused token exchange");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn exchange_inner(
+        &self,
+        form: &ExchangeForm,
+        refused: &mut lanyard_audit::Event,
+    ) -> Result<Value, OAuthError> {
+        if form.grant_type != GRANT_TYPE {
+            return Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!(
+                    "grant_type {:?} is not supported; use {GRANT_TYPE}",
+                    form.grant_type
+                ),
+            ));
+        }
+        for (name, t) in [
+            ("subject_token_type", &form.subject_token_type),
+            ("actor_token_type", &form.actor_token_type),
+        ] {
+            if name == "actor_token_type" && form.actor_token.is_empty() {
+                if !t.is_empty() {
+                    return Err(OAuthError::request(
+                        "actor_token_type is given without actor_token",
+                    ));
+                }
+                continue;
+            }
+            if t != TYPE_JWT && t != TYPE_ACCESS_TOKEN {
+                return Err(OAuthError::request(format!(
+                    "{name} {t:?} is not supported; use {TYPE_JWT}"
+                )));
+            }
+        }
+        let subject = self.party(&form.subject_token, "subject", true).await?;
+        refused.subject = Some(subject.id.to_string());
+        refused
+            .evidence
+            .insert("subject_jti".into(), subject.jti.clone().into());
+        let actor = if form.actor_token.is_empty() {
+            None
+        } else {
+            let a = self.party(&form.actor_token, "actor", false).await?;
+            refused.actor = Some(a.id.to_string());
+            refused
+                .evidence
+                .insert("actor_jti".into(), a.jti.clone().into());
+            Some(a)
+        };
+        let task = match form.requested_token_type.as_str() {
+            "" | TYPE_JWT | TYPE_ACCESS_TOKEN => false,
+            TYPE_TXN_TOKEN => true,
+            other => {
+                return Err(OAuthError::request(format!(
+                    "requested_token_type {other:?} is not supported; use {TYPE_JWT} or {TYPE_TXN_TOKEN}"
+                )));
+            }
+        };
+        // Re-exchange of an issued token: the next hop (in its audience) must act.
+        let prior_act = subject.issued.as_ref().and_then(|c| c.get("act")).cloned();
+        let mut chain = chain_of(prior_act.as_ref());
+        if let Some(claims) = &subject.issued {
+            let a = actor.as_ref().ok_or_else(|| {
+                OAuthError::request(
+                    "an exchanged token can only be exchanged again by an actor in its audience: add actor_token",
+                )
+            })?;
+            let aud: Vec<String> = match claims.get("aud") {
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(v)) => v
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if !aud.contains(&a.id.to_string()) {
+                return Err(OAuthError::request(format!(
+                    "the actor {} is not in the subject token's audience {aud:?}",
+                    a.id
+                )));
+            }
+        }
+        let policy = self
+            .policy()
+            .await
+            .map_err(|e| OAuthError::new("server_error", e))?;
+        let subject_facts = self.workload(&subject.id.to_string()).await;
+        let mut policy_ids: Vec<String> = Vec::new();
+        // Delegation: may the actor act for the subject?
+        if let Some(a) = &actor
+            && a.id != subject.id
+        {
+            if chain.len() + 1 > self.shared.config.max_delegation_depth as usize {
+                return Err(OAuthError::request(format!(
+                    "the delegation chain would be {} deep; at most {} actors are allowed",
+                    chain.len() + 1,
+                    self.shared.config.max_delegation_depth
+                )));
+            }
+            if let Some(may) = subject.issued.as_ref().and_then(|c| c.get("may_act"))
+                && may.get("sub").and_then(Value::as_str) != Some(a.id.to_string().as_str())
+            {
+                return Err(OAuthError::request(format!(
+                    "the subject token's may_act does not name the actor {}",
+                    a.id
+                )));
+            }
+            let mut r = AuthzRequest::new(self.workload(&a.id.to_string()).await, "act_for", "");
+            r.target = Target::Workload(subject_facts.clone());
+            r.chain = Some(chain.clone());
+            let d = policy
+                .evaluate_authz(&r)
+                .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+            if !d.allowed {
+                refused.policy_ids = d.policy_ids.clone();
+                return Err(OAuthError::request(format!(
+                    "{} may not act for {}: {}",
+                    a.id,
+                    subject.id,
+                    d.explain(PolicyKind::Authz)
+                )));
+            }
+            policy_ids.extend(d.policy_ids);
+        }
+        if task {
+            return self
+                .task_token(form, &subject, actor.as_ref(), policy_ids, refused)
+                .await;
+        }
+        // Audience.
+        let mut targets: Vec<String> = form.audience.clone();
+        targets.extend(form.resource.iter().cloned());
+        targets.dedup();
+        let audience = match targets.as_slice() {
+            [] => {
+                return Err(OAuthError::new(
+                    "invalid_target",
+                    "name the service the token is for with audience (or resource)",
+                ));
+            }
+            [one] => one.clone(),
+            _ => {
+                return Err(OAuthError::new(
+                    "invalid_target",
+                    "one audience per exchange: ask once per service",
+                ));
+            }
+        };
+        refused
+            .evidence
+            .insert("audience".into(), audience.clone().into());
+        // Scopes: requested ones (or the prior token's), each granted by policy,
+        // never wider than the prior token's.
+        let prior_scopes: Option<Vec<String>> = subject
+            .issued
+            .as_ref()
+            .map(|c| scopes_of(c.get("scope").and_then(Value::as_str).unwrap_or_default()));
+        let mut requested = scopes_of(&form.scope);
+        if let Some(prior) = &prior_scopes {
+            if requested.is_empty() {
+                requested = prior.clone();
+            }
+            let wider: Vec<&String> = requested.iter().filter(|s| !prior.contains(s)).collect();
+            if !wider.is_empty() {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!(
+                        "scopes only narrow on re-exchange: {wider:?} are not in the subject token's scope {prior:?}"
+                    ),
+                ));
+            }
+        }
+        if let Some(a) = &actor {
+            chain.insert(0, a.id.to_string());
+        }
+        let ask = |scope: Option<String>| {
+            let mut r = AuthzRequest::new(subject_facts.clone(), "token_exchange", &audience);
+            r.scope = scope;
+            r.actor = actor.as_ref().map(|a| a.id.to_string());
+            r.chain = Some(chain.clone());
+            r
+        };
+        let mut granted = Vec::new();
+        let mut denied = Vec::new();
+        if requested.is_empty() {
+            let d = policy
+                .evaluate_authz(&ask(None))
+                .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+            if !d.allowed {
+                refused.policy_ids = d.policy_ids.clone();
+                return Err(OAuthError::new(
+                    "invalid_target",
+                    format!(
+                        "{} may not obtain a token for {audience:?}: {}",
+                        subject.id,
+                        d.explain(PolicyKind::Authz)
+                    ),
+                ));
+            }
+            policy_ids.extend(d.policy_ids);
+        } else {
+            for s in &requested {
+                let d = policy
+                    .evaluate_authz(&ask(Some(s.clone())))
+                    .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+                if d.allowed {
+                    granted.push(s.clone());
+                    policy_ids.extend(d.policy_ids);
+                } else {
+                    denied.push((s.clone(), d.explain(PolicyKind::Authz)));
+                }
+            }
+            if granted.is_empty() {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!(
+                        "no requested scope is allowed for {} at {audience:?}: {}",
+                        subject.id,
+                        denied
+                            .iter()
+                            .map(|(s, r)| format!("{s}: {r}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                ));
+            }
+        }
+        policy_ids.sort();
+        policy_ids.dedup();
+        // The token.
+        let now = self.shared.clock.unix_seconds();
+        let ttl = i64::try_from(self.shared.config.exchange_token_ttl.as_secs()).unwrap_or(300);
+        let exp = (now + ttl).min(subject.exp);
+        let jti = Access::new_id();
+        let mut claims = Map::new();
+        claims.insert("iss".into(), self.issuer().into());
+        claims.insert("sub".into(), subject.id.to_string().into());
+        claims.insert("aud".into(), audience.clone().into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), exp.into());
+        claims.insert("jti".into(), jti.clone().into());
+        if !granted.is_empty() {
+            claims.insert("scope".into(), granted.join(" ").into());
+        }
+        if let Some(a) = &actor {
+            let mut act = Map::new();
+            act.insert("sub".into(), a.id.to_string().into());
+            if let Some(p) = prior_act {
+                act.insert("act".into(), p);
+            }
+            claims.insert("act".into(), Value::Object(act));
+        } else if let Some(p) = prior_act {
+            claims.insert("act".into(), p);
+        }
+        let token = self
+            .token_key
+            .sign(EXCHANGE_TYP, &Value::Object(claims))
+            .map_err(|e| OAuthError::new("server_error", e))?;
+        let mut ev = self
+            .shared
+            .event(EventKind::TokenExchanged, Outcome::Success);
+        ev.actor = Some(
+            actor
+                .as_ref()
+                .map_or_else(|| subject.id.to_string(), |a| a.id.to_string()),
+        );
+        ev.subject = Some(subject.id.to_string());
+        if !subject_facts.owner.is_empty() {
+            ev.owner = Some(subject_facts.owner.clone());
+        }
+        ev.policy_ids = policy_ids;
+        ev.decision = Some("allow".to_string());
+        ev.evidence = refused.evidence.clone();
+        ev.evidence.insert("jti".into(), jti.into());
+        ev.evidence.insert("scope".into(), granted.join(" ").into());
+        ev.evidence.insert("expires_at".into(), exp.into());
+        ev.evidence.insert("chain".into(), json!(chain));
+        if !denied.is_empty() {
+            ev.evidence.insert(
+                "scopes_not_granted".into(),
+                json!(denied.iter().map(|(s, _)| s).collect::<Vec<_>>()),
+            );
+        }
+        self.shared.record(vec![ev]).await.map_err(|e| {
+            OAuthError::new("server_error", format!("cannot record the exchange: {e}"))
+        })?;
+        let mut out = json!({
+            "access_token": token,
+            "issued_token_type": TYPE_JWT,
+            "token_type": "Bearer",
+            "expires_in": (exp - now).max(0),
+        });
+        if !granted.is_empty() {
+            out["scope"] = granted.join(" ").into();
+        }
+        Ok(out)
+    }
+
+    async fn task_token(
+        &self,
+        form: &ExchangeForm,
+        subject: &Party,
+        actor: Option<&Party>,
+        mut policy_ids: Vec<String>,
+        refused: &mut lanyard_audit::Event,
+    ) -> Result<Value, OAuthError> {
+        // The agent is the actor when it acts for someone, else the subject itself.
+        let agent = actor.map_or(&subject.id, |a| &a.id);
+        if subject.issued.is_some() && actor.is_none() {
+            return Err(OAuthError::request(
+                "a task token is requested with the agent's own JWT-SVID",
+            ));
+        }
+        let purpose = form.scope.trim().to_string();
+        if purpose.is_empty() {
+            return Err(OAuthError::request(
+                "give the task's purpose as scope (e.g. scope=summarize-tickets)",
+            ));
+        }
+        let tools = scopes_of(&form.tools);
+        if tools.is_empty() {
+            return Err(OAuthError::request(
+                "name the tools the task may call with tools (space-separated)",
+            ));
+        }
+        refused
+            .evidence
+            .insert("purpose".into(), purpose.clone().into());
+        refused.evidence.insert("tools".into(), json!(tools));
+        let policy = self
+            .policy()
+            .await
+            .map_err(|e| OAuthError::new("server_error", e))?;
+        let agent_facts = self.workload(&agent.to_string()).await;
+        let mut denied = Vec::new();
+        for t in &tools {
+            let mut r = AuthzRequest::new(agent_facts.clone(), "start_task", t);
+            r.scope = Some(purpose.clone());
+            r.tool = Some(t.clone());
+            if actor.is_some() {
+                r.actor = Some(agent.to_string());
+            }
+            let d = policy
+                .evaluate_authz(&r)
+                .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+            if d.allowed {
+                policy_ids.extend(d.policy_ids);
+            } else {
+                denied.push(format!("{t}: {}", d.explain(PolicyKind::Authz)));
+            }
+        }
+        if !denied.is_empty() {
+            return Err(OAuthError::new(
+                "invalid_scope",
+                format!(
+                    "{agent} may not run a task with these tools: {}",
+                    denied.join("; ")
+                ),
+            ));
+        }
+        policy_ids.sort();
+        policy_ids.dedup();
+        let now = self.shared.clock.unix_seconds();
+        let ttl = i64::try_from(self.shared.config.exchange_token_ttl.as_secs())
+            .unwrap_or(MAX_TASK_TTL)
+            .min(MAX_TASK_TTL);
+        let exp = (now + ttl).min(subject.exp);
+        let exp = actor.map_or(exp, |a| exp.min(a.exp));
+        let txn = Access::new_id();
+        let jti = Access::new_id();
+        let mut claims = json!({
+            "iss": self.issuer(),
+            "aud": format!("spiffe://{}", self.shared.config.trust_domain),
+            "sub": subject.id.to_string(),
+            "txn": txn,
+            "jti": jti,
+            "iat": now,
+            "exp": exp,
+            "scope": purpose,
+            "tctx": {"purpose": purpose, "tools": tools},
+            "rctx": {"req_wl": agent.to_string()},
+        });
+        if let Some(a) = actor
+            && a.id != subject.id
+        {
+            claims["act"] = json!({"sub": a.id.to_string()});
+        }
+        let token = self
+            .token_key
+            .sign(TASK_TYP, &claims)
+            .map_err(|e| OAuthError::new("server_error", e))?;
+        let mut ev = self
+            .shared
+            .event(EventKind::TaskTokenIssued, Outcome::Success);
+        ev.actor = Some(agent.to_string());
+        ev.subject = Some(subject.id.to_string());
+        ev.trace_id = Some(txn.clone());
+        if !agent_facts.owner.is_empty() {
+            ev.owner = Some(agent_facts.owner.clone());
+        }
+        ev.policy_ids = policy_ids;
+        ev.decision = Some("allow".to_string());
+        ev.evidence = refused.evidence.clone();
+        ev.evidence.insert("txn".into(), txn.into());
+        ev.evidence.insert("jti".into(), jti.into());
+        ev.evidence.insert("expires_at".into(), exp.into());
+        self.shared
+            .record(vec![ev])
+            .await
+            .map_err(|e| OAuthError::new("server_error", format!("cannot record the task: {e}")))?;
+        Ok(json!({
+            "access_token": token,
+            "issued_token_type": TYPE_TXN_TOKEN,
+            "token_type": "N_A",
+            "expires_in": (exp - now).max(0),
+            "scope": purpose,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_parsing() {
+        let f = match ExchangeForm::parse(
+            b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=a.b.c&audience=x&audience=y&scope=r+w&foo=bar",
+        ) {
+            Ok(f) => f,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(f.grant_type, GRANT_TYPE);
+        assert_eq!(f.audience, vec!["x", "y"]);
+        assert_eq!(scopes_of(&f.scope), vec!["r", "w"]);
+        let e = ExchangeForm::parse(b"scope=a&scope=b").err();
+        assert_eq!(e.map(|e| e.code), Some("invalid_request"));
+    }
+
+    #[test]
+    fn chains_read_nearest_first() {
+        let act = json!({"sub": "spiffe://t/b", "act": {"sub": "spiffe://t/a"}});
+        assert_eq!(chain_of(Some(&act)), vec!["spiffe://t/b", "spiffe://t/a"]);
+        assert!(chain_of(None).is_empty());
+    }
+}

@@ -1,0 +1,280 @@
+//! The HTTP listener's access routes: OIDC discovery and JWKS, the OpenID AuthZEN
+//! 1.0 evaluation API, and the RFC 8693 token endpoint.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+
+use crate::access::{Access, Question};
+use crate::exchange::ExchangeForm;
+
+/// Longest accepted evaluation body.
+const MAX_BODY: usize = 256 * 1024;
+/// Most evaluations in one batch.
+const MAX_BATCH: usize = 256;
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": "invalid_request", "error_description": msg.into()}),
+    )
+}
+
+/// The access routes, merged into the server's HTTP router.
+pub fn routes(access: Arc<Access>) -> axum::Router {
+    let a1 = access.clone();
+    let a2 = access.clone();
+    let a3 = access.clone();
+    let a4 = access.clone();
+    let a5 = access.clone();
+    let a6 = access;
+    axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || {
+                let a = a1.clone();
+                async move { json_response(StatusCode::OK, &discovery(&a)) }
+            }),
+        )
+        .route(
+            "/keys",
+            get(move || {
+                let a = a2.clone();
+                async move { json_response(StatusCode::OK, &a.jwks()) }
+            }),
+        )
+        .route(
+            "/.well-known/authzen-configuration",
+            get(move || {
+                let a = a3.clone();
+                async move {
+                    let base = a.public_url();
+                    json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "policy_decision_point": base,
+                            "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+                            "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+                        }),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/access/v1/evaluation",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let a = a4.clone();
+                async move { evaluation(&a, &headers, &body, false).await }
+            }),
+        )
+        .route(
+            "/access/v1/evaluations",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let a = a5.clone();
+                async move { evaluation(&a, &headers, &body, true).await }
+            }),
+        )
+        .route(
+            "/oauth2/token",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let a = a6.clone();
+                async move { token(&a, &headers, &body).await }
+            }),
+        )
+}
+
+/// The OpenID Provider metadata relying parties (cloud providers, services) use
+/// to verify Lanyard tokens.
+pub fn discovery(a: &Access) -> Value {
+    let base = a.public_url();
+    json!({
+        "issuer": a.issuer(),
+        "jwks_uri": format!("{base}/keys"),
+        "token_endpoint": a.token_endpoint(),
+        "authorization_endpoint": "",
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256", "ES384", "RS256"],
+        "grant_types_supported": [crate::exchange::GRANT_TYPE],
+        "token_endpoint_auth_methods_supported": ["none"],
+    })
+}
+
+fn obj<'a>(v: &'a Value, key: &str) -> Option<&'a Map<String, Value>> {
+    v.get(key).and_then(Value::as_object)
+}
+
+fn string(m: Option<&Map<String, Value>>, key: &str) -> String {
+    m.and_then(|m| m.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One AuthZEN request object (defaults merged in) as a question.
+fn question(v: &Value) -> Result<Question, String> {
+    let subject = obj(v, "subject").ok_or("subject is missing (an object with type and id)")?;
+    let action = obj(v, "action").ok_or("action is missing (an object with name)")?;
+    let resource = obj(v, "resource").ok_or("resource is missing (an object with type and id)")?;
+    let context = match v.get("context") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err("context must be an object".to_string()),
+    };
+    Ok(Question {
+        subject: string(Some(subject), "id"),
+        action: string(Some(action), "name"),
+        resource_type: string(Some(resource), "type"),
+        resource_id: string(Some(resource), "id"),
+        resource_properties: resource
+            .get("properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+        context,
+    })
+}
+
+fn answer(d: &crate::access::DecisionOut) -> Value {
+    json!({
+        "decision": d.allowed,
+        "context": {
+            "decision_id": d.decision_id,
+            "reason": d.reason,
+            "policy_ids": d.policy_ids,
+        }
+    })
+}
+
+async fn evaluation(a: &Access, headers: &HeaderMap, body: &[u8], batch: bool) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = match a.authenticate(auth).await {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""),
+                ],
+                json!({"error": "unauthenticated", "error_description": e.0}).to_string(),
+            )
+                .into_response();
+        }
+    };
+    if body.len() > MAX_BODY {
+        return bad_request("the request body is larger than 256 KiB");
+    }
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Value::Object(m),
+        Ok(_) => return bad_request("the request body must be a JSON object"),
+        Err(e) => return bad_request(format!("the request body is not JSON: {e}")),
+    };
+    let items = match (batch, v.get("evaluations")) {
+        (true, Some(Value::Array(items))) if !items.is_empty() => items.clone(),
+        (true, Some(Value::Array(_)) | None) => {
+            // AuthZEN: without evaluations the batch endpoint answers one decision.
+            return single(a, &caller, &v).await;
+        }
+        (true, Some(_)) => return bad_request("evaluations must be an array of objects"),
+        (false, _) => return single(a, &caller, &v).await,
+    };
+    if items.len() > MAX_BATCH {
+        return bad_request(format!("at most {MAX_BATCH} evaluations per request"));
+    }
+    let semantic = v
+        .get("options")
+        .and_then(|o| o.get("evaluations_semantic"))
+        .and_then(Value::as_str)
+        .unwrap_or("execute_all")
+        .to_string();
+    if !matches!(
+        semantic.as_str(),
+        "execute_all" | "deny_on_first_deny" | "permit_on_first_permit"
+    ) {
+        return bad_request(format!(
+            "options.evaluations_semantic {semantic:?} is not one of execute_all, deny_on_first_deny, permit_on_first_permit"
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Some(item) = item.as_object() else {
+            return bad_request(format!("evaluations[{i}] is not an object"));
+        };
+        // Top-level subject/action/resource/context are defaults for each item.
+        let mut merged = Map::new();
+        for k in ["subject", "action", "resource", "context"] {
+            if let Some(x) = item.get(k).or_else(|| v.get(k)) {
+                merged.insert(k.to_string(), x.clone());
+            }
+        }
+        let q = match question(&Value::Object(merged)) {
+            Ok(q) => q,
+            Err(e) => return bad_request(format!("evaluations[{i}]: {e}")),
+        };
+        let d = match a.decide(&caller, "authzen", q).await {
+            Ok(d) => d,
+            Err(e) => return bad_request(format!("evaluations[{i}]: {e}")),
+        };
+        let stop = (semantic == "deny_on_first_deny" && !d.allowed)
+            || (semantic == "permit_on_first_permit" && d.allowed);
+        out.push(answer(&d));
+        if stop {
+            break;
+        }
+    }
+    json_response(StatusCode::OK, &json!({ "evaluations": out }))
+}
+
+async fn single(a: &Access, caller: &str, v: &Value) -> Response {
+    let q = match question(v) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
+    match a.decide(caller, "authzen", q).await {
+        Ok(d) => json_response(StatusCode::OK, &answer(&d)),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn token(a: &Access, headers: &HeaderMap, body: &[u8]) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "invalid_request", "error_description": "send the parameters as application/x-www-form-urlencoded"}),
+        );
+    }
+    let form = match ExchangeForm::parse(body) {
+        Ok(f) => f,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, &e.body()),
+    };
+    match a.exchange(form).await {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) if e.code == "server_error" => {
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, &e.body())
+        }
+        Err(e) => json_response(StatusCode::BAD_REQUEST, &e.body()),
+    }
+}

@@ -1,0 +1,870 @@
+//! End-to-end runtime authorization with `lanyard dev`: the AuthZEN evaluation API
+//! (authenticated callers, permit/deny, batches, task-bound tool calls), RFC 8693
+//! token exchange with delegation chains and task tokens (verified by an independent
+//! JWT library against the JWKS found through OIDC discovery), and Envoy ext_authz
+//! over mTLS with a client built from the ext_authz protos.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Dev, http};
+use lanyard_proto::workload as wpb;
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://example.org";
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const TXN_TYPE: &str = "urn:ietf:params:oauth:token-type:txn_token";
+
+const POLICY: &str = r#"
+@id("web-reads-orders")
+@reason("web may read orders")
+permit (principal, action == Action::"read", resource)
+when { principal.path == "/web" && resource.type == "orders" };
+
+@id("gateway-acts-for-web")
+@reason("the gateway may act for web")
+permit (principal, action == Action::"act_for", resource)
+when { principal.path == "/gateway" && resource.path == "/web" };
+
+@id("orders-acts-onward")
+@reason("orders may pass a delegated call on")
+permit (principal, action == Action::"act_for", resource)
+when { principal.path == "/orders" };
+
+@id("web-orders-tokens")
+@reason("web may get orders tokens with orders scopes")
+permit (principal, action == Action::"token_exchange", resource == Resource::"spiffe://example.org/orders")
+when { principal.path == "/web" && (context has scope && context.scope like "orders:*" || !(context has scope)) };
+
+@id("orders-forwards-to-inventory")
+@reason("orders may forward web's authority to inventory")
+permit (principal, action == Action::"token_exchange", resource == Resource::"spiffe://example.org/inventory")
+when { principal.path == "/web" && context has actor && context.actor == "spiffe://example.org/orders" };
+
+@id("agents-start-tasks")
+@reason("agents may start tasks with the ticket tools")
+permit (principal, action == Action::"start_task", resource)
+when { principal.path like "/agents/*" && ["search", "read_ticket", "delete_ticket"].contains(resource.id) };
+
+@id("agents-call-tools")
+@reason("agents call tools within a task")
+permit (principal, action == Action::"call_tool", resource)
+when { context has task };
+
+@id("web-gets-api")
+@reason("web may GET the API")
+permit (principal, action == Action::"GET", resource)
+when { principal.path == "/web" && resource.id like "/api/*" };
+"#;
+
+fn header(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    Ok(r)
+}
+
+type Raw = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+async fn raw(dev: &Dev) -> Raw {
+    let path = dev.endpoint.trim_start_matches("unix://").to_string();
+    let ch = lanyard_server::client::unix_channel(std::path::Path::new(&path))
+        .await
+        .unwrap();
+    wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(
+        ch,
+        header as fn(_) -> _,
+    )
+}
+
+/// Entries for this uid with the given paths, and the authz policy.
+fn setup(dev: &Dev, paths: &[&str]) {
+    for p in paths {
+        dev.ok(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &format!("spiffe://example.org{p}"),
+            "--parent-id",
+            "spiffe://example.org/lanyard/agent/dev",
+            "--selector",
+            &format!("unix:uid:{}", dev.uid),
+            "--owner",
+            "team-a",
+        ]);
+    }
+    let file = dev.dir.join("authz.cedar");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{POLICY}",
+            include_str!("../../lanyard-policy/src/authz_default.cedar")
+        ),
+    )
+    .unwrap();
+    dev.ok(&[
+        "policy",
+        "set",
+        "--kind",
+        "authz",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+}
+
+/// A JWT-SVID for `path` with `audience`, from the agent (waits for the entry).
+async fn jwt(c: &mut Raw, path: &str, audience: &str) -> String {
+    let id = format!("spiffe://example.org{path}");
+    for _ in 0..100 {
+        if let Ok(r) = c
+            .fetch_jwtsvid(wpb::JwtsvidRequest {
+                audience: vec![audience.to_string()],
+                spiffe_id: id.clone(),
+            })
+            .await
+            && let Some(s) = r.into_inner().svids.first()
+        {
+            return s.svid.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no JWT-SVID for {id}");
+}
+
+async fn post_json(dev: &Dev, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let (status, text) = http(
+        "POST",
+        &dev.http,
+        path,
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text})),
+    )
+}
+
+async fn token(dev: &Dev, params: &[(&str, &str)]) -> (u16, Value) {
+    let body: String = form_encode(params);
+    let (status, text) = http(
+        "POST",
+        &dev.http,
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+fn form_encode(params: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn eval(subject: &str, action: &str, rtype: &str, rid: &str) -> Value {
+    json!({
+        "subject": {"type": "workload", "id": format!("spiffe://example.org{subject}")},
+        "action": {"name": action},
+        "resource": {"type": rtype, "id": rid},
+        "context": {"ip": "10.0.0.1"}
+    })
+}
+
+/// The JWKS from OIDC discovery, as the independent library reads it.
+async fn jwks(dev: &Dev) -> jsonwebtoken::jwk::JwkSet {
+    let (status, text) = http(
+        "GET",
+        &dev.http,
+        "/.well-known/openid-configuration",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let disco: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(disco["issuer"], ISSUER);
+    assert_eq!(
+        disco["token_endpoint"],
+        format!("{}/oauth2/token", dev.http)
+    );
+    let uri = disco["jwks_uri"].as_str().unwrap();
+    let path = uri
+        .strip_prefix(&dev.http)
+        .expect("jwks_uri on this server");
+    let (status, text) = http("GET", &dev.http, path, &[], b"").await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Verify with jsonwebtoken against the JWKS; returns the claims.
+fn verify(set: &jsonwebtoken::jwk::JwkSet, token: &str, aud: &str) -> Value {
+    let h = jsonwebtoken::decode_header(token).unwrap();
+    let kid = h.kid.clone().expect("kid");
+    let jwk = set.find(&kid).expect("the token's kid is in the JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[aud]);
+    v.set_issuer(&[ISSUER]);
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .unwrap_or_else(|e| panic!("independent verification failed: {e}"))
+        .claims
+}
+
+/// AuthZEN: callers authenticate with a JWT-SVID for the issuer; permit and deny
+/// name their policies; batches; invalid policy refused; decisions audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authzen_evaluations_with_authenticated_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    setup(&dev, &["/web", "/pep"]);
+    let mut c = raw(&dev).await;
+    let pep = jwt(&mut c, "/pep", ISSUER).await;
+
+    // Unauthenticated, wrong audience, garbage: 401.
+    let q = eval("/web", "read", "orders", "o-1");
+    let (s, body) = post_json(&dev, "/access/v1/evaluation", None, &q).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer")
+    );
+    let wrong = jwt(&mut c, "/pep", "some-other-service").await;
+    let (s, body) = post_json(&dev, "/access/v1/evaluation", Some(&wrong), &q).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("audience"),
+        "{body}"
+    );
+    let (s, _) = post_json(&dev, "/access/v1/evaluation", Some("not.a.token"), &q).await;
+    assert_eq!(s, 401);
+
+    // Permit, naming the policy and a decision id.
+    let (s, body) = post_json(&dev, "/access/v1/evaluation", Some(&pep), &q).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["decision"], true, "{body}");
+    assert_eq!(body["context"]["policy_ids"], json!(["web-reads-orders"]));
+    let decision_id = body["context"]["decision_id"].as_str().unwrap().to_string();
+    assert_eq!(decision_id.len(), 32);
+    // Deny: another action, another workload, an unknown action.
+    for q in [
+        eval("/web", "write", "orders", "o-1"),
+        eval("/pep", "read", "orders", "o-1"),
+        eval("/web", "launch", "orders", "o-1"),
+    ] {
+        let (s, body) = post_json(&dev, "/access/v1/evaluation", Some(&pep), &q).await;
+        assert_eq!(s, 200);
+        assert_eq!(body["decision"], false, "{q} -> {body}");
+        assert!(
+            body["context"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("deny by default"),
+            "{body}"
+        );
+    }
+    // Malformed: 400 with what is wrong.
+    let (s, body) = post_json(
+        &dev,
+        "/access/v1/evaluation",
+        Some(&pep),
+        &json!({
+            "subject": {"type": "workload", "id": "web"},
+            "action": {"name": "read"},
+            "resource": {"type": "orders", "id": "o"}
+        }),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("SPIFFE ID"),
+        "{body}"
+    );
+
+    // Batch: defaults from the top level, deny_on_first_deny stops early.
+    let batch = json!({
+        "subject": {"type": "workload", "id": "spiffe://example.org/web"},
+        "action": {"name": "read"},
+        "evaluations": [
+            {"resource": {"type": "orders", "id": "1"}},
+            {"resource": {"type": "payments", "id": "2"}},
+            {"resource": {"type": "orders", "id": "3"}}
+        ]
+    });
+    let (s, body) = post_json(&dev, "/access/v1/evaluations", Some(&pep), &batch).await;
+    assert_eq!(s, 200, "{body}");
+    let d: Vec<bool> = body["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["decision"].as_bool().unwrap())
+        .collect();
+    assert_eq!(d, vec![true, false, true]);
+    let mut b2 = batch.clone();
+    b2["options"] = json!({"evaluations_semantic": "deny_on_first_deny"});
+    let (_, body) = post_json(&dev, "/access/v1/evaluations", Some(&pep), &b2).await;
+    assert_eq!(body["evaluations"].as_array().unwrap().len(), 2);
+
+    // An invalid authz policy is refused with its location; the old one stays.
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit (principal, action == Action::\"read\", resource)\nwhen { principal.ownr == \"x\" };",
+    )
+    .unwrap();
+    let o = dev.cli(&[
+        "policy",
+        "set",
+        "--kind",
+        "authz",
+        "--file",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 2") && err.contains("ownr"), "{err}");
+    let (_, body) = post_json(&dev, "/access/v1/evaluation", Some(&pep), &q).await;
+    assert_eq!(body["decision"], true);
+
+    // Decisions are in the evidence log with the caller and the decision id.
+    let mut found = false;
+    for _ in 0..50 {
+        let out = dev.ok(&[
+            "audit",
+            "query",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--kind",
+            "authz_decision",
+            "--output",
+            "json",
+        ]);
+        if out.contains(&decision_id) {
+            assert!(out.contains("spiffe://example.org/pep"), "{out}");
+            found = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(found, "decision {decision_id} not in the audit log");
+}
+
+/// RFC 8693 token exchange: without and with an actor, refused delegation, scope
+/// widening, re-exchange building an `act` chain, garbage tokens; task tokens bound
+/// to their tools; every token verified independently against the discovered JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_delegation_and_task_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    setup(
+        &dev,
+        &["/web", "/gateway", "/orders", "/agents/helper", "/pep"],
+    );
+    let mut c = raw(&dev).await;
+    let web = jwt(&mut c, "/web", ISSUER).await;
+    let gateway = jwt(&mut c, "/gateway", ISSUER).await;
+    let orders = jwt(&mut c, "/orders", ISSUER).await;
+    let agent = jwt(&mut c, "/agents/helper", ISSUER).await;
+    let pep = jwt(&mut c, "/pep", ISSUER).await;
+    let set = jwks(&dev).await;
+
+    // Without an actor.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &web),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/orders"),
+            ("scope", "orders:read orders:write"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["issued_token_type"], JWT_TYPE);
+    let claims = verify(
+        &set,
+        body["access_token"].as_str().unwrap(),
+        "spiffe://example.org/orders",
+    );
+    assert_eq!(claims["sub"], "spiffe://example.org/web");
+    assert_eq!(claims["scope"], "orders:read orders:write");
+    assert!(claims.get("act").is_none());
+    assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() <= 300);
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+    // The exchanged token is not a JWT-SVID: its type and key say so.
+    let h = jsonwebtoken::decode_header(body["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(h.typ.as_deref(), Some("at+jwt"));
+
+    // With an actor: `act` names it.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &web),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", &gateway),
+            ("actor_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/orders"),
+            ("scope", "orders:read"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let delegated = body["access_token"].as_str().unwrap().to_string();
+    let claims = verify(&set, &delegated, "spiffe://example.org/orders");
+    assert_eq!(claims["sub"], "spiffe://example.org/web");
+    assert_eq!(
+        claims["act"],
+        json!({"sub": "spiffe://example.org/gateway"})
+    );
+    assert_eq!(claims["scope"], "orders:read");
+
+    // Refused delegation: the agent may not act for web.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &web),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", &agent),
+            ("actor_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/orders"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("may not act for"),
+        "{body}"
+    );
+
+    // Re-exchange by the next hop: scopes only narrow ...
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &delegated),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", &orders),
+            ("actor_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/inventory"),
+            ("scope", "orders:read orders:write"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(body["error"], "invalid_scope", "{body}");
+    // ... and the chain nests.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &delegated),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", &orders),
+            ("actor_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/inventory"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let claims = verify(
+        &set,
+        body["access_token"].as_str().unwrap(),
+        "spiffe://example.org/inventory",
+    );
+    assert_eq!(
+        claims["act"],
+        json!({"sub": "spiffe://example.org/orders", "act": {"sub": "spiffe://example.org/gateway"}})
+    );
+    assert_eq!(claims["scope"], "orders:read");
+    // Someone outside the token's audience cannot re-exchange it.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &delegated),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", &gateway),
+            ("actor_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/inventory"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("audience"),
+        "{body}"
+    );
+
+    // Garbage and wrong requests get RFC 8693 errors.
+    for (params, code) in [
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", "garbage"),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "spiffe://example.org/orders"),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", "eyJhbGciOiJFUzI1NiJ9.e30.AAAA"),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "spiffe://example.org/orders"),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![("grant_type", "password"), ("subject_token", web.as_str())],
+            "unsupported_grant_type",
+        ),
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", web.as_str()),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "spiffe://example.org/payments"),
+            ],
+            "invalid_target",
+        ),
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", pep.as_str()),
+                ("subject_token_type", "urn:example:saml"),
+                ("audience", "spiffe://example.org/orders"),
+            ],
+            "invalid_request",
+        ),
+    ] {
+        let (s, body) = token(&dev, &params).await;
+        assert_eq!(s, 400, "{params:?} -> {body}");
+        assert_eq!(body["error"], code, "{params:?} -> {body}");
+        assert!(body["error_description"].as_str().unwrap().len() > 10);
+    }
+    // A JWT-SVID for another audience is not a subject token.
+    let other = jwt(&mut c, "/web", "spiffe://example.org/orders").await;
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &other),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/orders"),
+        ],
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_request")));
+
+    // Task tokens: the agent acting for web, bound to two tools.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("requested_token_type", TXN_TYPE),
+            ("subject_token", &web),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", &agent),
+            ("actor_token_type", JWT_TYPE),
+            ("scope", "summarize-tickets"),
+            ("tools", "search read_ticket"),
+        ],
+    )
+    .await;
+    // The agent may not act for web: refused.
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("requested_token_type", TXN_TYPE),
+            ("subject_token", &agent),
+            ("subject_token_type", JWT_TYPE),
+            ("scope", "summarize-tickets"),
+            ("tools", "search read_ticket"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["issued_token_type"], TXN_TYPE);
+    let task = body["access_token"].as_str().unwrap().to_string();
+    let h = jsonwebtoken::decode_header(&task).unwrap();
+    assert_eq!(h.typ.as_deref(), Some("txntoken+jwt"));
+    let claims = verify(&set, &task, "spiffe://example.org");
+    let txn = claims["txn"].as_str().unwrap().to_string();
+    assert_eq!(
+        claims["rctx"]["req_wl"],
+        "spiffe://example.org/agents/helper"
+    );
+    assert_eq!(claims["tctx"]["tools"], json!(["search", "read_ticket"]));
+    assert_eq!(claims["tctx"]["purpose"], "summarize-tickets");
+    assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() <= 300);
+    // A tool the policy does not allow for tasks: refused.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("requested_token_type", TXN_TYPE),
+            ("subject_token", &agent),
+            ("subject_token_type", JWT_TYPE),
+            ("scope", "cleanup"),
+            ("tools", "search drop_database"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("drop_database")
+    );
+
+    // Tool calls through the evaluation API with the task token as context.
+    let call = |tool: &str, subject: &str| {
+        json!({
+            "subject": {"type": "workload", "id": format!("spiffe://example.org{subject}")},
+            "action": {"name": "call_tool"},
+            "resource": {"type": "tool", "id": tool},
+            "context": {"task_token": task}
+        })
+    };
+    let (s, body) = post_json(
+        &dev,
+        "/access/v1/evaluation",
+        Some(&pep),
+        &call("search", "/agents/helper"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["decision"], true, "{body}");
+    let (_, body) = post_json(
+        &dev,
+        "/access/v1/evaluation",
+        Some(&pep),
+        &call("delete_ticket", "/agents/helper"),
+    )
+    .await;
+    assert_eq!(body["decision"], false, "{body}");
+    assert_eq!(body["context"]["policy_ids"], json!(["task-tools-only"]));
+    let (_, body) = post_json(
+        &dev,
+        "/access/v1/evaluation",
+        Some(&pep),
+        &call("search", "/web"),
+    )
+    .await;
+    assert_eq!(body["decision"], false, "{body}");
+    assert_eq!(body["context"]["policy_ids"], json!(["task-agent-only"]));
+
+    // The trail links task and tool calls by the txn.
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        let out = dev.ok(&[
+            "audit",
+            "trace",
+            &txn,
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        kinds = ["task_token_issued", "authz_decision"]
+            .iter()
+            .filter(|k| out.contains(*k))
+            .map(|k| k.to_string())
+            .collect();
+        if kinds.len() == 2 && out.matches("authz_decision").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(kinds, vec!["task_token_issued", "authz_decision"]);
+    let exchanged = dev.ok(&[
+        "audit",
+        "query",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--kind",
+        "token_exchanged",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        exchanged.contains("spiffe://example.org/gateway"),
+        "{exchanged}"
+    );
+}
+
+/// Envoy ext_authz over mTLS: allow and deny by the downstream SPIFFE ID; no
+/// principal is denied; a client without an SVID is refused at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_allows_and_denies() {
+    use lanyard_proto::envoy::config::core::v3 as core;
+    use lanyard_proto::envoy::service::auth::v3 as ext;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    setup(&dev, &["/web", "/envoy"]);
+    let mut c = raw(&dev).await;
+    // Envoy's own SVID (any SVID of the trust domain).
+    let mut stream = c
+        .fetch_x509svid(wpb::X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    use tokio_stream::StreamExt;
+    let msg = stream.next().await.unwrap().unwrap();
+    let svid = msg.svids.first().unwrap();
+    let chain = lanyard_core::x509::split_der_chain(&svid.x509_svid).unwrap();
+    let bundle = lanyard_core::Bundle::parse(
+        lanyard_core::TrustDomain::new("example.org").unwrap(),
+        dev.ok(&["bundle", "show", "--format", "jwks"]).as_bytes(),
+    )
+    .unwrap();
+    let bundles = common::shared_bundles(bundle);
+    let ch = common::tls_channel(
+        &dev.ext_authz,
+        bundles.clone(),
+        Some((&chain, &svid.x509_svid_key)),
+    )
+    .await
+    .unwrap();
+    let mut client = ext::authorization_client::AuthorizationClient::new(ch);
+    let check = |principal: &str, method: &str, path: &str| ext::CheckRequest {
+        attributes: Some(ext::AttributeContext {
+            source: Some(ext::attribute_context::Peer {
+                principal: principal.to_string(),
+                address: Some(core::Address {
+                    address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                        address: "10.0.0.7".to_string(),
+                        port_specifier: Some(core::socket_address::PortSpecifier::PortValue(40000)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            destination: Some(ext::attribute_context::Peer {
+                principal: "spiffe://example.org/orders".to_string(),
+                ..Default::default()
+            }),
+            request: Some(ext::attribute_context::Request {
+                http: Some(ext::attribute_context::HttpRequest {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    host: "orders.internal".to_string(),
+                    headers: [
+                        ("x-request-id".to_string(), "r-1".to_string()),
+                        ("authorization".to_string(), "Bearer secret".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let ok = client
+        .check(check("spiffe://example.org/web", "GET", "/api/orders?x=1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.status.as_ref().unwrap().code, 0, "{ok:?}");
+    assert!(matches!(
+        ok.http_response,
+        Some(ext::check_response::HttpResponse::OkResponse(_))
+    ));
+    for (principal, method, path) in [
+        ("spiffe://example.org/web", "POST", "/api/orders"),
+        ("spiffe://example.org/envoy", "GET", "/api/orders"),
+        ("", "GET", "/api/orders"),
+    ] {
+        let r = client
+            .check(check(principal, method, path))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status.as_ref().unwrap().code,
+            7,
+            "{principal} {method} {path}"
+        );
+        match r.http_response {
+            Some(ext::check_response::HttpResponse::DeniedResponse(d)) => {
+                assert_eq!(d.status.unwrap().code, 403);
+                assert!(!d.body.is_empty());
+            }
+            other => panic!("expected a denied response, got {other:?}"),
+        }
+    }
+    // Without a client SVID the listener refuses the connection.
+    let refused: Result<(), String> = async {
+        let ch = common::tls_channel(&dev.ext_authz, bundles, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        ext::authorization_client::AuthorizationClient::new(ch)
+            .check(check("spiffe://example.org/web", "GET", "/api/x"))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "ext_authz answered a client without an SVID"
+    );
+}
