@@ -13,22 +13,19 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lanyard_audit::{EventKind, Outcome};
 use lanyard_ca::{KeyAlgorithm, SigningKey};
-use lanyard_core::{JwtSvid, PublicJwk, SpiffeId};
-use lanyard_policy::{
-    AuthzRequest, CompiledPolicies, PolicyKind, Target, TaskFacts, WorkloadFacts,
-};
+use lanyard_core::{JwtSvid, PublicJwk};
+use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
 use lanyard_store::Store;
 use serde_json::{Map, Value, json};
 
+use crate::decision::{Callers, Sources, decision_event, index_entry};
+pub use crate::decision::{DecisionOut, Question, Unauthenticated};
 use crate::state::{ServerError, Shared, write_private};
 
 /// How stale the cached policy, entry index and deny-list may get before they are
 /// re-read from the datastore (changes made through this server apply at once).
 const REFRESH: Duration = Duration::from_secs(1);
-/// Verified caller tokens kept (by value) to skip the signature check.
-const MAX_CACHED_CALLERS: usize = 10_000;
 
 /// `typ` of exchanged tokens (RFC 9068 JWT access tokens): SPIFFE validators refuse
 /// them as JWT-SVIDs, and their key is not in the SPIFFE bundle.
@@ -40,75 +37,50 @@ pub const TASK_TYP: &str = "txntoken+jwt";
 /// P-256). Published in the OIDC JWKS, never in the SPIFFE bundle.
 pub struct TokenKey {
     key: SigningKey,
-    kid: String,
     jwk: PublicJwk,
-    decoding: jsonwebtoken::DecodingKey,
+    verifier: TokenVerifier,
 }
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenKey({})", self.kid)
+        write!(f, "TokenKey({})", self.verifier.kid)
     }
 }
 
-impl TokenKey {
-    /// Load the key from `dir`, creating it on first use.
-    pub fn load_or_create(dir: &Path) -> Result<Self, ServerError> {
-        let path = dir.join("token-signing.pk8");
-        let key = match std::fs::read(&path) {
-            Ok(der) => SigningKey::from_pkcs8(KeyAlgorithm::EcP256, &der).map_err(|e| {
-                ServerError::Other(format!(
-                    "{} is not an EC P-256 PKCS#8 key ({e}); restore it from backup or remove it to make a new one",
-                    path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let k = SigningKey::generate(KeyAlgorithm::EcP256)
-                    .map_err(|e| ServerError::Other(e.to_string()))?;
-                write_private(&path, k.pkcs8_der())?;
-                k
-            }
-            Err(e) => {
-                return Err(ServerError::Io(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
-            }
-        };
-        let spki = key.public_key_der();
-        let jwk = PublicJwk::from_spki_der(&spki)
-            .map_err(|e| ServerError::Other(format!("token key: {e}")))?;
-        let kid = format!("lanyard-token-{}", &crate::node::sha256_hex(&spki)[..16]);
-        let decoding = match &jwk {
-            PublicJwk::Ec { x, y, .. } => jsonwebtoken::DecodingKey::from_ec_components(x, y)
-                .map_err(|e| ServerError::Other(format!("token key: {e}")))?,
-            PublicJwk::Rsa { .. } => {
-                return Err(ServerError::Other(
-                    "the token key must be EC P-256".to_string(),
-                ));
-            }
-        };
+/// The public half of the token key: verifies task and exchanged tokens (on the
+/// server, and on agents from the key the server syncs to them).
+pub struct TokenVerifier {
+    kid: String,
+    decoding: jsonwebtoken::DecodingKey,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenVerifier({})", self.kid)
+    }
+}
+
+impl TokenVerifier {
+    /// From a public JWK (EC P-256, as [`TokenKey::jwk`] publishes it).
+    pub fn from_jwk(kid: &str, jwk: &Value) -> Result<Self, String> {
+        let member = |k: &str| jwk.get(k).and_then(Value::as_str).unwrap_or_default();
+        if member("kty") != "EC" || member("crv") != "P-256" {
+            return Err(format!(
+                "the token key {kid} must be an EC P-256 JWK (kty {:?}, crv {:?})",
+                member("kty"),
+                member("crv")
+            ));
+        }
+        let decoding = jsonwebtoken::DecodingKey::from_ec_components(member("x"), member("y"))
+            .map_err(|e| format!("the token key {kid}: {e}"))?;
         Ok(Self {
-            key,
-            kid,
-            jwk,
+            kid: kid.to_string(),
             decoding,
         })
     }
 
     pub fn kid(&self) -> &str {
         &self.kid
-    }
-
-    /// The public key as a JWK for the OIDC JWKS.
-    pub fn jwk(&self) -> Value {
-        jwk_json(&self.jwk, &self.kid)
-    }
-
-    /// Sign `claims` with header `typ`.
-    pub fn sign(&self, typ: &str, claims: &Value) -> Result<String, String> {
-        let header = json!({"alg": "ES256", "kid": self.kid, "typ": typ});
-        lanyard_ca::sign_compact(&self.key, &header, claims).map_err(|e| e.to_string())
     }
 
     /// Verify a token this key signed: signature, `typ`, `iss`, `exp`. Returns the
@@ -149,6 +121,72 @@ impl TokenKey {
     }
 }
 
+impl TokenKey {
+    /// Load the key from `dir`, creating it on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, ServerError> {
+        let path = dir.join("token-signing.pk8");
+        let key = match std::fs::read(&path) {
+            Ok(der) => SigningKey::from_pkcs8(KeyAlgorithm::EcP256, &der).map_err(|e| {
+                ServerError::Other(format!(
+                    "{} is not an EC P-256 PKCS#8 key ({e}); restore it from backup or remove it to make a new one",
+                    path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k = SigningKey::generate(KeyAlgorithm::EcP256)
+                    .map_err(|e| ServerError::Other(e.to_string()))?;
+                write_private(&path, k.pkcs8_der())?;
+                k
+            }
+            Err(e) => {
+                return Err(ServerError::Io(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        let spki = key.public_key_der();
+        let jwk = PublicJwk::from_spki_der(&spki)
+            .map_err(|e| ServerError::Other(format!("token key: {e}")))?;
+        let kid = format!("lanyard-token-{}", &crate::node::sha256_hex(&spki)[..16]);
+        let verifier = TokenVerifier::from_jwk(&kid, &jwk_json(&jwk, &kid))
+            .map_err(|e| ServerError::Other(format!("token key: {e}")))?;
+        Ok(Self { key, jwk, verifier })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.verifier.kid
+    }
+
+    /// The public key as a JWK for the OIDC JWKS.
+    pub fn jwk(&self) -> Value {
+        jwk_json(&self.jwk, self.kid())
+    }
+
+    /// Sign `claims` with header `typ`.
+    pub fn sign(&self, typ: &str, claims: &Value) -> Result<String, String> {
+        let header = json!({"alg": "ES256", "kid": self.kid(), "typ": typ});
+        lanyard_ca::sign_compact(&self.key, &header, claims).map_err(|e| e.to_string())
+    }
+
+    /// Verify a token this key signed: signature, `typ`, `iss`, `exp`. Returns the
+    /// claims.
+    pub fn verify(
+        &self,
+        token: &str,
+        typ: &str,
+        issuer: &str,
+        now: i64,
+    ) -> Result<Map<String, Value>, String> {
+        self.verifier.verify(token, typ, issuer, now)
+    }
+
+    /// The public half.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+}
+
 /// A JWK (`use: sig`) for relying parties.
 pub fn jwk_json(key: &PublicJwk, kid: &str) -> Value {
     match key {
@@ -166,44 +204,15 @@ pub fn jwk_json(key: &PublicJwk, kid: &str) -> Value {
     }
 }
 
-/// The outcome of one runtime decision.
-#[derive(Debug, Clone)]
-pub struct DecisionOut {
-    pub allowed: bool,
-    pub policy_ids: Vec<String>,
-    pub reason: String,
-    /// Also the id of its audit event.
-    pub decision_id: String,
-}
-
-/// One runtime authorization question (AuthZEN or ext_authz).
-#[derive(Debug, Clone, Default)]
-pub struct Question {
-    pub subject: String,
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub resource_properties: Map<String, Value>,
-    pub context: Map<String, Value>,
-}
-
 /// Registration facts by SPIFFE ID, when built and at which change version.
 type WorkloadIndex = (Instant, u64, Arc<HashMap<String, WorkloadFacts>>);
-
-/// A caller authenticated by its JWT-SVID.
-#[derive(Debug, Clone)]
-struct CachedCaller {
-    id: String,
-    exp: i64,
-    jti: String,
-}
 
 /// Runtime authorization state of one server.
 pub struct Access {
     pub shared: Arc<Shared>,
     pub token_key: TokenKey,
     public_url: OnceLock<String>,
-    callers: Mutex<HashMap<String, CachedCaller>>,
+    callers: Callers,
     policy_checked: Mutex<Option<Instant>>,
     workloads: RwLock<Option<WorkloadIndex>>,
     revoked: RwLock<Option<(Instant, Arc<HashSet<String>>)>>,
@@ -217,16 +226,6 @@ impl std::fmt::Debug for Access {
     }
 }
 
-/// Why a caller was not authenticated (HTTP 401).
-#[derive(Debug, Clone)]
-pub struct Unauthenticated(pub String);
-
-fn random_id() -> String {
-    let mut raw = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Access {
     pub fn new(shared: Arc<Shared>) -> Result<Self, ServerError> {
         let token_key = TokenKey::load_or_create(&shared.config.data_dir)?;
@@ -234,7 +233,7 @@ impl Access {
             shared,
             token_key,
             public_url: OnceLock::new(),
-            callers: Mutex::new(HashMap::new()),
+            callers: Callers::default(),
             policy_checked: Mutex::new(None),
             workloads: RwLock::new(None),
             revoked: RwLock::new(None),
@@ -314,23 +313,14 @@ impl Access {
     /// Validate a JWT-SVID addressed to this server (audience: the issuer or the
     /// token endpoint) and not revoked.
     pub async fn validate_svid(&self, token: &str) -> Result<JwtSvid, String> {
-        let auds = self.own_audiences();
-        let refs: Vec<&str> = auds.iter().map(String::as_str).collect();
-        let svid = {
-            let set = self
-                .shared
-                .bundles
-                .read()
-                .map_err(|_| "trust bundles unavailable".to_string())?;
-            JwtSvid::validate(token, &refs, &set, self.shared.clock.as_ref())
-                .map_err(|e| e.to_string())?
-        };
-        if let Some(jti) = svid.claims().get("jti").and_then(Value::as_str)
-            && self.revoked().await.contains(jti)
-        {
-            return Err(format!("the JWT-SVID {jti} was revoked"));
-        }
-        Ok(svid)
+        let revoked = self.revoked().await;
+        crate::decision::validate_svid(
+            token,
+            &self.own_audiences(),
+            &self.shared.bundles,
+            self.shared.clock.as_ref(),
+            &|jti| revoked.contains(jti),
+        )
     }
 
     /// Authenticate an enforcement point by its `Authorization: Bearer` JWT-SVID.
@@ -338,59 +328,14 @@ impl Access {
         &self,
         authorization: Option<&str>,
     ) -> Result<String, Unauthenticated> {
-        let token = authorization
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Unauthenticated(format!(
-                    "send a JWT-SVID with audience {:?} as `Authorization: Bearer <token>`",
-                    self.issuer()
-                ))
-            })?;
-        let now = self.shared.clock.unix_seconds();
-        let cached = self.callers.lock().ok().and_then(|c| c.get(token).cloned());
-        if let Some(c) = cached
-            && now < c.exp
-        {
-            if !c.jti.is_empty() && self.revoked().await.contains(&c.jti) {
-                return Err(Unauthenticated(format!(
-                    "the JWT-SVID {} was revoked",
-                    c.jti
-                )));
-            }
-            return Ok(c.id);
-        }
-        let svid = self
-            .validate_svid(token)
-            .await
-            .map_err(|e| Unauthenticated(format!("the bearer JWT-SVID is not accepted: {e}")))?;
-        let id = svid.spiffe_id().to_string();
-        if let Ok(mut c) = self.callers.lock() {
-            if c.len() >= MAX_CACHED_CALLERS {
-                c.retain(|_, v| now < v.exp);
-                if c.len() >= MAX_CACHED_CALLERS {
-                    c.clear();
-                }
-            }
-            c.insert(
-                token.to_string(),
-                CachedCaller {
-                    id: id.clone(),
-                    exp: svid.expiry(),
-                    jti: svid
-                        .claims()
-                        .get("jti")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                },
-            );
-        }
-        Ok(id)
+        let revoked = self.revoked().await;
+        self.callers.authenticate(
+            authorization,
+            &self.own_audiences(),
+            &self.shared.bundles,
+            self.shared.clock.as_ref(),
+            &|jti| revoked.contains(jti),
+        )
     }
 
     /// The active authz policy set (this server's changes apply at once; other
@@ -440,24 +385,13 @@ impl Access {
         };
         let mut map: HashMap<String, WorkloadFacts> = HashMap::new();
         for e in entries {
-            let id = e.spec.spiffe_id.to_string();
-            let w = map.entry(id.clone()).or_insert_with(|| WorkloadFacts {
-                spiffe_id: id,
-                registered: true,
-                ..WorkloadFacts::default()
-            });
-            if w.owner.is_empty() {
-                w.owner = e.spec.owner.clone();
-            }
-            if w.environment.is_empty() {
-                w.environment = e.spec.environment.clone().unwrap_or_default();
-            }
-            for s in &e.spec.selectors {
-                let s = s.to_string();
-                if !w.selectors.contains(&s) {
-                    w.selectors.push(s);
-                }
-            }
+            index_entry(
+                &mut map,
+                &e.spec.spiffe_id.to_string(),
+                &e.spec.owner,
+                e.spec.environment.as_deref().unwrap_or_default(),
+                e.spec.selectors.iter().map(ToString::to_string),
+            );
         }
         let map = Arc::new(map);
         if let Ok(mut g) = self.workloads.write() {
@@ -477,50 +411,12 @@ impl Access {
 
     /// Verify a task token presented with a request.
     pub fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
-        let now = self.shared.clock.unix_seconds();
-        let c = self
-            .token_key
-            .verify(token, TASK_TYP, &self.issuer(), now)?;
-        let s = |k: &str| {
-            c.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let agent = c
-            .get("rctx")
-            .and_then(|r| r.get("req_wl"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let tools: Vec<String> = c
-            .get("tctx")
-            .and_then(|t| t.get("tools"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let purpose = c
-            .get("tctx")
-            .and_then(|t| t.get("purpose"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let sub = s("sub");
-        if agent.is_empty() || s("txn").is_empty() {
-            return Err("it lacks `txn` or `rctx.req_wl`".to_string());
-        }
-        Ok(TaskFacts {
-            txn: s("txn"),
-            purpose,
-            tools,
-            acting_for: if sub == agent { String::new() } else { sub },
-            agent,
-        })
+        verify_task(
+            self.token_key.verifier(),
+            &self.issuer(),
+            token,
+            self.shared.clock.unix_seconds(),
+        )
     }
 
     /// Decide one question for `caller` (the enforcement point) and audit it.
@@ -531,107 +427,12 @@ impl Access {
         via: &str,
         q: Question,
     ) -> Result<DecisionOut, String> {
-        let subject = SpiffeId::new(&q.subject).map_err(|e| {
-            format!(
-                "subject.id {:?} is not a SPIFFE ID ({e}); the subject is the workload, e.g. spiffe://example.org/web",
-                q.subject
-            )
-        })?;
-        if q.action.is_empty() {
-            return Err("action.name is missing".to_string());
-        }
-        if q.resource_id.is_empty() {
-            return Err("resource.id is missing".to_string());
-        }
-        let mut context = q.context;
-        let task_token = context.remove("task_token");
-        let trace = context
-            .get("trace_id")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let principal = self.workload(&subject.to_string()).await;
-        let mut ev = self
-            .shared
-            .event(EventKind::AuthzDecision, Outcome::Success);
-        ev.actor = Some(caller.to_string());
-        ev.subject = Some(subject.to_string());
-        if !principal.owner.is_empty() {
-            ev.owner = Some(principal.owner.clone());
-        }
-        ev.evidence.insert("via".into(), via.into());
-        ev.evidence.insert("action".into(), q.action.clone().into());
-        ev.evidence
-            .insert("resource_type".into(), q.resource_type.clone().into());
-        ev.evidence
-            .insert("resource_id".into(), q.resource_id.clone().into());
-        ev.trace_id = trace;
-        let decision_id = ev.id.clone();
-        let task = match task_token {
-            None => None,
-            Some(Value::String(t)) => match self.verify_task(&t) {
-                Ok(task) => Some(task),
-                Err(e) => {
-                    let reason = format!("the task token is not accepted: {e}");
-                    ev.outcome = Outcome::Denied;
-                    ev.decision = Some("deny".to_string());
-                    ev.reason = Some(reason.clone());
-                    self.record_later(ev);
-                    return Ok(DecisionOut {
-                        allowed: false,
-                        policy_ids: Vec::new(),
-                        reason,
-                        decision_id,
-                    });
-                }
-            },
-            Some(_) => return Err("context.task_token must be a string (a task token)".to_string()),
-        };
-        if let Some(t) = &task {
-            ev.trace_id = Some(t.txn.clone());
-            ev.evidence.insert("task_txn".into(), t.txn.clone().into());
-            ev.evidence
-                .insert("task_agent".into(), t.agent.clone().into());
-            if !t.acting_for.is_empty() {
-                ev.evidence
-                    .insert("acting_for".into(), t.acting_for.clone().into());
-            }
-        }
-        let policy = self
-            .policy()
-            .await
-            .map_err(|e| format!("authz policy: {e}"))?;
-        let req = AuthzRequest {
-            principal,
-            action: q.action,
-            target: Target::Resource {
-                id: q.resource_id,
-                kind: q.resource_type,
-                properties: q.resource_properties,
-            },
-            context,
-            task,
-            actor: None,
-            scope: None,
-            chain: None,
-            tool: None,
-        };
-        let d = policy.evaluate_authz(&req).map_err(|e| e.to_string())?;
-        let reason = d.explain(PolicyKind::Authz);
-        ev.policy_ids = d.policy_ids.clone();
-        ev.decision = Some(if d.allowed { "allow" } else { "deny" }.to_string());
-        ev.outcome = if d.allowed {
-            Outcome::Success
-        } else {
-            Outcome::Denied
-        };
-        ev.reason = Some(reason.clone());
+        let rec = crate::decision::decide(self, q).await?;
+        let mut ev = decision_event(&self.shared, caller, via, &rec);
+        // The decision id the caller gets is the id of its evidence.
+        ev.id = rec.out.decision_id.clone();
         self.record_later(ev);
-        Ok(DecisionOut {
-            allowed: d.allowed,
-            policy_ids: d.policy_ids,
-            reason,
-            decision_id,
-        })
+        Ok(rec.out)
     }
 
     /// Append an event through the group-commit queue without waiting for it.
@@ -646,8 +447,71 @@ impl Access {
 
     /// A new random id (txn, jti).
     pub fn new_id() -> String {
-        random_id()
+        crate::decision::random_id()
     }
+}
+
+impl Sources for Access {
+    async fn workload(&self, id: &str) -> WorkloadFacts {
+        Access::workload(self, id).await
+    }
+    async fn policy(&self) -> Result<CompiledPolicies, String> {
+        Access::policy(self).await
+    }
+    fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+        Access::verify_task(self, token)
+    }
+}
+
+/// Verify a task token with `key` (ES256, `typ` txntoken+jwt, `iss`, `exp`) and
+/// read what policy sees of it.
+pub fn verify_task(
+    key: &TokenVerifier,
+    issuer: &str,
+    token: &str,
+    now: i64,
+) -> Result<TaskFacts, String> {
+    let c = key.verify(token, TASK_TYP, issuer, now)?;
+    let s = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let agent = c
+        .get("rctx")
+        .and_then(|r| r.get("req_wl"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let tools: Vec<String> = c
+        .get("tctx")
+        .and_then(|t| t.get("tools"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let purpose = c
+        .get("tctx")
+        .and_then(|t| t.get("purpose"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let sub = s("sub");
+    if agent.is_empty() || s("txn").is_empty() {
+        return Err("it lacks `txn` or `rctx.req_wl`".to_string());
+    }
+    Ok(TaskFacts {
+        txn: s("txn"),
+        purpose,
+        tools,
+        acting_for: if sub == agent { String::new() } else { sub },
+        agent,
+    })
 }
 
 /// base64url of a SHA-256 (for token hashes in evidence).

@@ -59,8 +59,12 @@ pub async fn revoke_jwt(
             .iter()
             .rev()
             .find(|rec| {
-                rec.event.kind == EventKind::JwtSvidIssued
-                    && rec.event.evidence.get("jti").and_then(|v| v.as_str()) == Some(&r.jti)
+                matches!(
+                    rec.event.kind,
+                    EventKind::JwtSvidIssued
+                        | EventKind::TokenExchanged
+                        | EventKind::TaskTokenIssued
+                ) && rec.event.evidence.get("jti").and_then(|v| v.as_str()) == Some(&r.jti)
             })
             .ok_or_else(|| {
                 Status::not_found(format!(

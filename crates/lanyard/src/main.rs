@@ -374,6 +374,12 @@ enum BenchCommand {
         #[command(flatten)]
         args: cmd::bench::RevokeArgs,
     },
+    /// Runtime authorization: AuthZEN decisions over loopback HTTP next to in-process
+    /// Cedar evaluation of the same policy set; token exchange latency.
+    Authz {
+        #[command(flatten)]
+        args: cmd::bench::AuthzArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -694,6 +700,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Bench {
             command: BenchCommand::Revoke { args },
         } => runtime()?.block_on(cmd::bench::revoke(args)),
+        Command::Bench {
+            command: BenchCommand::Authz { args },
+        } => runtime()?.block_on(cmd::bench::authz(args)),
         Command::Bench {
             command: BenchCommand::Audit { args },
         } => runtime()?.block_on(cmd::bench::audit(args)),

@@ -739,3 +739,316 @@ pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// Options of `lanyard bench authz`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthzArgs {
+    /// How long each measurement runs.
+    #[arg(long, default_value = "3s")]
+    pub duration: String,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+}
+
+/// The benchmark's authz policy set: ten policies (the shipped two and eight
+/// permits), as a realistic mid-size set.
+fn bench_authz_policy(workload: &str) -> String {
+    let mut text = lanyard_policy::PolicyKind::Authz
+        .default_policy()
+        .to_string();
+    for (i, (action, rtype)) in [
+        ("read", "orders"),
+        ("write", "orders"),
+        ("read", "payments"),
+        ("read", "inventory"),
+        ("write", "inventory"),
+        ("delete", "orders"),
+        ("read", "reports"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&format!(
+            "\n@id(\"rule-{i}\")\npermit (principal, action == Action::\"{action}\", resource)\nwhen {{ principal.owner == \"dev\" && resource.type == \"{rtype}\" && context.request.hasTag(\"ip\") && context.request.getTag(\"ip\") like \"10.*\" }};\n"
+        ));
+    }
+    text.push_str(&format!(
+        "\n@id(\"bench-exchange\")\npermit (principal == Workload::\"{workload}\", action == Action::\"token_exchange\", resource);\n"
+    ));
+    text
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; returns the status and body.
+async fn http_roundtrip(
+    conn: &mut tokio::io::BufStream<tokio::net::TcpStream>,
+    request: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request).await.map_err(|e| e.to_string())?;
+    conn.flush().await.map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    conn.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.map_err(|e| e.to_string())?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().map_err(|_| "bad content-length")?;
+        }
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+fn http_request(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    r.into_bytes()
+}
+
+/// AuthZEN decisions over loopback HTTP (one client: latency and rate; several:
+/// throughput) next to in-process Cedar evaluation of the same policy set and
+/// request on one thread, in the same run; then token exchange latency.
+pub async fn authz(args: AuthzArgs) -> Result<ExitCode, String> {
+    use lanyard_policy::{AuthzRequest, CompiledPolicies, PolicyKind, Target, WorkloadFacts};
+    use lanyard_proto::workload as wpb;
+    let duration = lanyard_core::duration::parse_duration(&args.duration)
+        .map_err(|e| format!("--duration: {e}"))?;
+    if args.clients == 0 {
+        return Err("--clients must be at least 1".to_string());
+    }
+    let dir = temp_dir()?;
+    let uid = crate::cmd::agent::my_uid();
+    let stack = crate::cmd::agent::start_dev_stack(dir.clone(), "bench.example", uid).await?;
+    let endpoint = format!("unix://{}", stack.socket.display());
+    let workload = stack.workload_id.clone();
+    let text = bench_authz_policy(&workload);
+    let mut admin = apb::admin_client::AdminClient::new(
+        lanyard_server::client::unix_channel(&stack.server.admin_socket)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    admin
+        .set_policy(apb::SetPolicyRequest {
+            kind: "authz".to_string(),
+            body: text.clone(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let issuer = "https://bench.example".to_string();
+    let mut c = crate::cmd::workload::connect(Some(&endpoint)).await?;
+    let token = c
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec![issuer.clone()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .svids
+        .first()
+        .map(|s| s.svid.clone())
+        .ok_or("no JWT-SVID")?;
+
+    // In-process baseline: the same policy set and request, one thread.
+    let compiled =
+        CompiledPolicies::compile(PolicyKind::Authz, &text).map_err(|e| e.to_string())?;
+    let mut req = AuthzRequest::new(
+        WorkloadFacts {
+            spiffe_id: workload.clone(),
+            registered: true,
+            owner: "dev".to_string(),
+            environment: "dev".to_string(),
+            selectors: vec![format!("unix:uid:{uid}")],
+        },
+        "read",
+        "o-1",
+    );
+    req.target = Target::Resource {
+        id: "o-1".to_string(),
+        kind: "orders".to_string(),
+        properties: Default::default(),
+    };
+    req.context.insert("ip".to_string(), json!("10.0.0.1"));
+    let (inproc_rate, inproc_lat) = tokio::task::spawn_blocking(move || {
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < duration {
+            let t = Instant::now();
+            let ok = compiled.evaluate_authz(&req).map(|d| d.allowed);
+            lat.push(t.elapsed());
+            if !matches!(ok, Ok(true)) {
+                return Err("the in-process decision is not allow".to_string());
+            }
+            n += 1;
+        }
+        lat.sort();
+        Ok((n as f64 / start.elapsed().as_secs_f64(), lat))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+
+    // Over loopback HTTP.
+    let addr = stack.server.http_addr.to_string();
+    let body = json!({
+        "subject": {"type": "workload", "id": workload},
+        "action": {"name": "read"},
+        "resource": {"type": "orders", "id": "o-1"},
+        "context": {"ip": "10.0.0.1"}
+    })
+    .to_string();
+    let auth = format!("Bearer {token}");
+    let request = http_request(
+        &addr,
+        "/access/v1/evaluation",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    );
+    let run = |clients: usize| {
+        let request = request.clone();
+        let addr = addr.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let start = Instant::now();
+            for _ in 0..clients {
+                let request = request.clone();
+                let addr = addr.clone();
+                tasks.spawn(async move {
+                    let tcp = tokio::net::TcpStream::connect(&addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = tcp.set_nodelay(true);
+                    let mut conn = tokio::io::BufStream::new(tcp);
+                    let mut lat = Vec::new();
+                    // Warm-up (first call verifies the JWT-SVID; later ones hit the cache).
+                    for _ in 0..20 {
+                        http_roundtrip(&mut conn, &request).await?;
+                    }
+                    let t0 = Instant::now();
+                    while t0.elapsed() < duration {
+                        let t = Instant::now();
+                        let (status, body) = http_roundtrip(&mut conn, &request).await?;
+                        lat.push(t.elapsed());
+                        if status != 200 || !body.windows(15).any(|w| w == b"\"decision\":true") {
+                            return Err(format!(
+                                "unexpected answer {status}: {}",
+                                String::from_utf8_lossy(&body)
+                            ));
+                        }
+                    }
+                    Ok::<_, String>(lat)
+                });
+            }
+            let mut all = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                all.extend(r.map_err(|e| e.to_string())??);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            all.sort();
+            Ok::<_, String>((all.len() as f64 / secs, all))
+        }
+    };
+    let (one_rate, one_lat) = run(1).await?;
+    let (many_rate, _) = run(args.clients).await?;
+
+    // Token exchange latency (JWT-SVID verify, policy, sign, durable audit event).
+    let form = format!(
+        "grant_type={}&subject_token={}&subject_token_type={}&audience=spiffe%3A%2F%2Fbench.example%2Forders",
+        "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
+        token,
+        "urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt"
+    );
+    let exchange = http_request(
+        &addr,
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &form,
+    );
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let mut conn = tokio::io::BufStream::new(tcp);
+    let mut ex = Vec::new();
+    for i in 0..220 {
+        let t = Instant::now();
+        let (status, body) = http_roundtrip(&mut conn, &exchange).await?;
+        if status != 200 {
+            return Err(format!(
+                "token exchange failed {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        if i >= 20 {
+            ex.push(t.elapsed());
+        }
+    }
+    ex.sort();
+    drop(c);
+    drop(admin);
+    let _ = stack.agent.shutdown().await;
+    let _ = stack.server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let us = |v: &[Duration], p: f64| percentile(v, p);
+    println!("policy set: {} policies", 10);
+    println!(
+        "in-process Cedar (1 thread):        {:>9.0} decisions/s  p50 {:.1} µs  p99 {:.1} µs",
+        inproc_rate,
+        us(&inproc_lat, 0.5),
+        us(&inproc_lat, 0.99)
+    );
+    println!(
+        "AuthZEN over HTTP, 1 client:        {:>9.0} decisions/s  p50 {:.1} µs  p99 {:.1} µs  (ratio to in-process {:.2})",
+        one_rate,
+        us(&one_lat, 0.5),
+        us(&one_lat, 0.99),
+        one_rate / inproc_rate.max(f64::EPSILON)
+    );
+    println!(
+        "AuthZEN over HTTP, {} clients:      {:>9.0} decisions/s  (ratio to in-process {:.2})",
+        args.clients,
+        many_rate,
+        many_rate / inproc_rate.max(f64::EPSILON)
+    );
+    println!(
+        "token exchange (no actor), 1 client: p50 {:.1} µs  p99 {:.1} µs",
+        us(&ex, 0.5),
+        us(&ex, 0.99)
+    );
+    println!(
+        "target p99 < 1 ms over HTTP: {}",
+        if us(&one_lat, 0.99) < 1000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
