@@ -31,6 +31,7 @@ pub struct FileConfig {
     pub x509pop_cert: Option<PathBuf>,
     pub x509pop_key: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub authz_bind: Option<String>,
 }
 
 /// Command-line values (each wins over the file).
@@ -46,6 +47,8 @@ pub struct Overrides {
     pub insecure_bootstrap: bool,
     pub x509pop_cert: Option<PathBuf>,
     pub x509pop_key: Option<PathBuf>,
+    /// Address of the local AuthZEN evaluation API (e.g. 127.0.0.1:8181).
+    pub authz_bind: Option<String>,
 }
 
 /// The effective configuration.
@@ -60,6 +63,9 @@ pub struct AgentConfig {
     pub trust_bundle: Option<Bundle>,
     pub insecure_bootstrap: bool,
     pub log_level: String,
+    /// Serve the AuthZEN evaluation API for agent-local decisions here (plain HTTP:
+    /// bind to loopback or a protected interface). `None`: not served.
+    pub authz_bind: Option<std::net::SocketAddr>,
 }
 
 fn invalid(key: &str, reason: impl std::fmt::Display) -> String {
@@ -142,6 +148,15 @@ impl AgentConfig {
             }
             (None, None, None) => Bootstrap::None,
         };
+        let authz_bind = match o.authz_bind.clone().or(f.authz_bind) {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(
+                    "authz_bind",
+                    format!("{a:?} is not ip:port (e.g. 127.0.0.1:8181; port 0 picks one)"),
+                )
+            })?),
+        };
         let server_id =
             SpiffeId::from_parts(&trust_domain, "/lanyard/server").map_err(|e| e.to_string())?;
         Ok(Self {
@@ -154,6 +169,7 @@ impl AgentConfig {
             trust_bundle,
             insecure_bootstrap,
             log_level: f.log_level.unwrap_or_else(|| "info".to_string()),
+            authz_bind,
         })
     }
 }

@@ -1,39 +1,149 @@
-//! Agent-side evidence: which workload process (pid, uid, gid, executable path and
-//! SHA-256) received which SVID, and when. Deliveries are buffered and reported to
-//! the server in batches (`ReportDeliveries`), which records each one in the
-//! evidence log linked to the issuance event. While the server is unreachable they
-//! wait in a bounded buffer; what overflows is counted and reported as dropped.
+//! Agent-side evidence, reported to the server in batches for its evidence log:
+//! which workload process (pid, uid, gid, executable path and SHA-256) received
+//! which SVID, and when (`ReportDeliveries`, linked to the issuance event), and the
+//! runtime authorization decisions the agent made locally (`ReportDecisions`).
+//! While the server is unreachable they wait in a bounded buffer ([`Outbox`]); what
+//! overflows is counted and reported as dropped.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lanyard_core::Selector;
 use lanyard_proto::node as pb;
+use lanyard_proto::node::node_client::NodeClient;
 use tokio::sync::{Notify, watch};
+use tonic::transport::Channel;
 
 use crate::sync::NodeHandle;
 
-/// Deliveries kept while the server is unreachable.
+/// Reports kept while the server is unreachable.
 pub const MAX_PENDING: usize = 10_000;
-/// Deliveries per report.
+/// Reports per request.
 const REPORT_BATCH: usize = 500;
 /// Remembered (pid, credential) pairs, so that a stream re-sending the same SVID to
 /// the same process is reported once.
 const MAX_SEEN: usize = 100_000;
 
-#[derive(Debug, Default)]
-struct Inner {
-    pending: VecDeque<pb::Delivery>,
+#[derive(Debug)]
+struct Pending<T> {
+    items: VecDeque<T>,
     dropped: u64,
-    seen: HashSet<(i32, String)>,
+}
+
+/// A bounded buffer of evidence waiting to be reported: when full, the oldest
+/// report goes and is counted as dropped.
+#[derive(Debug)]
+pub struct Outbox<T> {
+    inner: Mutex<Pending<T>>,
+    wake: Notify,
+}
+
+impl<T> Default for Outbox<T> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Pending {
+                items: VecDeque::new(),
+                dropped: 0,
+            }),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl<T> Outbox<T> {
+    /// Queue one report (the reporter is woken when a batch is full).
+    pub fn push(&self, item: T) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        if g.items.len() >= MAX_PENDING {
+            g.items.pop_front();
+            g.dropped += 1;
+        }
+        g.items.push_back(item);
+        let full = g.items.len() >= REPORT_BATCH;
+        drop(g);
+        if full {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Reports waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.inner.lock().map(|g| g.items.len()).unwrap_or(0)
+    }
+
+    fn take(&self) -> (Vec<T>, u64) {
+        let Ok(mut g) = self.inner.lock() else {
+            return (Vec::new(), 0);
+        };
+        let n = g.items.len().min(REPORT_BATCH);
+        let batch = g.items.drain(..n).collect();
+        (batch, std::mem::take(&mut g.dropped))
+    }
+
+    /// Put a batch that could not be reported back at the front.
+    fn restore(&self, batch: Vec<T>, dropped: u64) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        g.dropped += dropped;
+        for d in batch.into_iter().rev() {
+            if g.items.len() >= MAX_PENDING {
+                g.dropped += 1;
+            } else {
+                g.items.push_front(d);
+            }
+        }
+    }
+}
+
+/// Evidence the server takes in batches.
+pub trait Report: Clone + Send + Sync + 'static {
+    /// What is reported, for logs.
+    const WHAT: &'static str;
+    /// Send one batch (and how many were dropped before it).
+    fn send(
+        client: &mut NodeClient<Channel>,
+        batch: Vec<Self>,
+        dropped: u64,
+    ) -> impl Future<Output = Result<(), tonic::Status>> + Send;
+}
+
+impl Report for pb::Delivery {
+    const WHAT: &'static str = "delivery";
+    async fn send(
+        client: &mut NodeClient<Channel>,
+        deliveries: Vec<Self>,
+        dropped: u64,
+    ) -> Result<(), tonic::Status> {
+        client
+            .report_deliveries(pb::DeliveryReport {
+                deliveries,
+                dropped,
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Report for pb::AuthzDecision {
+    const WHAT: &'static str = "decision";
+    async fn send(
+        client: &mut NodeClient<Channel>,
+        decisions: Vec<Self>,
+        dropped: u64,
+    ) -> Result<(), tonic::Status> {
+        client
+            .report_decisions(pb::DecisionReport { decisions, dropped })
+            .await
+            .map(|_| ())
+    }
 }
 
 /// The delivery buffer shared by the Workload API and the reporter task.
 #[derive(Debug, Default)]
 pub struct Deliveries {
-    inner: Mutex<Inner>,
-    wake: Notify,
+    outbox: Arc<Outbox<pb::Delivery>>,
+    seen: Mutex<HashSet<(i32, String)>>,
 }
 
 /// The workload process a credential was handed to.
@@ -66,7 +176,7 @@ impl Recipient {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -123,57 +233,32 @@ impl Deliveries {
         d.path = to.path.clone();
         d.sha256 = to.sha256.clone();
         d.delivered_at_ms = now_ms();
-        let Ok(mut g) = self.inner.lock() else { return };
-        if g.seen.len() >= MAX_SEEN {
-            g.seen.clear();
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() >= MAX_SEEN {
+                seen.clear();
+            }
+            if !seen.insert((to.pid, key.to_string())) {
+                return;
+            }
         }
-        if !g.seen.insert((to.pid, key.to_string())) {
-            return;
-        }
-        if g.pending.len() >= MAX_PENDING {
-            g.pending.pop_front();
-            g.dropped += 1;
-        }
-        g.pending.push_back(d);
-        let full = g.pending.len() >= REPORT_BATCH;
-        drop(g);
-        if full {
-            self.wake.notify_one();
-        }
+        self.outbox.push(d);
+    }
+
+    /// The buffer the reporter sends from.
+    pub fn outbox(&self) -> Arc<Outbox<pb::Delivery>> {
+        self.outbox.clone()
     }
 
     /// Deliveries waiting to be reported.
     pub fn pending(&self) -> usize {
-        self.inner.lock().map(|g| g.pending.len()).unwrap_or(0)
-    }
-
-    fn take(&self) -> (Vec<pb::Delivery>, u64) {
-        let Ok(mut g) = self.inner.lock() else {
-            return (Vec::new(), 0);
-        };
-        let n = g.pending.len().min(REPORT_BATCH);
-        let batch = g.pending.drain(..n).collect();
-        (batch, std::mem::take(&mut g.dropped))
-    }
-
-    /// Put a batch that could not be reported back at the front.
-    fn restore(&self, batch: Vec<pb::Delivery>, dropped: u64) {
-        let Ok(mut g) = self.inner.lock() else { return };
-        g.dropped += dropped;
-        for d in batch.into_iter().rev() {
-            if g.pending.len() >= MAX_PENDING {
-                g.dropped += 1;
-            } else {
-                g.pending.push_front(d);
-            }
-        }
+        self.outbox.pending()
     }
 }
 
-/// Report buffered deliveries every `interval` (sooner when a batch is full) until
+/// Report what is buffered every `interval` (sooner when a batch is full) until
 /// shutdown, then once more.
-pub async fn report(
-    deliveries: std::sync::Arc<Deliveries>,
+pub async fn report<T: Report>(
+    outbox: Arc<Outbox<T>>,
     node: NodeHandle,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -181,10 +266,10 @@ pub async fn report(
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
-            _ = deliveries.wake.notified() => false,
+            _ = outbox.wake.notified() => false,
             _ = shutdown.changed() => true,
         };
-        flush(&deliveries, &node).await;
+        flush(&outbox, &node).await;
         if stopping || *shutdown.borrow() {
             return;
         }
@@ -192,33 +277,27 @@ pub async fn report(
 }
 
 /// Send everything pending; stop at the first failure (the batch goes back).
-pub async fn flush(deliveries: &Deliveries, node: &NodeHandle) {
+pub async fn flush<T: Report>(outbox: &Outbox<T>, node: &NodeHandle) {
     loop {
-        let (batch, dropped) = deliveries.take();
+        let (batch, dropped) = outbox.take();
         if batch.is_empty() && dropped == 0 {
             return;
         }
         let Some(mut client) = node.client().await else {
-            deliveries.restore(batch, dropped);
+            outbox.restore(batch, dropped);
             return;
         };
         let n = batch.len();
-        match client
-            .report_deliveries(pb::DeliveryReport {
-                deliveries: batch.clone(),
-                dropped,
-            })
-            .await
-        {
-            Ok(_) => tracing::debug!(deliveries = n, "delivery evidence reported"),
+        match T::send(&mut client, batch.clone(), dropped).await {
+            Ok(()) => tracing::debug!(count = n, what = T::WHAT, "evidence reported"),
             Err(e) if e.code() == tonic::Code::InvalidArgument => {
                 // The server will never accept this batch; keep the rest flowing.
-                tracing::warn!(error = %e.message(), deliveries = n, "delivery report refused");
+                tracing::warn!(error = %e.message(), count = n, what = T::WHAT, "evidence report refused");
                 return;
             }
             Err(e) => {
-                tracing::debug!(error = %e.message(), "delivery report failed; will retry");
-                deliveries.restore(batch, dropped);
+                tracing::debug!(error = %e.message(), what = T::WHAT, "evidence report failed; will retry");
+                outbox.restore(batch, dropped);
                 return;
             }
         }
@@ -264,7 +343,7 @@ mod tests {
             "ev3",
         );
         assert_eq!(d.pending(), 4);
-        let (batch, dropped) = d.take();
+        let (batch, dropped) = d.outbox.take();
         assert_eq!((batch.len(), dropped), (4, 0));
         assert_eq!(batch[0].path, "/usr/bin/web");
         assert_eq!(batch[3].svid_type, "jwt");
@@ -277,11 +356,11 @@ mod tests {
             d.x509(&who(1), "spiffe://example.org/web", &format!("{i:x}"), "");
         }
         assert_eq!(d.pending(), MAX_PENDING);
-        let (batch, dropped) = d.take();
+        let (batch, dropped) = d.outbox.take();
         assert_eq!(dropped, 5);
         assert_eq!(batch[0].serial, "5", "the oldest were dropped");
-        d.restore(batch, dropped);
-        let (again, dropped) = d.take();
+        d.outbox.restore(batch, dropped);
+        let (again, dropped) = d.outbox.take();
         assert_eq!(again[0].serial, "5");
         assert_eq!(dropped, 5);
     }

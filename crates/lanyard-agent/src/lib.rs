@@ -1,9 +1,11 @@
 //! The Lanyard agent: attests its node to the server, keeps the SVIDs of the entries
 //! it may serve (minted from keys it generates, rotated at about half their life),
 //! and serves the SPIFFE Workload API on a Unix socket, attesting each caller from its
-//! peer credentials.
+//! peer credentials. With `authz_bind` it also serves the AuthZEN evaluation API for
+//! agent-local decisions ([`authz`]).
 
 pub mod attestor;
+pub mod authz;
 pub mod config;
 pub mod evidence;
 pub mod h2shim;
@@ -11,11 +13,12 @@ pub mod state;
 pub mod sync;
 pub mod workload;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +29,8 @@ pub use config::{AgentConfig, Bootstrap, Overrides};
 #[derive(Debug)]
 pub struct RunningAgent {
     pub socket_path: PathBuf,
+    /// The AuthZEN listener, when `authz_bind` is set.
+    pub authz_addr: Option<SocketAddr>,
     pub state: Arc<state::AgentState>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
@@ -131,12 +136,25 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
     }
     let deliveries = Arc::new(evidence::Deliveries::default());
     {
-        let (deliveries, node, rx) = (deliveries.clone(), node.clone(), shutdown_rx.clone());
+        let (outbox, node, rx) = (deliveries.outbox(), node.clone(), shutdown_rx.clone());
         tasks.spawn(async move {
-            evidence::report(deliveries, node, std::time::Duration::from_secs(1), rx).await;
+            evidence::report(outbox, node, std::time::Duration::from_secs(1), rx).await;
             Ok(())
         });
     }
+    let authz_addr = match cfg.authz_bind {
+        None => None,
+        Some(bind) => Some(
+            serve_authz(
+                bind,
+                state.clone(),
+                node.clone(),
+                shutdown_rx.clone(),
+                &mut tasks,
+            )
+            .await?,
+        ),
+    };
     let svc = workload::WorkloadService::new(
         state.clone(),
         Arc::new(attestor::UnixAttestor::default()),
@@ -175,8 +193,43 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
     });
     Ok(RunningAgent {
         socket_path: path,
+        authz_addr,
         state,
         shutdown,
         tasks,
     })
+}
+
+/// The AuthZEN evaluation API for agent-local decisions, and the task that reports
+/// them to the server.
+async fn serve_authz(
+    bind: SocketAddr,
+    state: Arc<state::AgentState>,
+    node: sync::NodeHandle,
+    shutdown_rx: watch::Receiver<bool>,
+    tasks: &mut JoinSet<Result<(), String>>,
+) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("cannot bind authz_bind {bind}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let decisions = Arc::new(evidence::Outbox::default());
+    {
+        let (decisions, rx) = (decisions.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            evidence::report(decisions, node, std::time::Duration::from_secs(1), rx).await;
+            Ok(())
+        });
+    }
+    let pdp = Arc::new(authz::LocalPdp::new(state, decisions));
+    pdp.set_base_url(format!("http://{addr}"));
+    let app = lanyard_server::http::authzen_routes(pdp)
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024));
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(until(shutdown_rx))
+            .await
+            .map_err(|e| format!("AuthZEN listener: {e}"))
+    });
+    Ok(addr)
 }

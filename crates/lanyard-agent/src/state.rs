@@ -102,6 +102,8 @@ pub struct AgentState {
     changes: watch::Sender<u64>,
     /// The trust bundles used to verify the server (and to validate JWT-SVIDs).
     pub bundles: Arc<RwLock<BundleSet>>,
+    /// Runtime authorization for agent-local decisions, as the server syncs it.
+    pub authz: crate::authz::SyncedAuthz,
 }
 
 impl AgentState {
@@ -116,6 +118,7 @@ impl AgentState {
             }),
             changes,
             bundles: Arc::new(RwLock::new(set)),
+            authz: crate::authz::SyncedAuthz::default(),
         }
     }
 
@@ -129,6 +132,7 @@ impl AgentState {
 
     /// Apply a pushed update from the server. Returns true if anything changed.
     pub fn apply_sync(&self, update: &pb::SyncUpdate) -> bool {
+        self.authz.apply(update);
         let entries: Vec<CachedEntry> = update
             .entries
             .iter()

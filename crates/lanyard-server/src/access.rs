@@ -19,7 +19,7 @@ use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
 use lanyard_store::Store;
 use serde_json::{Map, Value, json};
 
-use crate::decision::{Callers, Sources, decision_event, index_entry};
+use crate::decision::{Callers, Sources, decision_event, facts_of, index_entry};
 pub use crate::decision::{DecisionOut, Question, Unauthenticated};
 use crate::state::{ServerError, Shared, write_private};
 
@@ -169,19 +169,7 @@ impl TokenKey {
         lanyard_ca::sign_compact(&self.key, &header, claims).map_err(|e| e.to_string())
     }
 
-    /// Verify a token this key signed: signature, `typ`, `iss`, `exp`. Returns the
-    /// claims.
-    pub fn verify(
-        &self,
-        token: &str,
-        typ: &str,
-        issuer: &str,
-        now: i64,
-    ) -> Result<Map<String, Value>, String> {
-        self.verifier.verify(token, typ, issuer, now)
-    }
-
-    /// The public half.
+    /// The public half (verifies what this key signed).
     pub fn verifier(&self) -> &TokenVerifier {
         &self.verifier
     }
@@ -402,11 +390,7 @@ impl Access {
 
     /// Facts of `id` for policy (unregistered when it has no entry).
     pub async fn workload(&self, id: &str) -> WorkloadFacts {
-        self.workloads()
-            .await
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| WorkloadFacts::unregistered(id))
+        facts_of(&*self.workloads().await, id)
     }
 
     /// Verify a task token presented with a request.

@@ -166,6 +166,7 @@ impl Access {
             let now = self.shared.clock.unix_seconds();
             let claims = self
                 .token_key
+                .verifier()
                 .verify(token, EXCHANGE_TYP, &self.issuer(), now)
                 .map_err(|e| {
                     OAuthError::request(format!("the {kind}_token is not accepted: {e}"))

@@ -1,6 +1,10 @@
 //! The HTTP listener's access routes: OIDC discovery and JWKS, the OpenID AuthZEN
 //! 1.0 evaluation API, and the RFC 8693 token endpoint.
+//!
+//! The AuthZEN routes ([`authzen_routes`]) serve any [`Pdp`]: the server's
+//! [`Access`], and the agent's local decision point.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -9,8 +13,43 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
-use crate::access::{Access, Question};
+use crate::access::Access;
+use crate::decision::{DecisionOut, Question, Unauthenticated};
 use crate::exchange::ExchangeForm;
+
+/// A policy decision point behind the AuthZEN evaluation API.
+pub trait Pdp: Send + Sync + 'static {
+    /// Base URL of the listener (for the AuthZEN metadata).
+    fn base_url(&self) -> String;
+    /// `Err` when it cannot decide yet (HTTP 503 with the reason).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// The enforcement point's SPIFFE ID from its `Authorization` header.
+    fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = Result<String, Unauthenticated>> + Send;
+    /// Decide one question for `caller` (and see that it is audited). `Err` is a
+    /// malformed question (HTTP 400).
+    fn evaluate(
+        &self,
+        caller: &str,
+        q: Question,
+    ) -> impl Future<Output = Result<DecisionOut, String>> + Send;
+}
+
+impl Pdp for Access {
+    fn base_url(&self) -> String {
+        self.public_url()
+    }
+    async fn authenticate(&self, authorization: Option<&str>) -> Result<String, Unauthenticated> {
+        Access::authenticate(self, authorization).await
+    }
+    async fn evaluate(&self, caller: &str, q: Question) -> Result<DecisionOut, String> {
+        self.decide(caller, "authzen", q).await
+    }
+}
 
 /// Longest accepted evaluation body.
 const MAX_BODY: usize = 256 * 1024;
@@ -36,15 +75,49 @@ fn bad_request(msg: impl Into<String>) -> Response {
     )
 }
 
+/// The AuthZEN routes of a decision point: metadata, single and batch evaluation.
+pub fn authzen_routes<P: Pdp>(pdp: Arc<P>) -> axum::Router {
+    let (p1, p2, p3) = (pdp.clone(), pdp.clone(), pdp);
+    axum::Router::new()
+        .route(
+            "/.well-known/authzen-configuration",
+            get(move || {
+                let p = p1.clone();
+                async move {
+                    let base = p.base_url();
+                    json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "policy_decision_point": base,
+                            "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+                            "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+                        }),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/access/v1/evaluation",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let p = p2.clone();
+                async move { evaluation(&*p, &headers, &body, false).await }
+            }),
+        )
+        .route(
+            "/access/v1/evaluations",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let p = p3.clone();
+                async move { evaluation(&*p, &headers, &body, true).await }
+            }),
+        )
+}
+
 /// The access routes, merged into the server's HTTP router.
 pub fn routes(access: Arc<Access>) -> axum::Router {
     let a1 = access.clone();
     let a2 = access.clone();
     let a3 = access.clone();
-    let a4 = access.clone();
-    let a5 = access.clone();
-    let a6 = access;
-    axum::Router::new()
+    authzen_routes(access)
         .route(
             "/.well-known/openid-configuration",
             get(move || {
@@ -60,40 +133,9 @@ pub fn routes(access: Arc<Access>) -> axum::Router {
             }),
         )
         .route(
-            "/.well-known/authzen-configuration",
-            get(move || {
-                let a = a3.clone();
-                async move {
-                    let base = a.public_url();
-                    json_response(
-                        StatusCode::OK,
-                        &json!({
-                            "policy_decision_point": base,
-                            "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
-                            "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
-                        }),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/access/v1/evaluation",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let a = a4.clone();
-                async move { evaluation(&a, &headers, &body, false).await }
-            }),
-        )
-        .route(
-            "/access/v1/evaluations",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let a = a5.clone();
-                async move { evaluation(&a, &headers, &body, true).await }
-            }),
-        )
-        .route(
             "/oauth2/token",
             post(move |headers: HeaderMap, body: Bytes| {
-                let a = a6.clone();
+                let a = a3.clone();
                 async move { token(&a, &headers, &body).await }
             }),
         )
@@ -151,7 +193,7 @@ fn question(v: &Value) -> Result<Question, String> {
     })
 }
 
-fn answer(d: &crate::access::DecisionOut) -> Value {
+fn answer(d: &DecisionOut) -> Value {
     json!({
         "decision": d.allowed,
         "context": {
@@ -162,7 +204,13 @@ fn answer(d: &crate::access::DecisionOut) -> Value {
     })
 }
 
-async fn evaluation(a: &Access, headers: &HeaderMap, body: &[u8], batch: bool) -> Response {
+async fn evaluation<P: Pdp>(a: &P, headers: &HeaderMap, body: &[u8], batch: bool) -> Response {
+    if let Err(e) = a.ready() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "temporarily_unavailable", "error_description": e}),
+        );
+    }
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -230,7 +278,7 @@ async fn evaluation(a: &Access, headers: &HeaderMap, body: &[u8], batch: bool) -
             Ok(q) => q,
             Err(e) => return bad_request(format!("evaluations[{i}]: {e}")),
         };
-        let d = match a.decide(&caller, "authzen", q).await {
+        let d = match a.evaluate(&caller, q).await {
             Ok(d) => d,
             Err(e) => return bad_request(format!("evaluations[{i}]: {e}")),
         };
@@ -244,12 +292,12 @@ async fn evaluation(a: &Access, headers: &HeaderMap, body: &[u8], batch: bool) -
     json_response(StatusCode::OK, &json!({ "evaluations": out }))
 }
 
-async fn single(a: &Access, caller: &str, v: &Value) -> Response {
+async fn single<P: Pdp>(a: &P, caller: &str, v: &Value) -> Response {
     let q = match question(v) {
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };
-    match a.decide(caller, "authzen", q).await {
+    match a.evaluate(caller, q).await {
         Ok(d) => json_response(StatusCode::OK, &answer(&d)),
         Err(e) => bad_request(e),
     }

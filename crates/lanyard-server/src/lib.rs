@@ -13,6 +13,7 @@ pub mod access;
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod decision;
 pub mod exchange;
 pub mod extauthz;
 pub mod governance;
@@ -216,7 +217,8 @@ pub async fn start(
         &mut tasks,
     )
     .await?;
-    let node_svc = NodeServer::new(node::NodeService::new(shared.clone()));
+    let access = Arc::new(access::Access::new(shared.clone())?);
+    let node_svc = NodeServer::new(node::NodeService::new(access.clone()));
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
@@ -254,7 +256,6 @@ pub async fn start(
     let http_addr = http
         .local_addr()
         .map_err(|e| ServerError::Io(e.to_string()))?;
-    let access = Arc::new(access::Access::new(shared.clone())?);
     access.set_public_url(
         shared
             .config

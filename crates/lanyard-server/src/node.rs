@@ -20,6 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::Access;
+use crate::decision::{DecisionOut, DecisionRecord, decision_event};
 use crate::state::Shared;
 use crate::tls::peer_spiffe_id;
 
@@ -50,11 +52,16 @@ fn internal(e: impl std::fmt::Display) -> Status {
 #[derive(Debug, Clone)]
 pub struct NodeService {
     shared: Arc<Shared>,
+    /// Runtime authorization: the token key and issuer agents decide with.
+    access: Arc<Access>,
 }
 
 impl NodeService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(access: Arc<Access>) -> Self {
+        Self {
+            shared: access.shared.clone(),
+            access,
+        }
     }
 }
 
@@ -100,7 +107,34 @@ fn validate_delivery(d: &pb::Delivery) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuse an agent report with more than `max` items.
+fn check_report_size(n: usize, max: usize, what: &str) -> Result<(), Status> {
+    if n > max {
+        return Err(Status::invalid_argument(format!(
+            "{n} {what} in one report; at most {max} are allowed"
+        )));
+    }
+    Ok(())
+}
+
 impl NodeService {
+    /// The event recording that an agent dropped `dropped` reports of `what`.
+    fn dropped_event(
+        &self,
+        node: &Node,
+        kind: lanyard_audit::EventKind,
+        dropped: u64,
+        what: &str,
+    ) -> lanyard_audit::Event {
+        let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Failure);
+        ev.actor = Some(node.spiffe_id.to_string());
+        ev.reason = Some(format!(
+            "the agent dropped {dropped} {what} reports (buffer full while the server was unreachable)"
+        ));
+        ev.evidence.insert("dropped".into(), dropped.into());
+        ev
+    }
+
     /// The evidence-log event for one reported delivery. An identity the agent does
     /// not serve is still recorded (the claim itself is evidence) but as denied.
     fn delivery_event(&self, node: &Node, d: &pb::Delivery, served: bool) -> lanyard_audit::Event {
@@ -415,7 +449,62 @@ fn to_pb_entry(e: &Entry) -> pb::RegistrationEntry {
         expires_at: e.spec.expires_at.unwrap_or(0),
         revision: e.revision,
         owner: e.spec.owner.clone(),
+        environment: e.spec.environment.clone().unwrap_or_default(),
     }
+}
+
+/// Most decisions accepted in one report.
+pub const MAX_DECISIONS: usize = 1000;
+
+/// Check a reported agent decision and read it as a record. Sizes are bounded so
+/// that an agent cannot flood the evidence log with large events.
+fn agent_decision(d: pb::AuthzDecision) -> Result<DecisionRecord, String> {
+    SpiffeId::new(&d.subject).map_err(|e| format!("subject {:?}: {e}", d.subject))?;
+    SpiffeId::new(&d.caller).map_err(|e| format!("caller {:?}: {e}", d.caller))?;
+    if d.decision_id.is_empty() || d.decision_id.len() > 64 {
+        return Err("decision_id must be 1 to 64 characters".to_string());
+    }
+    if d.action.is_empty() || d.resource_id.is_empty() {
+        return Err("action and resource_id are required".to_string());
+    }
+    let long = [
+        &d.owner,
+        &d.action,
+        &d.resource_type,
+        &d.resource_id,
+        &d.trace_id,
+        &d.task_txn,
+        &d.task_agent,
+        &d.acting_for,
+    ]
+    .iter()
+    .any(|s| s.len() > 2048);
+    if long || d.reason.len() > 8192 || d.policy_ids.len() > 64 {
+        return Err(
+            "a field is too long (2048 bytes; reason 8192; at most 64 policy ids)".to_string(),
+        );
+    }
+    let task = (!d.task_txn.is_empty()).then(|| lanyard_policy::TaskFacts {
+        txn: d.task_txn,
+        agent: d.task_agent,
+        acting_for: d.acting_for,
+        ..Default::default()
+    });
+    Ok(DecisionRecord {
+        out: DecisionOut {
+            allowed: d.allowed,
+            policy_ids: d.policy_ids,
+            reason: d.reason,
+            decision_id: d.decision_id,
+        },
+        subject: d.subject,
+        owner: d.owner,
+        action: d.action,
+        resource_type: d.resource_type,
+        resource_id: d.resource_id,
+        trace_id: (!d.trace_id.is_empty()).then_some(d.trace_id),
+        task,
+    })
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -517,6 +606,11 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<Self::SyncStream>, Status> {
         let node = authenticate(&self.shared, peer_id(&req)).await?;
         let shared = self.shared.clone();
+        let access = self.access.clone();
+        let token_key = pb::TokenKey {
+            kid: access.token_key.kid().to_string(),
+            jwk: access.token_key.jwk().to_string(),
+        };
         let mut changes = shared.changes.subscribe();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -538,10 +632,30 @@ impl pb::node_server::Node for NodeService {
                         return;
                     }
                 };
+                // The authz policy for agent-local decisions; one that no longer
+                // compiles is not sent (agents keep the last one).
+                let (authz_policy_version, authz_policy) = match crate::policy::active(
+                    &shared,
+                    lanyard_policy::PolicyKind::Authz,
+                )
+                .await
+                {
+                    Ok((v, p)) => (v, p.text().to_string()),
+                    Err(status) => {
+                        tracing::warn!(error = %status.message(), "authz policy not sent to agents");
+                        last.as_ref()
+                            .map(|l| (l.authz_policy_version, l.authz_policy.clone()))
+                            .unwrap_or_default()
+                    }
+                };
                 let update = match shared.authorized_entries(&current).await {
                     Ok(entries) => {
                         let published = shared.published();
                         pb::SyncUpdate {
+                            authz_policy,
+                            authz_policy_version,
+                            jwt_issuer: access.issuer(),
+                            token_key: Some(token_key.clone()),
                             revoked_jtis: revoked,
                             tainted_authorities: shared.tainted_authorities(),
                             entries: entries.iter().map(to_pb_entry).collect(),
@@ -878,12 +992,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::DeliveryAck>, Status> {
         let node = authenticate(&self.shared, peer_id(&req)).await?;
         let report = req.into_inner();
-        if report.deliveries.len() > MAX_DELIVERIES {
-            return Err(Status::invalid_argument(format!(
-                "{} deliveries in one report; at most {MAX_DELIVERIES} are allowed",
-                report.deliveries.len()
-            )));
-        }
+        check_report_size(report.deliveries.len(), MAX_DELIVERIES, "deliveries")?;
         for (i, d) in report.deliveries.iter().enumerate() {
             validate_delivery(d)
                 .map_err(|e| Status::invalid_argument(format!("delivery {i}: {e}")))?;
@@ -901,20 +1010,53 @@ impl pb::node_server::Node for NodeService {
             events.push(self.delivery_event(&node, d, served.contains(&d.spiffe_id)));
         }
         if report.dropped > 0 {
-            let mut ev = self.shared.event(
+            events.push(self.dropped_event(
+                &node,
                 lanyard_audit::EventKind::WorkloadSvidDelivered,
-                lanyard_audit::Outcome::Failure,
-            );
-            ev.actor = Some(node.spiffe_id.to_string());
-            ev.reason = Some(format!(
-                "the agent dropped {} delivery reports (buffer full while the server was unreachable)",
-                report.dropped
+                report.dropped,
+                "delivery",
             ));
-            ev.evidence.insert("dropped".into(), report.dropped.into());
-            events.push(ev);
         }
         let recorded = u32::try_from(report.deliveries.len()).unwrap_or(u32::MAX);
         self.shared.record(events).await.map_err(internal)?;
         Ok(Response::new(pb::DeliveryAck { recorded }))
+    }
+
+    async fn report_decisions(
+        &self,
+        req: Request<pb::DecisionReport>,
+    ) -> Result<Response<pb::DecisionAck>, Status> {
+        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let report = req.into_inner();
+        check_report_size(report.decisions.len(), MAX_DECISIONS, "decisions")?;
+        let recorded = u32::try_from(report.decisions.len()).unwrap_or(u32::MAX);
+        let agent = node.spiffe_id.to_string();
+        let mut events = Vec::with_capacity(report.decisions.len() + 1);
+        for (i, d) in report.decisions.into_iter().enumerate() {
+            let (caller, policy_version, decided_at_ms) =
+                (d.caller.clone(), d.policy_version, d.decided_at_ms);
+            let rec = agent_decision(d)
+                .map_err(|e| Status::invalid_argument(format!("decision {i}: {e}")))?;
+            let mut ev = decision_event(&self.shared, &caller, "agent", &rec);
+            let e = &mut ev.evidence;
+            e.insert("agent".into(), agent.clone().into());
+            e.insert("decision_id".into(), rec.out.decision_id.clone().into());
+            e.insert("policy_version".into(), policy_version.into());
+            e.insert("decided_at_ms".into(), decided_at_ms.into());
+            events.push(ev);
+        }
+        if report.dropped > 0 {
+            let mut ev = self.dropped_event(
+                &node,
+                lanyard_audit::EventKind::AuthzDecision,
+                report.dropped,
+                "decision",
+            );
+            ev.evidence.insert("via".into(), "agent".into());
+            ev.evidence.insert("agent".into(), agent.into());
+            events.push(ev);
+        }
+        self.shared.record(events).await.map_err(internal)?;
+        Ok(Response::new(pb::DecisionAck { recorded }))
     }
 }

@@ -39,6 +39,10 @@ pub struct AgentArgs {
     /// x509pop node key (PEM PKCS#8).
     #[arg(long)]
     pub x509pop_key: Option<PathBuf>,
+    /// Serve the AuthZEN evaluation API for agent-local decisions on ip:port
+    /// (plain HTTP; e.g. 127.0.0.1:8181).
+    #[arg(long)]
+    pub authz_bind: Option<String>,
 }
 
 pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
@@ -53,11 +57,16 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
         insecure_bootstrap: a.insecure_bootstrap,
         x509pop_cert: a.x509pop_cert,
         x509pop_key: a.x509pop_key,
+        authz_bind: a.authz_bind,
     })?;
     crate::cmd::server::init_tracing(&cfg.log_level);
     let agent = lanyard_agent::start(cfg).await?;
+    let authzen = agent
+        .authz_addr
+        .map(|a| format!(" authzen=http://{a}/access/v1/evaluation"))
+        .unwrap_or_default();
     println!(
-        "lanyard agent ready SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        "lanyard agent ready SPIFFE_ENDPOINT_SOCKET=unix://{}{authzen}",
         agent.socket_path.display()
     );
     let stop = agent.shutdown_handle();
@@ -158,6 +167,7 @@ pub async fn start_dev_stack(
         data_dir: Some(agent_dir),
         socket_path: Some(socket.clone()),
         join_token: Some(token),
+        authz_bind: Some("127.0.0.1:0".to_string()),
         ..Default::default()
     })?;
     cfg.trust_bundle = Some(bundle);
@@ -211,6 +221,9 @@ pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode,
     );
     if let Some(a) = server.ext_authz_addr {
         println!("Envoy ext_authz (gRPC over mTLS): {a}");
+    }
+    if let Some(a) = agent.authz_addr {
+        println!("agent AuthZEN: http://{a}/access/v1/evaluation");
     }
     println!("server agent API: {}", server.agent_addr);
     println!("workload identity for uid {uid}: {workload_id}");

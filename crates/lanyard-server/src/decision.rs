@@ -1,0 +1,444 @@
+//! The transport-free core of runtime authorization decisions, shared by the server
+//! (AuthZEN, Envoy ext_authz) and the agent (AuthZEN for local decisions): the
+//! question and its answer, caller authentication by JWT-SVID, one evaluation over
+//! the facts a decision point has ([`Sources`]), and the evidence-log event that
+//! records it.
+//!
+//! The server and the agent differ only in where the facts come from (the
+//! datastore, or what the server synced to the agent) and where the evidence goes
+//! (the log directly, or batched to the server with `ReportDecisions`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Mutex, RwLock};
+
+use lanyard_audit::{Event, EventKind, Outcome};
+use lanyard_core::{BundleSet, Clock, JwtSvid, SpiffeId};
+use lanyard_policy::{
+    AuthzRequest, CompiledPolicies, PolicyKind, Target, TaskFacts, WorkloadFacts,
+};
+use serde_json::{Map, Value};
+
+use crate::state::Shared;
+
+/// Verified caller tokens kept (by value) to skip the signature check.
+const MAX_CACHED_CALLERS: usize = 10_000;
+
+/// One runtime authorization question (AuthZEN or ext_authz).
+#[derive(Debug, Clone, Default)]
+pub struct Question {
+    pub subject: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub resource_properties: Map<String, Value>,
+    pub context: Map<String, Value>,
+}
+
+impl Question {
+    /// A question without resource properties or context.
+    pub fn new(subject: &str, action: &str, resource_type: &str, resource_id: &str) -> Self {
+        Self {
+            subject: subject.to_string(),
+            action: action.to_string(),
+            resource_type: resource_type.to_string(),
+            resource_id: resource_id.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The outcome of one runtime decision.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionOut {
+    pub allowed: bool,
+    pub policy_ids: Vec<String>,
+    pub reason: String,
+    /// The id the caller gets back; on the server also the id of its audit event.
+    pub decision_id: String,
+}
+
+/// One decision with what the evidence log records of it.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionRecord {
+    pub out: DecisionOut,
+    pub subject: String,
+    /// The subject's owner ("" when unregistered).
+    pub owner: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// The task's txn, else the caller's `context.trace_id`.
+    pub trace_id: Option<String>,
+    /// The verified task token presented with the question.
+    pub task: Option<TaskFacts>,
+}
+
+/// Why a caller was not authenticated (HTTP 401).
+#[derive(Debug, Clone)]
+pub struct Unauthenticated(pub String);
+
+/// What a decision point decides with.
+pub trait Sources: Sync {
+    /// Registration facts of `id` ([`WorkloadFacts::unregistered`] when unknown).
+    fn workload(&self, id: &str) -> impl Future<Output = WorkloadFacts> + Send;
+    /// The authz policy set in force.
+    fn policy(&self) -> impl Future<Output = Result<CompiledPolicies, String>> + Send;
+    /// Verify a task token (`context.task_token`).
+    fn verify_task(&self, token: &str) -> Result<TaskFacts, String>;
+}
+
+/// A new random id (decision ids, txn, jti): 32 hex digits.
+pub fn random_id() -> String {
+    let mut raw = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decide one question. `Err` is a malformed question (the caller's fault). A task
+/// token that does not verify denies without evaluating policy.
+pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, String> {
+    let subject = SpiffeId::new(&q.subject).map_err(|e| {
+        format!(
+            "subject.id {:?} is not a SPIFFE ID ({e}); the subject is the workload, e.g. spiffe://example.org/web",
+            q.subject
+        )
+    })?;
+    if q.action.is_empty() {
+        return Err("action.name is missing".to_string());
+    }
+    if q.resource_id.is_empty() {
+        return Err("resource.id is missing".to_string());
+    }
+    let mut context = q.context;
+    let task_token = context.remove("task_token");
+    let principal = src.workload(&subject.to_string()).await;
+    let mut rec = DecisionRecord {
+        out: DecisionOut {
+            decision_id: random_id(),
+            ..DecisionOut::default()
+        },
+        subject: subject.to_string(),
+        owner: principal.owner.clone(),
+        action: q.action.clone(),
+        resource_type: q.resource_type.clone(),
+        resource_id: q.resource_id.clone(),
+        trace_id: context
+            .get("trace_id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        task: None,
+    };
+    match task_token {
+        None => {}
+        Some(Value::String(t)) => match src.verify_task(&t) {
+            Ok(task) => {
+                rec.trace_id = Some(task.txn.clone());
+                rec.task = Some(task);
+            }
+            Err(e) => {
+                rec.out.reason = format!("the task token is not accepted: {e}");
+                return Ok(rec);
+            }
+        },
+        Some(_) => return Err("context.task_token must be a string (a task token)".to_string()),
+    }
+    let policy = src
+        .policy()
+        .await
+        .map_err(|e| format!("authz policy: {e}"))?;
+    let req = AuthzRequest {
+        principal,
+        action: q.action,
+        target: Target::Resource {
+            id: q.resource_id,
+            kind: q.resource_type,
+            properties: q.resource_properties,
+        },
+        context,
+        task: rec.task.clone(),
+        actor: None,
+        scope: None,
+        chain: None,
+        tool: None,
+    };
+    let d = policy.evaluate_authz(&req).map_err(|e| e.to_string())?;
+    rec.out.reason = d.explain(PolicyKind::Authz);
+    rec.out.allowed = d.allowed;
+    rec.out.policy_ids = d.policy_ids;
+    Ok(rec)
+}
+
+/// The evidence-log event of a decision made for `caller` (the enforcement point)
+/// and received `via` an API ("authzen", "ext_authz", "agent").
+pub fn decision_event(shared: &Shared, caller: &str, via: &str, rec: &DecisionRecord) -> Event {
+    let d = &rec.out;
+    let outcome = if d.allowed {
+        Outcome::Success
+    } else {
+        Outcome::Denied
+    };
+    let mut ev = shared.event(EventKind::AuthzDecision, outcome);
+    ev.actor = Some(caller.to_string());
+    ev.subject = Some(rec.subject.clone());
+    if !rec.owner.is_empty() {
+        ev.owner = Some(rec.owner.clone());
+    }
+    let e = &mut ev.evidence;
+    e.insert("via".into(), via.into());
+    e.insert("action".into(), rec.action.clone().into());
+    e.insert("resource_type".into(), rec.resource_type.clone().into());
+    e.insert("resource_id".into(), rec.resource_id.clone().into());
+    if let Some(t) = &rec.task {
+        e.insert("task_txn".into(), t.txn.clone().into());
+        e.insert("task_agent".into(), t.agent.clone().into());
+        if !t.acting_for.is_empty() {
+            e.insert("acting_for".into(), t.acting_for.clone().into());
+        }
+    }
+    ev.trace_id = rec.trace_id.clone();
+    ev.policy_ids = d.policy_ids.clone();
+    ev.decision = Some(if d.allowed { "allow" } else { "deny" }.to_string());
+    ev.reason = Some(d.reason.clone());
+    ev
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Validate a JWT-SVID addressed to one of `audiences` and not on the deny-list.
+pub fn validate_svid(
+    token: &str,
+    audiences: &[String],
+    bundles: &RwLock<BundleSet>,
+    clock: &dyn Clock,
+    revoked: &dyn Fn(&str) -> bool,
+) -> Result<JwtSvid, String> {
+    let refs: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    let svid = {
+        let set = bundles
+            .read()
+            .map_err(|_| "trust bundles unavailable".to_string())?;
+        JwtSvid::validate(token, &refs, &set, clock).map_err(|e| e.to_string())?
+    };
+    if let Some(jti) = svid.claims().get("jti").and_then(Value::as_str)
+        && revoked(jti)
+    {
+        return Err(format!("the JWT-SVID {jti} was revoked"));
+    }
+    Ok(svid)
+}
+
+/// A caller authenticated by its JWT-SVID.
+#[derive(Debug, Clone)]
+struct CachedCaller {
+    id: String,
+    exp: i64,
+    jti: String,
+}
+
+/// Enforcement points authenticated by their bearer JWT-SVIDs, with verified tokens
+/// cached (by value, until they expire; the deny-list is checked on every use).
+#[derive(Debug, Default)]
+pub struct Callers {
+    cache: Mutex<HashMap<String, CachedCaller>>,
+}
+
+impl Callers {
+    /// The caller's SPIFFE ID. `audiences[0]` is named in the error when no token
+    /// was sent.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        audiences: &[String],
+        bundles: &RwLock<BundleSet>,
+        clock: &dyn Clock,
+        revoked: &dyn Fn(&str) -> bool,
+    ) -> Result<String, Unauthenticated> {
+        let token = bearer(authorization).ok_or_else(|| {
+            Unauthenticated(format!(
+                "send a JWT-SVID with audience {:?} as `Authorization: Bearer <token>`",
+                audiences.first().map(String::as_str).unwrap_or_default()
+            ))
+        })?;
+        let now = clock.unix_seconds();
+        let cached = self.cache.lock().ok().and_then(|c| c.get(token).cloned());
+        if let Some(c) = cached
+            && now < c.exp
+        {
+            if !c.jti.is_empty() && revoked(&c.jti) {
+                return Err(Unauthenticated(format!(
+                    "the JWT-SVID {} was revoked",
+                    c.jti
+                )));
+            }
+            return Ok(c.id);
+        }
+        let svid = validate_svid(token, audiences, bundles, clock, revoked)
+            .map_err(|e| Unauthenticated(format!("the bearer JWT-SVID is not accepted: {e}")))?;
+        let id = svid.spiffe_id().to_string();
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= MAX_CACHED_CALLERS {
+                c.retain(|_, v| now < v.exp);
+                if c.len() >= MAX_CACHED_CALLERS {
+                    c.clear();
+                }
+            }
+            c.insert(
+                token.to_string(),
+                CachedCaller {
+                    id: id.clone(),
+                    exp: svid.expiry(),
+                    jti: svid
+                        .claims()
+                        .get("jti")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                },
+            );
+        }
+        Ok(id)
+    }
+}
+
+/// Facts of `id` from an index ([`WorkloadFacts::unregistered`] when it has none).
+pub fn facts_of(index: &HashMap<String, WorkloadFacts>, id: &str) -> WorkloadFacts {
+    index
+        .get(id)
+        .cloned()
+        .unwrap_or_else(|| WorkloadFacts::unregistered(id))
+}
+
+/// Add one registration entry to an index of workload facts by SPIFFE ID. Several
+/// entries may name one ID: the first owner and environment win, selectors add up.
+pub fn index_entry(
+    index: &mut HashMap<String, WorkloadFacts>,
+    spiffe_id: &str,
+    owner: &str,
+    environment: &str,
+    selectors: impl IntoIterator<Item = String>,
+) {
+    let w = index
+        .entry(spiffe_id.to_string())
+        .or_insert_with(|| WorkloadFacts {
+            spiffe_id: spiffe_id.to_string(),
+            registered: true,
+            ..WorkloadFacts::default()
+        });
+    if w.owner.is_empty() {
+        w.owner = owner.to_string();
+    }
+    if w.environment.is_empty() {
+        w.environment = environment.to_string();
+    }
+    for s in selectors {
+        if !w.selectors.contains(&s) {
+            w.selectors.push(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed {
+        policy: CompiledPolicies,
+    }
+
+    impl Sources for Fixed {
+        async fn workload(&self, id: &str) -> WorkloadFacts {
+            let mut index = HashMap::new();
+            index_entry(
+                &mut index,
+                "spiffe://example.org/web",
+                "team-a",
+                "prod",
+                ["unix:uid:1".to_string()],
+            );
+            facts_of(&index, id)
+        }
+        async fn policy(&self) -> Result<CompiledPolicies, String> {
+            Ok(self.policy.clone())
+        }
+        fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+            if token == "good" {
+                Ok(TaskFacts {
+                    txn: "t1".into(),
+                    agent: "spiffe://example.org/web".into(),
+                    tools: vec!["o-1".into()],
+                    ..TaskFacts::default()
+                })
+            } else {
+                Err("bad signature".into())
+            }
+        }
+    }
+
+    fn fixed() -> Fixed {
+        let text = format!(
+            "{}\npermit (principal, action == Action::\"read\", resource) when {{ principal.owner == \"team-a\" }};",
+            PolicyKind::Authz.default_policy()
+        );
+        Fixed {
+            policy: CompiledPolicies::compile(PolicyKind::Authz, &text).unwrap(),
+        }
+    }
+
+    fn q(subject: &str) -> Question {
+        Question::new(subject, "read", "orders", "o-1")
+    }
+
+    #[tokio::test]
+    async fn registered_facts_permit_and_unregistered_deny() {
+        let src = fixed();
+        let r = decide(&src, q("spiffe://example.org/web")).await.unwrap();
+        assert!(r.out.allowed);
+        assert_eq!(r.owner, "team-a");
+        assert_eq!(r.out.decision_id.len(), 32);
+        let r = decide(&src, q("spiffe://example.org/other")).await.unwrap();
+        assert!(!r.out.allowed);
+        assert!(
+            decide(&src, q("web"))
+                .await
+                .unwrap_err()
+                .contains("SPIFFE ID")
+        );
+    }
+
+    #[tokio::test]
+    async fn task_tokens_set_the_trace_or_deny() {
+        let src = fixed();
+        let mut question = q("spiffe://example.org/web");
+        question.context.insert("task_token".into(), "good".into());
+        let r = decide(&src, question.clone()).await.unwrap();
+        assert!(r.out.allowed, "{}", r.out.reason);
+        assert_eq!(r.trace_id.as_deref(), Some("t1"));
+        question
+            .context
+            .insert("task_token".into(), "forged".into());
+        let r = decide(&src, question.clone()).await.unwrap();
+        assert!(!r.out.allowed);
+        assert!(r.out.reason.contains("bad signature"));
+        question.context.insert("task_token".into(), 7.into());
+        assert!(decide(&src, question).await.is_err());
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer(Some("Bearer abc ")), Some("abc"));
+        assert_eq!(bearer(Some("bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(None), None);
+    }
+}
