@@ -19,7 +19,7 @@
 //! Every decision is reported to the server's evidence log (`ReportDecisions`,
 //! batched about every second, see [`crate::evidence`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use lanyard_core::{Clock, SystemClock};
@@ -44,6 +44,8 @@ pub struct AuthzSnapshot {
     issuer: String,
     token_key: Option<TokenVerifier>,
     workloads: HashMap<String, WorkloadFacts>,
+    /// The JWT deny-list of the same update (task tokens are refused by `jti`).
+    revoked: HashSet<String>,
 }
 
 impl AuthzSnapshot {
@@ -61,12 +63,18 @@ impl Sources for AuthzSnapshot {
         Ok(self.policy.clone())
     }
 
-    fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+    async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
         let key = self
             .token_key
             .as_ref()
             .ok_or("the agent has no token key from the server")?;
-        verify_task(key, &self.issuer, token, SystemClock.unix_seconds())
+        verify_task(
+            key,
+            &self.issuer,
+            token,
+            SystemClock.unix_seconds(),
+            &|jti| self.revoked.contains(jti),
+        )
     }
 }
 
@@ -139,6 +147,7 @@ impl SyncedAuthz {
             issuer: u.jwt_issuer.clone(),
             token_key,
             workloads,
+            revoked: u.revoked_jtis.iter().cloned().collect(),
         });
         if let Ok(mut g) = self.current.write() {
             *g = Some(snapshot);

@@ -393,13 +393,15 @@ impl Access {
         facts_of(&*self.workloads().await, id)
     }
 
-    /// Verify a task token presented with a request.
-    pub fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+    /// Verify a task token presented with a request (not revoked).
+    pub async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+        let revoked = self.revoked().await;
         verify_task(
             self.token_key.verifier(),
             &self.issuer(),
             token,
             self.shared.clock.unix_seconds(),
+            &|jti| revoked.contains(jti),
         )
     }
 
@@ -442,18 +444,19 @@ impl Sources for Access {
     async fn policy(&self) -> Result<CompiledPolicies, String> {
         Access::policy(self).await
     }
-    fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
-        Access::verify_task(self, token)
+    async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+        Access::verify_task(self, token).await
     }
 }
 
-/// Verify a task token with `key` (ES256, `typ` txntoken+jwt, `iss`, `exp`) and
-/// read what policy sees of it.
+/// Verify a task token with `key` (ES256, `typ` txntoken+jwt, `iss`, `exp`, its
+/// `jti` not `revoked`) and read what policy sees of it.
 pub fn verify_task(
     key: &TokenVerifier,
     issuer: &str,
     token: &str,
     now: i64,
+    revoked: &dyn Fn(&str) -> bool,
 ) -> Result<TaskFacts, String> {
     let c = key.verify(token, TASK_TYP, issuer, now)?;
     let s = |k: &str| {
@@ -462,6 +465,9 @@ pub fn verify_task(
             .unwrap_or_default()
             .to_string()
     };
+    if revoked(&s("jti")) {
+        return Err(format!("it was revoked (jti {})", s("jti")));
+    }
     let agent = c
         .get("rctx")
         .and_then(|r| r.get("req_wl"))

@@ -84,8 +84,8 @@ pub trait Sources: Sync {
     fn workload(&self, id: &str) -> impl Future<Output = WorkloadFacts> + Send;
     /// The authz policy set in force.
     fn policy(&self) -> impl Future<Output = Result<CompiledPolicies, String>> + Send;
-    /// Verify a task token (`context.task_token`).
-    fn verify_task(&self, token: &str) -> Result<TaskFacts, String>;
+    /// Verify a task token (`context.task_token`), deny-list included.
+    fn verify_task(&self, token: &str) -> impl Future<Output = Result<TaskFacts, String>> + Send;
 }
 
 /// A new random id (decision ids, txn, jti): 32 hex digits.
@@ -131,7 +131,7 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
     };
     match task_token {
         None => {}
-        Some(Value::String(t)) => match src.verify_task(&t) {
+        Some(Value::String(t)) => match src.verify_task(&t).await {
             Ok(task) => {
                 rec.trace_id = Some(task.txn.clone());
                 rec.task = Some(task);
@@ -370,7 +370,7 @@ mod tests {
         async fn policy(&self) -> Result<CompiledPolicies, String> {
             Ok(self.policy.clone())
         }
-        fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+        async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
             if token == "good" {
                 Ok(TaskFacts {
                     txn: "t1".into(),

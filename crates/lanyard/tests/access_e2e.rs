@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Dev, http};
+use common::{Dev, eval, http, jwt, raw};
 use lanyard_proto::workload as wpb;
 use serde_json::{Value, json};
 
@@ -59,104 +59,16 @@ permit (principal, action == Action::"GET", resource)
 when { principal.path == "/web" && resource.id like "/api/*" };
 "#;
 
-fn header(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    Ok(r)
-}
-
-type Raw = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
-    >,
->;
-
-async fn raw(dev: &Dev) -> Raw {
-    let path = dev.endpoint.trim_start_matches("unix://").to_string();
-    let ch = lanyard_server::client::unix_channel(std::path::Path::new(&path))
-        .await
-        .unwrap();
-    wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(
-        ch,
-        header as fn(_) -> _,
-    )
-}
-
 /// Entries for this uid with the given paths, and the authz policy.
 fn setup(dev: &Dev, paths: &[&str]) {
     for p in paths {
-        dev.ok(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &format!("spiffe://example.org{p}"),
-            "--parent-id",
-            "spiffe://example.org/lanyard/agent/dev",
-            "--selector",
-            &format!("unix:uid:{}", dev.uid),
-            "--owner",
-            "team-a",
-        ]);
+        dev.entry(p, "spiffe://example.org/lanyard/agent/dev", "team-a");
     }
-    let file = dev.dir.join("authz.cedar");
-    std::fs::write(
-        &file,
-        format!(
-            "{}\n{POLICY}",
-            include_str!("../../lanyard-policy/src/authz_default.cedar")
-        ),
-    )
-    .unwrap();
-    dev.ok(&[
-        "policy",
-        "set",
-        "--kind",
-        "authz",
-        "--file",
-        file.to_str().unwrap(),
-    ]);
-}
-
-/// A JWT-SVID for `path` with `audience`, from the agent (waits for the entry).
-async fn jwt(c: &mut Raw, path: &str, audience: &str) -> String {
-    let id = format!("spiffe://example.org{path}");
-    for _ in 0..100 {
-        if let Ok(r) = c
-            .fetch_jwtsvid(wpb::JwtsvidRequest {
-                audience: vec![audience.to_string()],
-                spiffe_id: id.clone(),
-            })
-            .await
-            && let Some(s) = r.into_inner().svids.first()
-        {
-            return s.svid.clone();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("no JWT-SVID for {id}");
+    dev.set_authz_policy(POLICY);
 }
 
 async fn post_json(dev: &Dev, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
-    let auth = bearer.map(|b| format!("Bearer {b}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    let (status, text) = http(
-        "POST",
-        &dev.http,
-        path,
-        &headers,
-        body.to_string().as_bytes(),
-    )
-    .await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text})),
-    )
+    common::post_json(&dev.http, path, bearer, body.to_string().as_bytes()).await
 }
 
 async fn token(dev: &Dev, params: &[(&str, &str)]) -> (u16, Value) {
@@ -188,15 +100,6 @@ fn form_encode(params: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-fn eval(subject: &str, action: &str, rtype: &str, rid: &str) -> Value {
-    json!({
-        "subject": {"type": "workload", "id": format!("spiffe://example.org{subject}")},
-        "action": {"name": action},
-        "resource": {"type": rtype, "id": rid},
-        "context": {"ip": "10.0.0.1"}
-    })
 }
 
 /// The JWKS from OIDC discovery, as the independent library reads it.
@@ -249,28 +152,10 @@ async fn authzen_evaluations_with_authenticated_callers() {
     let mut c = raw(&dev).await;
     let pep = jwt(&mut c, "/pep", ISSUER).await;
 
-    // Unauthenticated, wrong audience, garbage: 401.
+    // 401 without a token or with a wrong one, 400 for malformed questions, batches.
     let q = eval("/web", "read", "orders", "o-1");
-    let (s, body) = post_json(&dev, "/access/v1/evaluation", None, &q).await;
-    assert_eq!(s, 401, "{body}");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("Bearer")
-    );
     let wrong = jwt(&mut c, "/pep", "some-other-service").await;
-    let (s, body) = post_json(&dev, "/access/v1/evaluation", Some(&wrong), &q).await;
-    assert_eq!(s, 401, "{body}");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("audience"),
-        "{body}"
-    );
-    let (s, _) = post_json(&dev, "/access/v1/evaluation", Some("not.a.token"), &q).await;
-    assert_eq!(s, 401);
+    common::authzen_conformance(&dev.http, &pep, &wrong, ISSUER).await;
 
     // Permit, naming the policy and a decision id.
     let (s, body) = post_json(&dev, "/access/v1/evaluation", Some(&pep), &q).await;
@@ -296,50 +181,6 @@ async fn authzen_evaluations_with_authenticated_callers() {
             "{body}"
         );
     }
-    // Malformed: 400 with what is wrong.
-    let (s, body) = post_json(
-        &dev,
-        "/access/v1/evaluation",
-        Some(&pep),
-        &json!({
-            "subject": {"type": "workload", "id": "web"},
-            "action": {"name": "read"},
-            "resource": {"type": "orders", "id": "o"}
-        }),
-    )
-    .await;
-    assert_eq!(s, 400);
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("SPIFFE ID"),
-        "{body}"
-    );
-
-    // Batch: defaults from the top level, deny_on_first_deny stops early.
-    let batch = json!({
-        "subject": {"type": "workload", "id": "spiffe://example.org/web"},
-        "action": {"name": "read"},
-        "evaluations": [
-            {"resource": {"type": "orders", "id": "1"}},
-            {"resource": {"type": "payments", "id": "2"}},
-            {"resource": {"type": "orders", "id": "3"}}
-        ]
-    });
-    let (s, body) = post_json(&dev, "/access/v1/evaluations", Some(&pep), &batch).await;
-    assert_eq!(s, 200, "{body}");
-    let d: Vec<bool> = body["evaluations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["decision"].as_bool().unwrap())
-        .collect();
-    assert_eq!(d, vec![true, false, true]);
-    let mut b2 = batch.clone();
-    b2["options"] = json!({"evaluations_semantic": "deny_on_first_deny"});
-    let (_, body) = post_json(&dev, "/access/v1/evaluations", Some(&pep), &b2).await;
-    assert_eq!(body["evaluations"].as_array().unwrap().len(), 2);
 
     // An invalid authz policy is refused with its location; the old one stays.
     let bad = dir.path().join("bad.cedar");

@@ -8,35 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Dev;
+use common::{Dev, Raw, raw};
 use lanyard_proto::workload as wpb;
 use tokio_stream::StreamExt;
-
-type Raw = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
-    >,
->;
-
-fn header(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    Ok(r)
-}
-
-async fn raw(dev: &Dev) -> Raw {
-    let path = dev.endpoint.trim_start_matches("unix://").to_string();
-    let ch = lanyard_server::client::unix_channel(std::path::Path::new(&path))
-        .await
-        .unwrap();
-    wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(
-        ch,
-        header as fn(_) -> _,
-    )
-}
 
 fn ids(r: &wpb::X509svidResponse) -> Vec<String> {
     let mut v: Vec<String> = r.svids.iter().map(|s| s.spiffe_id.clone()).collect();

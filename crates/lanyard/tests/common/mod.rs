@@ -267,6 +267,8 @@ pub struct Dev {
     pub http: String,
     /// The Envoy ext_authz listener (mTLS gRPC).
     pub ext_authz: String,
+    /// `http://127.0.0.1:<port>` of the agent's AuthZEN listener.
+    pub agent_authzen: String,
 }
 
 impl Dev {
@@ -287,12 +289,13 @@ impl Dev {
             }
         });
         let (mut endpoint, mut admin_socket, mut uid) = (None, None, None);
-        let (mut http, mut ext_authz) = (None, None);
+        let (mut http, mut ext_authz, mut agent_authzen) = (None, None, None);
         while endpoint.is_none()
             || admin_socket.is_none()
             || uid.is_none()
             || http.is_none()
             || ext_authz.is_none()
+            || agent_authzen.is_none()
         {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
@@ -305,6 +308,8 @@ impl Dev {
                 http = Some(v.to_string());
             } else if let Some(v) = line.strip_prefix("Envoy ext_authz (gRPC over mTLS): ") {
                 ext_authz = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("agent AuthZEN: ") {
+                agent_authzen = v.strip_suffix("/access/v1/evaluation").map(str::to_string);
             } else if let Some(rest) = line.strip_prefix("workload identity for uid ") {
                 uid = rest.split(':').next().and_then(|u| u.parse().ok());
             }
@@ -323,6 +328,7 @@ impl Dev {
             uid: uid.unwrap(),
             http: http.unwrap(),
             ext_authz: ext_authz.unwrap(),
+            agent_authzen: agent_authzen.unwrap(),
         }
     }
 
@@ -349,6 +355,73 @@ impl Dev {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
+
+    /// An entry `spiffe://example.org<path>` for this uid.
+    pub fn entry(&self, path: &str, parent: &str, owner: &str) {
+        self.ok(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &format!("spiffe://{TD}{path}"),
+            "--parent-id",
+            parent,
+            "--selector",
+            &format!("unix:uid:{}", self.uid),
+            "--owner",
+            owner,
+        ]);
+    }
+
+    /// `lanyard policy set --kind authz`: the shipped default plus `rules`.
+    pub fn set_authz_policy(&self, rules: &str) {
+        let file = self.dir.join("authz.cedar");
+        std::fs::write(
+            &file,
+            format!(
+                "{}\n{rules}",
+                include_str!("../../../lanyard-policy/src/authz_default.cedar")
+            ),
+        )
+        .unwrap();
+        self.ok(&[
+            "policy",
+            "set",
+            "--kind",
+            "authz",
+            "--file",
+            file.to_str().unwrap(),
+        ]);
+    }
+}
+
+/// An AuthZEN question about `spiffe://example.org<subject>`.
+pub fn eval(subject: &str, action: &str, rtype: &str, rid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "subject": {"type": "workload", "id": format!("spiffe://{TD}{subject}")},
+        "action": {"name": action},
+        "resource": {"type": rtype, "id": rid},
+        "context": {"ip": "10.0.0.1"}
+    })
+}
+
+/// POST a JSON body to `base` with an optional bearer token: (status, JSON answer,
+/// or `{"raw": text}` when it is not JSON).
+pub async fn post_json(
+    base: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let (status, text) = http("POST", base, path, &headers, body).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"raw": text})),
+    )
 }
 
 impl Drop for Dev {
@@ -356,6 +429,54 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A Workload API client that sends the `workload.spiffe.io` header on every call.
+pub type Raw = lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+fn workload_header(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    Ok(r)
+}
+
+/// A Workload API client on the dev agent's socket.
+pub async fn raw(dev: &Dev) -> Raw {
+    let path = dev.endpoint.trim_start_matches("unix://").to_string();
+    let ch = lanyard_server::client::unix_channel(Path::new(&path))
+        .await
+        .unwrap();
+    lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(
+        ch,
+        workload_header as fn(_) -> _,
+    )
+}
+
+/// A JWT-SVID for `spiffe://example.org<path>` with `audience`, from the agent
+/// (waits for the entry to reach it).
+pub async fn jwt(c: &mut Raw, path: &str, audience: &str) -> String {
+    let id = format!("spiffe://{TD}{path}");
+    for _ in 0..100 {
+        if let Ok(r) = c
+            .fetch_jwtsvid(lanyard_proto::workload::JwtsvidRequest {
+                audience: vec![audience.to_string()],
+                spiffe_id: id.clone(),
+            })
+            .await
+            && let Some(s) = r.into_inner().svids.first()
+        {
+            return s.svid.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no JWT-SVID for {id}");
 }
 
 /// A minimal HTTP/1.1 client: (status, body).
@@ -408,4 +529,88 @@ pub async fn http(
         body.to_string()
     };
     (status, body)
+}
+
+/// The AuthZEN API's behaviour on any listener (the server's or an agent's), given
+/// a policy where /web may read orders and nothing else: 401 without, with a
+/// wrong-audience or with a garbage token; 400 naming what is malformed; batches
+/// with defaults from the top level and early stops.
+pub async fn authzen_conformance(base: &str, caller: &str, wrong_audience: &str, issuer: &str) {
+    use serde_json::json;
+    let post = |path: &'static str, bearer: Option<String>, body: Vec<u8>| async move {
+        post_json(base, path, bearer.as_deref(), &body).await
+    };
+    let q = eval("/web", "read", "orders", "o-1")
+        .to_string()
+        .into_bytes();
+    let one = "/access/v1/evaluation";
+    let (s, body) = post(one, None, q.clone()).await;
+    assert_eq!(s, 401, "{body}");
+    let why = body["error_description"].as_str().unwrap();
+    assert!(why.contains("Bearer") && why.contains(issuer), "{body}");
+    let (s, body) = post(one, Some(wrong_audience.to_string()), q.clone()).await;
+    let why = body["error_description"].as_str().unwrap_or_default();
+    assert!(s == 401 && why.contains("audience"), "{body}");
+    let (s, _) = post(one, Some("not.a.token".to_string()), q.clone()).await;
+    assert_eq!(s, 401);
+    let (s, body) = post(one, Some(caller.to_string()), q).await;
+    assert_eq!((s, &body["decision"]), (200, &json!(true)), "{body}");
+
+    let bad_subject = json!({
+        "subject": {"type": "workload", "id": "web"},
+        "action": {"name": "read"},
+        "resource": {"type": "orders", "id": "o"}
+    });
+    for (body, says) in [
+        (bad_subject.to_string().into_bytes(), "SPIFFE ID"),
+        (b"{not json".to_vec(), "not JSON"),
+        (
+            json!({"subject": {"id": "spiffe://example.org/web"}})
+                .to_string()
+                .into_bytes(),
+            "action",
+        ),
+    ] {
+        let (s, answer) = post(one, Some(caller.to_string()), body).await;
+        assert_eq!(s, 400, "{answer}");
+        assert!(
+            answer["error_description"].as_str().unwrap().contains(says),
+            "{answer} should say {says}"
+        );
+    }
+
+    let mut batch = json!({
+        "subject": {"type": "workload", "id": "spiffe://example.org/web"},
+        "action": {"name": "read"},
+        "evaluations": [
+            {"resource": {"type": "orders", "id": "1"}},
+            {"resource": {"type": "payments", "id": "2"}},
+            {"resource": {"type": "orders", "id": "3"}}
+        ]
+    });
+    let decisions = |body: &serde_json::Value| -> Vec<bool> {
+        body["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["decision"].as_bool().unwrap())
+            .collect()
+    };
+    let many = "/access/v1/evaluations";
+    let (s, body) = post(
+        many,
+        Some(caller.to_string()),
+        batch.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(decisions(&body), vec![true, false, true]);
+    batch["options"] = json!({"evaluations_semantic": "deny_on_first_deny"});
+    let (_, body) = post(
+        many,
+        Some(caller.to_string()),
+        batch.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(decisions(&body), vec![true, false]);
 }
