@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub admin_bind: Option<String>,
     /// Envoy ext_authz gRPC over mTLS (`envoy.service.auth.v3.Authorization`).
     pub ext_authz_bind: Option<String>,
+    /// The AuthZEN evaluation API over HTTPS with mTLS (callers present an SVID).
+    pub authzen_tls_bind: Option<String>,
     /// The URL relying parties reach the HTTP listener at (OIDC discovery, token
     /// endpoint); default `http://<http_bind address>`.
     pub public_url: Option<String>,
@@ -90,6 +92,8 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     /// Envoy ext_authz listener (`lanyard dev` serves it on a free port).
     pub ext_authz_bind: Option<String>,
+    /// mTLS AuthZEN listener (`lanyard dev` serves it on a free port).
+    pub authzen_tls_bind: Option<String>,
     pub trust_domain: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub bind: Option<String>,
@@ -111,6 +115,8 @@ pub struct ServerConfig {
     pub admin_bind: Option<SocketAddr>,
     /// Envoy ext_authz over mTLS; `None`: not served.
     pub ext_authz_bind: Option<SocketAddr>,
+    /// AuthZEN over HTTPS with mTLS; `None`: not served.
+    pub authzen_tls_bind: Option<SocketAddr>,
     /// Public base URL of the HTTP listener; `None`: `http://<bound address>`.
     pub public_url: Option<String>,
     pub exchange_token_ttl: Duration,
@@ -217,6 +223,10 @@ impl ServerConfig {
         let ext_authz_bind = match o.ext_authz_bind.as_ref().or(f.ext_authz_bind.as_ref()) {
             None => None,
             Some(a) => Some(addr("ext_authz_bind", Some(a), "")?),
+        };
+        let authzen_tls_bind = match o.authzen_tls_bind.as_ref().or(f.authzen_tls_bind.as_ref()) {
+            None => None,
+            Some(a) => Some(addr("authzen_tls_bind", Some(a), "")?),
         };
         let public_url = match f.public_url {
             None => None,
@@ -350,6 +360,7 @@ impl ServerConfig {
             admin_socket,
             admin_bind,
             ext_authz_bind,
+            authzen_tls_bind,
             public_url,
             exchange_token_ttl,
             max_delegation_depth,

@@ -98,18 +98,35 @@ pub fn authzen_routes<P: Pdp>(pdp: Arc<P>) -> axum::Router {
         )
         .route(
             "/access/v1/evaluation",
-            post(move |headers: HeaderMap, body: Bytes| {
+            post(move |req: axum::extract::Request| {
                 let p = p2.clone();
-                async move { evaluation(&*p, &headers, &body, false).await }
+                async move {
+                    let (peer, headers, body) = parts(req).await;
+                    evaluation(&*p, peer, &headers, &body, false).await
+                }
             }),
         )
         .route(
             "/access/v1/evaluations",
-            post(move |headers: HeaderMap, body: Bytes| {
+            post(move |req: axum::extract::Request| {
                 let p = p3.clone();
-                async move { evaluation(&*p, &headers, &body, true).await }
+                async move {
+                    let (peer, headers, body) = parts(req).await;
+                    evaluation(&*p, peer, &headers, &body, true).await
+                }
             }),
         )
+}
+
+/// The mTLS peer, headers and body (at most 256 KiB + 1 byte, so that larger bodies
+/// are refused by `evaluation`) of a request.
+async fn parts(req: axum::extract::Request) -> (Option<MtlsPeer>, HeaderMap, Bytes) {
+    let peer = req.extensions().get::<MtlsPeer>().cloned();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY + 1)
+        .await
+        .unwrap_or_else(|_| Bytes::from(vec![0u8; MAX_BODY + 1]));
+    (peer, headers, body)
 }
 
 /// The access routes, merged into the server's HTTP router.
@@ -204,7 +221,18 @@ fn answer(d: &DecisionOut) -> Value {
     })
 }
 
-async fn evaluation<P: Pdp>(a: &P, headers: &HeaderMap, body: &[u8], batch: bool) -> Response {
+/// The SPIFFE ID of an mTLS peer, set per connection by the mTLS AuthZEN listener;
+/// such a caller needs no bearer token.
+#[derive(Debug, Clone)]
+pub struct MtlsPeer(pub String);
+
+async fn evaluation<P: Pdp>(
+    a: &P,
+    peer: Option<MtlsPeer>,
+    headers: &HeaderMap,
+    body: &[u8],
+    batch: bool,
+) -> Response {
     if let Err(e) = a.ready() {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -214,7 +242,11 @@ async fn evaluation<P: Pdp>(a: &P, headers: &HeaderMap, body: &[u8], batch: bool
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = match a.authenticate(auth).await {
+    let authenticated = match peer {
+        Some(MtlsPeer(id)) => Ok(id),
+        None => a.authenticate(auth).await,
+    };
+    let caller = match authenticated {
         Ok(c) => c,
         Err(e) => {
             return (

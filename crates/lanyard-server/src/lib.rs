@@ -58,6 +58,8 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     /// The Envoy ext_authz listener, when `ext_authz_bind` is set.
     pub ext_authz_addr: Option<SocketAddr>,
+    /// The mTLS AuthZEN listener, when `authzen_tls_bind` is set.
+    pub authzen_tls_addr: Option<SocketAddr>,
     pub access: Arc<access::Access>,
     pub admin_socket: PathBuf,
     shutdown: watch::Sender<bool>,
@@ -318,6 +320,52 @@ pub async fn start(
         }
     };
 
+    // AuthZEN over HTTPS with mTLS: the caller's SVID authenticates it.
+    let authzen_tls_addr = match shared.config.authzen_tls_bind {
+        None => None,
+        Some(bind) => {
+            let (addr, mut conns) =
+                tls_listener(&shared, bind, true, shutdown_rx.clone(), &mut tasks).await?;
+            let app = http::authzen_routes(access.clone());
+            let rx = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut stop = Box::pin(until(rx));
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => return Ok(()),
+                        conn = conns.recv() => {
+                            let tls = match conn {
+                                None => return Ok(()),
+                                Some(Err(_)) => continue,
+                                Some(Ok(tls)) => tls,
+                            };
+                            let Some(peer) = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(tls::peer_spiffe_id)
+                            else {
+                                continue;
+                            };
+                            let app = app
+                                .clone()
+                                .layer(axum::Extension(http::MtlsPeer(peer.to_string())));
+                            tokio::spawn(async move {
+                                let svc = hyper_util::service::TowerToHyperService::new(app);
+                                let _ = hyper_util::server::conn::auto::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                                .await;
+                            });
+                        }
+                    }
+                }
+            });
+            Some(addr)
+        }
+    };
+
     // CA rotation and server SVID renewal.
     let rot = shared.clone();
     let rx = shutdown_rx.clone();
@@ -344,6 +392,7 @@ pub async fn start(
         admin_addr,
         http_addr,
         ext_authz_addr,
+        authzen_tls_addr,
         access,
         admin_socket,
         shutdown,

@@ -190,7 +190,8 @@ enum PolicyCommand {
         /// Policy file (default: the server's active set).
         #[arg(long)]
         file: Option<std::path::PathBuf>,
-        /// {"caller": "uid:0", "action": "create_entry", "entry": {"spiffe_id": ..., "selectors": [...], "owner": ...}}
+        /// registration: {"caller": "uid:0", "action": "create_entry", "entry": {"spiffe_id": ..., "selectors": [...], "owner": ...}};
+        /// authz: an AuthZEN request {"subject": {"id": ..., "properties": {"owner": ...}}, "action": {"name": ...}, "resource": {"type": ..., "id": ...}, "context": {...}, "task": {...}}
         #[arg(long)]
         request: std::path::PathBuf,
     },
@@ -545,6 +546,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             admin_socket,
             database_url,
             ext_authz_bind: None,
+            authzen_tls_bind: None,
         })),
         Command::Entry { command, admin } => {
             let s = admin.admin_socket.as_deref();

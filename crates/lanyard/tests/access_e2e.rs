@@ -182,6 +182,49 @@ async fn authzen_evaluations_with_authenticated_callers() {
         );
     }
 
+    // `policy test` evaluates an AuthZEN-shaped sample offline against the active set.
+    let sample = dir.path().join("sample.json");
+    std::fs::write(
+        &sample,
+        json!({
+            "subject": {"id": "spiffe://example.org/web", "properties": {"owner": "team-a"}},
+            "action": {"name": "read"},
+            "resource": {"type": "orders", "id": "o-1"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = dev.ok(&[
+        "policy",
+        "test",
+        "--kind",
+        "authz",
+        "--request",
+        sample.to_str().unwrap(),
+    ]);
+    assert!(out.contains("web-reads-orders"), "{out}");
+    std::fs::write(
+        &sample,
+        json!({
+            "subject": {"id": "spiffe://example.org/agents/x"},
+            "action": {"name": "call_tool"},
+            "resource": {"type": "tool", "id": "rm"},
+            "task": {"txn": "t", "purpose": "p", "tools": ["ls"], "agent": "spiffe://example.org/agents/x", "acting_for": ""}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let o = dev.cli(&[
+        "policy",
+        "test",
+        "--kind",
+        "authz",
+        "--request",
+        sample.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("task-tools-only"));
+
     // An invalid authz policy is refused with its location; the old one stays.
     let bad = dir.path().join("bad.cedar");
     std::fs::write(
@@ -203,6 +246,14 @@ async fn authzen_evaluations_with_authenticated_callers() {
     let (_, body) = post_json(&dev, "/access/v1/evaluation", Some(&pep), &q).await;
     assert_eq!(body["decision"], true);
 
+    // Over mTLS the caller's X509-SVID authenticates it: no bearer token needed.
+    let (s, body) = mtls_eval(&dev, Some("/pep"), &q).await.unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["decision"], true, "{body}");
+    let mtls_decision = body["context"]["decision_id"].as_str().unwrap().to_string();
+    // Without a client SVID the handshake (or the first request) fails.
+    assert!(mtls_eval(&dev, None, &q).await.is_err());
+
     // Decisions are in the evidence log with the caller and the decision id.
     let mut found = false;
     for _ in 0..50 {
@@ -216,7 +267,7 @@ async fn authzen_evaluations_with_authenticated_callers() {
             "--output",
             "json",
         ]);
-        if out.contains(&decision_id) {
+        if out.contains(&decision_id) && out.contains(&mtls_decision) {
             assert!(out.contains("spiffe://example.org/pep"), "{out}");
             found = true;
             break;
@@ -224,6 +275,72 @@ async fn authzen_evaluations_with_authenticated_callers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(found, "decision {decision_id} not in the audit log");
+}
+
+/// POST an evaluation to the server's mTLS AuthZEN listener, presenting the X509-SVID
+/// of `path` (from the Workload API), or no client certificate.
+async fn mtls_eval(dev: &Dev, path: Option<&str>, q: &Value) -> Result<(u16, Value), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+    let bundle = lanyard_core::Bundle::parse(
+        lanyard_core::TrustDomain::new("example.org").unwrap(),
+        dev.ok(&["bundle", "show", "--format", "jwks"]).as_bytes(),
+    )
+    .unwrap();
+    let identity = match path {
+        None => None,
+        Some(p) => {
+            let id = format!("spiffe://example.org{p}");
+            let mut c = raw(dev).await;
+            let mut stream = c
+                .fetch_x509svid(wpb::X509svidRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let msg = stream.next().await.unwrap().unwrap();
+            let svid = msg.svids.iter().find(|s| s.spiffe_id == id).unwrap();
+            let chain = lanyard_core::x509::split_der_chain(&svid.x509_svid).unwrap();
+            let key = lanyard_server::tls::certified_key(&chain, &svid.x509_svid_key).unwrap();
+            Some(std::sync::Arc::new(lanyard_server::tls::SvidResolver::new(
+                key,
+            )))
+        }
+    };
+    let verifier = std::sync::Arc::new(lanyard_server::tls::SpiffeServerVerifier::new(
+        common::shared_bundles(bundle),
+        lanyard_core::SpiffeId::new("spiffe://example.org/lanyard/server").unwrap(),
+    ));
+    let mut cfg = lanyard_server::tls::client_config(verifier, identity).unwrap();
+    cfg.alpn_protocols.clear(); // HTTP/1.1
+    let tcp = tokio::net::TcpStream::connect(&dev.authzen_tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("lanyard-server").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = q.to_string();
+    let req = format!(
+        "POST /access/v1/evaluation HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    let json_body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((
+        status,
+        serde_json::from_str(json_body).unwrap_or_else(|_| json!({"raw": json_body})),
+    ))
 }
 
 /// RFC 8693 token exchange: without and with an actor, refused delegation, scope

@@ -111,6 +111,7 @@ pub async fn start_dev_stack(
         bind: Some("127.0.0.1:0".to_string()),
         http_bind: Some("127.0.0.1:0".to_string()),
         ext_authz_bind: Some("127.0.0.1:0".to_string()),
+        authzen_tls_bind: Some("127.0.0.1:0".to_string()),
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
@@ -221,6 +222,9 @@ pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode,
     );
     if let Some(a) = server.ext_authz_addr {
         println!("Envoy ext_authz (gRPC over mTLS): {a}");
+    }
+    if let Some(a) = server.authzen_tls_addr {
+        println!("AuthZEN over mTLS: https://{a}/access/v1/evaluation");
     }
     if let Some(a) = agent.authz_addr {
         println!("agent AuthZEN: http://{a}/access/v1/evaluation");

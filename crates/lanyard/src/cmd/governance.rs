@@ -174,6 +174,23 @@ pub async fn policy_test(
         }
     };
     let p = CompiledPolicies::compile(k, &body).map_err(|e| e.to_string())?;
+    if k == lanyard_policy::PolicyKind::Authz {
+        let v: Value = serde_json::from_str(&read(request)?)
+            .map_err(|e| format!("{}: not JSON: {e}", request.display()))?;
+        let d = p
+            .evaluate_authz(&authz_sample(&v).map_err(|e| format!("{}: {e}", request.display()))?)
+            .map_err(|e| e.to_string())?;
+        print(
+            output,
+            d.explain(k),
+            json!({"allowed": d.allowed, "policy_ids": d.policy_ids, "reasons": d.reasons, "errors": d.errors}),
+        );
+        return Ok(if d.allowed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     let sample: SampleRequest = serde_json::from_str(&read(request)?).map_err(|e| {
         format!(
             "{}: {e}; expected {{\"caller\": \"uid:0\", \"action\": \"create_entry\", \"entry\": {{\"spiffe_id\": ..., \"selectors\": [...], \"owner\": ...}}}}",
@@ -231,6 +248,69 @@ pub async fn policy_test(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// An AuthZEN-shaped sample for `policy test --kind authz`: `subject` (`id`, and
+/// optional `properties` `owner`, `environment`, `selectors`, `registered` standing
+/// for its entry), `action.name`, `resource` (`type`, `id`, `properties`), `context`,
+/// and an optional `task` (`txn`, `purpose`, `tools`, `agent`, `acting_for`) standing
+/// for a verified task token.
+fn authz_sample(v: &Value) -> Result<lanyard_policy::AuthzRequest, String> {
+    use lanyard_policy::{AuthzRequest, Target, TaskFacts, WorkloadFacts};
+    let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    let list = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let id = s(v.pointer("/subject/id"));
+    lanyard_core::SpiffeId::new(&id).map_err(|e| format!("subject.id {id:?}: {e}"))?;
+    let props = v.pointer("/subject/properties");
+    let principal = WorkloadFacts {
+        spiffe_id: id,
+        registered: props
+            .and_then(|p| p.get("registered"))
+            .and_then(Value::as_bool)
+            .unwrap_or(props.is_some()),
+        owner: s(props.and_then(|p| p.get("owner"))),
+        environment: s(props.and_then(|p| p.get("environment"))),
+        selectors: list(props.and_then(|p| p.get("selectors"))),
+    };
+    let action = s(v.pointer("/action/name"));
+    if action.is_empty() {
+        return Err("action.name is missing".to_string());
+    }
+    let rid = s(v.pointer("/resource/id"));
+    let mut r = AuthzRequest::new(principal, &action, &rid);
+    r.target = Target::Resource {
+        id: rid,
+        kind: s(v.pointer("/resource/type")),
+        properties: v
+            .pointer("/resource/properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+    };
+    r.context = v
+        .get("context")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(t) = v.get("task") {
+        r.task = Some(TaskFacts {
+            txn: s(t.get("txn")),
+            purpose: s(t.get("purpose")),
+            tools: list(t.get("tools")),
+            agent: s(t.get("agent")),
+            acting_for: s(t.get("acting_for")),
+        });
+    }
+    Ok(r)
 }
 
 fn exception_json(e: &pb::ExceptionInfo, now: i64) -> Value {

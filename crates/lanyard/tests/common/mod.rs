@@ -267,6 +267,8 @@ pub struct Dev {
     pub http: String,
     /// The Envoy ext_authz listener (mTLS gRPC).
     pub ext_authz: String,
+    /// `127.0.0.1:<port>` of the server's mTLS AuthZEN listener.
+    pub authzen_tls: String,
     /// `http://127.0.0.1:<port>` of the agent's AuthZEN listener.
     pub agent_authzen: String,
 }
@@ -290,12 +292,14 @@ impl Dev {
         });
         let (mut endpoint, mut admin_socket, mut uid) = (None, None, None);
         let (mut http, mut ext_authz, mut agent_authzen) = (None, None, None);
+        let mut authzen_tls = None;
         while endpoint.is_none()
             || admin_socket.is_none()
             || uid.is_none()
             || http.is_none()
             || ext_authz.is_none()
             || agent_authzen.is_none()
+            || authzen_tls.is_none()
         {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
@@ -308,6 +312,8 @@ impl Dev {
                 http = Some(v.to_string());
             } else if let Some(v) = line.strip_prefix("Envoy ext_authz (gRPC over mTLS): ") {
                 ext_authz = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("AuthZEN over mTLS: https://") {
+                authzen_tls = v.strip_suffix("/access/v1/evaluation").map(str::to_string);
             } else if let Some(v) = line.strip_prefix("agent AuthZEN: ") {
                 agent_authzen = v.strip_suffix("/access/v1/evaluation").map(str::to_string);
             } else if let Some(rest) = line.strip_prefix("workload identity for uid ") {
@@ -328,6 +334,7 @@ impl Dev {
             uid: uid.unwrap(),
             http: http.unwrap(),
             ext_authz: ext_authz.unwrap(),
+            authzen_tls: authzen_tls.unwrap(),
             agent_authzen: agent_authzen.unwrap(),
         }
     }
