@@ -554,8 +554,7 @@ impl Shared {
     /// Sign a checkpoint if the log grew since the last one; also append it to the
     /// external checkpoint file when configured.
     pub async fn checkpoint(&self) -> Result<(), ServerError> {
-        let records = self.store.audit_records().await?;
-        let chain = lanyard_audit::Chain::after(records.last());
+        let chain = self.store.audit_chain().await?;
         let done = self.last_checkpoint.lock().map(|g| *g).unwrap_or(None);
         if done == Some(chain.next_seq) || chain.next_seq == 0 {
             return Ok(());

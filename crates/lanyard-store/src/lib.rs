@@ -301,6 +301,10 @@ pub trait Store: Send + Sync {
     /// Every record of the evidence log, in sequence order.
     fn audit_records(&self) -> impl Future<Output = Result<Vec<lanyard_audit::Record>>> + Send;
 
+    /// The writer's view of the log (next sequence number and head hash) without
+    /// reading the records: what checkpoints sign.
+    fn audit_chain(&self) -> impl Future<Output = Result<lanyard_audit::Chain>> + Send;
+
     fn put_audit_checkpoint(
         &self,
         checkpoint: &lanyard_audit::Checkpoint,

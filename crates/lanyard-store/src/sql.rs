@@ -562,6 +562,20 @@ macro_rules! impl_store {
                 )))
             }
 
+            async fn audit_chain(&self) -> Result<lanyard_audit::Chain> {
+                let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(match last {
+                    None => lanyard_audit::Chain::default(),
+                    Some(r) => lanyard_audit::Chain {
+                        next_seq: to_u64(r.try_get::<i64, _>("seq").map_err(db_err)?)? + 1,
+                        head: r.try_get::<String, _>("hash").map_err(db_err)?,
+                    },
+                })
+            }
+
             async fn audit_records(&self) -> Result<Vec<lanyard_audit::Record>> {
                 let rows = sqlx::query("SELECT seq, prev_hash, hash, event FROM audit_events ORDER BY seq")
                     .fetch_all(&self.pool)
@@ -981,6 +995,10 @@ impl Store for AnyStore {
     }
     async fn audit_records(&self) -> Result<Vec<lanyard_audit::Record>> {
         delegate!(self, s => s.audit_records())
+    }
+
+    async fn audit_chain(&self) -> Result<lanyard_audit::Chain> {
+        delegate!(self, s => s.audit_chain())
     }
     async fn put_audit_checkpoint(&self, c: &lanyard_audit::Checkpoint) -> Result<()> {
         delegate!(self, s => s.put_audit_checkpoint(c))

@@ -300,6 +300,9 @@ async fn audited_changes<S: Store + Clone + 'static>(s: &S) {
     let recs = s.audit_records().await.unwrap();
     assert_eq!(recs.len(), before + 1);
     assert_eq!(recs.last().unwrap().event.id, format!("created-{}", e.id));
+    // The chain head without reading the records: what checkpoints sign.
+    let chain = s.audit_chain().await.unwrap();
+    assert_eq!(chain, lanyard_audit::Chain::after(recs.last()));
     // A duplicate is refused and records nothing.
     assert!(matches!(
         s.create_entry(&spec("/audited"), 11, &ev).await,
