@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 use crate::{CompiledPolicies, Decision, PolicyError, PolicyKind};
 
 /// Actions Lanyard evaluates itself; every other action name comes from policies.
-pub const BUILTIN_ACTIONS: [&str; 3] = ["act_for", "token_exchange", "start_task"];
+pub const BUILTIN_ACTIONS: [&str; 4] =
+    ["act_for", "act_for_person", "token_exchange", "start_task"];
 
 /// A workload as runtime policy sees it (from its registration entry).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +53,12 @@ pub enum Target {
     },
     /// Another workload (`act_for`).
     Workload(WorkloadFacts),
+    /// A person known by a trusted identity provider's token (`act_for_person`).
+    Person {
+        id: String,
+        issuer: String,
+        email: String,
+    },
 }
 
 /// One runtime authorization request.
@@ -202,6 +209,14 @@ impl CompiledPolicies {
             Target::Workload(w) => (
                 format!("Workload::{}", Value::String(w.spiffe_id.clone())),
                 workload_entity(w),
+            ),
+            Target::Person { id, issuer, email } => (
+                format!("Person::{}", Value::String(id.clone())),
+                json!({
+                    "uid": {"type": "Person", "id": id},
+                    "attrs": {"id": id, "issuer": issuer, "email": email},
+                    "parents": []
+                }),
             ),
         };
         let request_id = "request";

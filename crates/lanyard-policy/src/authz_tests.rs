@@ -196,6 +196,31 @@ when { principal.path like "/web/*" && context has scope && context.scope == "or
     let mut own = AuthzRequest::new(gw.clone(), "act_for", "");
     own.target = Target::Workload(gw);
     assert!(!decide(&p, &own).allowed);
+    // People (from a trusted identity provider) are a resource type of act_for.
+    let p2 = compile(
+        r#"
+@id("helpers-act-for-idp-people")
+permit (principal, action == Action::"act_for_person", resource)
+when { principal.path like "/agents/*" && resource.issuer == "https://idp.example.com" };
+"#,
+    );
+    let mut person = AuthzRequest::new(
+        wl("spiffe://example.org/agents/h", "ai"),
+        "act_for_person",
+        "",
+    );
+    person.target = Target::Person {
+        id: "alice".into(),
+        issuer: "https://idp.example.com".into(),
+        email: "alice@example.com".into(),
+    };
+    assert!(decide(&p2, &person).allowed);
+    person.target = Target::Person {
+        id: "alice".into(),
+        issuer: "https://evil.example".into(),
+        email: String::new(),
+    };
+    assert!(!decide(&p2, &person).allowed);
 
     let mut x = AuthzRequest::new(web.clone(), "token_exchange", "https://orders.example.org");
     x.scope = Some("orders:read".into());

@@ -204,6 +204,8 @@ pub struct Access {
     policy_checked: Mutex<Option<Instant>>,
     workloads: RwLock<Option<WorkloadIndex>>,
     revoked: RwLock<Option<(Instant, Arc<HashSet<String>>)>>,
+    /// Identity providers trusted for person tokens: (issuer, JWKS).
+    trusted: Vec<(String, jsonwebtoken::jwk::JwkSet)>,
 }
 
 impl std::fmt::Debug for Access {
@@ -217,7 +219,24 @@ impl std::fmt::Debug for Access {
 impl Access {
     pub fn new(shared: Arc<Shared>) -> Result<Self, ServerError> {
         let token_key = TokenKey::load_or_create(&shared.config.data_dir)?;
+        let mut trusted = Vec::new();
+        for (issuer, path) in &shared.config.trusted_issuers {
+            let text = std::fs::read(path).map_err(|e| {
+                ServerError::Io(format!(
+                    "trusted_issuer {issuer}: cannot read jwks_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&text).map_err(|e| {
+                ServerError::Other(format!(
+                    "trusted_issuer {issuer}: {} is not a JWKS ({e}); give the provider's jwks_uri document",
+                    path.display()
+                ))
+            })?;
+            trusted.push((issuer.clone(), set));
+        }
         Ok(Self {
+            trusted,
             shared,
             token_key,
             public_url: OnceLock::new(),
@@ -226,6 +245,11 @@ impl Access {
             workloads: RwLock::new(None),
             revoked: RwLock::new(None),
         })
+    }
+
+    /// Identity providers trusted for person tokens: (issuer, JWKS).
+    pub fn trusted_issuers(&self) -> &[(String, jsonwebtoken::jwk::JwkSet)] {
+        &self.trusted
     }
 
     /// Set once the HTTP listener is bound.

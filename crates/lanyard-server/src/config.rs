@@ -56,6 +56,20 @@ pub struct FileConfig {
     /// Federated trust domains whose bundles workloads receive.
     #[serde(default)]
     pub federation: Vec<FileFederation>,
+    /// Identity providers whose tokens name people an agent may act for.
+    #[serde(default)]
+    pub trusted_issuer: Vec<FileTrustedIssuer>,
+}
+
+/// An external identity provider (OIDC) trusted for person tokens in task-token
+/// requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTrustedIssuer {
+    /// `iss` of its tokens.
+    pub issuer: String,
+    /// Its JWKS (JSON), read at start.
+    pub jwks_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +150,8 @@ pub struct ServerConfig {
     pub x509pop_ca_bundle: Option<PathBuf>,
     /// (trust domain, bundle file) of each federated trust domain.
     pub federation: Vec<(TrustDomain, PathBuf)>,
+    /// (issuer, JWKS file) of identity providers trusted for person tokens.
+    pub trusted_issuers: Vec<(String, PathBuf)>,
     /// Where signed audit checkpoints are also appended (outside the datastore).
     pub audit_checkpoint_file: Option<PathBuf>,
     pub log_level: String,
@@ -331,6 +347,16 @@ impl ServerConfig {
                 reason: "ca.upstream_cert and ca.upstream_key must be set together".to_string(),
             });
         }
+        let mut trusted_issuers = Vec::new();
+        for t in &f.trusted_issuer {
+            if !(t.issuer.starts_with("https://") || t.issuer.starts_with("http://")) {
+                return Err(ConfigError::Invalid {
+                    key: "trusted_issuer.issuer",
+                    reason: format!("{:?}; use the provider's issuer URL", t.issuer),
+                });
+            }
+            trusted_issuers.push((t.issuer.clone(), t.jwks_file.clone()));
+        }
         let mut federation = Vec::new();
         for fed in &f.federation {
             let td = TrustDomain::new(&fed.trust_domain).map_err(|e| ConfigError::Invalid {
@@ -377,6 +403,7 @@ impl ServerConfig {
             upstream_key: f.ca.upstream_key,
             x509pop_ca_bundle: f.x509pop.ca_bundle,
             federation,
+            trusted_issuers,
             audit_checkpoint_file: o.audit_checkpoint_file.clone().or(f.audit_checkpoint_file),
             log_level,
         })

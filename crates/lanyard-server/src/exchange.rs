@@ -111,6 +111,27 @@ impl ExchangeForm {
     }
 }
 
+/// Whom a task token is for, and the agent that runs the task.
+struct TaskFor<'a> {
+    sub: &'a str,
+    sub_exp: i64,
+    /// `Some` when `sub` is a person at a trusted identity provider.
+    person_issuer: Option<&'a str>,
+    agent: &'a SpiffeId,
+    agent_exp: i64,
+    /// The agent acts for someone other than itself.
+    acting: bool,
+}
+
+/// A person, from a verified token of a trusted identity provider.
+#[derive(Debug, Clone)]
+pub struct PersonToken {
+    pub sub: String,
+    pub issuer: String,
+    pub email: String,
+    pub exp: i64,
+}
+
 /// A validated subject or actor.
 #[derive(Debug, Clone)]
 struct Party {
@@ -262,6 +283,9 @@ impl Access {
                 )));
             }
         }
+        if let Some(person) = self.person_token(&form.subject_token).await? {
+            return self.person_task(form, person, refused).await;
+        }
         let subject = self.party(&form.subject_token, "subject", true).await?;
         refused.subject = Some(subject.id.to_string());
         refused
@@ -354,8 +378,28 @@ impl Access {
             policy_ids.extend(d.policy_ids);
         }
         if task {
+            if subject.issued.is_some() && actor.is_none() {
+                return Err(OAuthError::request(
+                    "a task token is requested with the agent's own JWT-SVID",
+                ));
+            }
+            // The agent is the actor when it acts for someone, else the subject itself.
+            let agent = actor.as_ref().map_or(&subject.id, |a| &a.id);
+            let sub = subject.id.to_string();
             return self
-                .task_token(form, &subject, actor.as_ref(), policy_ids, refused)
+                .task_token(
+                    form,
+                    TaskFor {
+                        sub: &sub,
+                        sub_exp: subject.exp,
+                        person_issuer: None,
+                        agent,
+                        agent_exp: actor.as_ref().map_or(subject.exp, |a| a.exp),
+                        acting: actor.as_ref().is_some_and(|a| a.id != subject.id),
+                    },
+                    policy_ids,
+                    refused,
+                )
                 .await;
         }
         // Audience.
@@ -527,21 +571,17 @@ impl Access {
         Ok(out)
     }
 
+    /// Issue a task token for `agent`, for `task.sub` (the agent itself, a workload or
+    /// a person it acts for).
     async fn task_token(
         &self,
         form: &ExchangeForm,
-        subject: &Party,
-        actor: Option<&Party>,
+        task: TaskFor<'_>,
         mut policy_ids: Vec<String>,
         refused: &mut lanyard_audit::Event,
     ) -> Result<Value, OAuthError> {
-        // The agent is the actor when it acts for someone, else the subject itself.
-        let agent = actor.map_or(&subject.id, |a| &a.id);
-        if subject.issued.is_some() && actor.is_none() {
-            return Err(OAuthError::request(
-                "a task token is requested with the agent's own JWT-SVID",
-            ));
-        }
+        let agent = task.agent;
+        let acting = task.acting;
         let purpose = form.scope.trim().to_string();
         if purpose.is_empty() {
             return Err(OAuthError::request(
@@ -568,7 +608,7 @@ impl Access {
             let mut r = AuthzRequest::new(agent_facts.clone(), "start_task", t);
             r.scope = Some(purpose.clone());
             r.tool = Some(t.clone());
-            if actor.is_some() {
+            if acting {
                 r.actor = Some(agent.to_string());
             }
             let d = policy
@@ -595,14 +635,13 @@ impl Access {
         let ttl = i64::try_from(self.shared.config.exchange_token_ttl.as_secs())
             .unwrap_or(MAX_TASK_TTL)
             .min(MAX_TASK_TTL);
-        let exp = (now + ttl).min(subject.exp);
-        let exp = actor.map_or(exp, |a| exp.min(a.exp));
+        let exp = (now + ttl).min(task.sub_exp).min(task.agent_exp);
         let txn = Access::new_id();
         let jti = Access::new_id();
         let mut claims = json!({
             "iss": self.issuer(),
             "aud": format!("spiffe://{}", self.shared.config.trust_domain),
-            "sub": subject.id.to_string(),
+            "sub": task.sub,
             "txn": txn,
             "jti": jti,
             "iat": now,
@@ -611,10 +650,12 @@ impl Access {
             "tctx": {"purpose": purpose, "tools": tools},
             "rctx": {"req_wl": agent.to_string()},
         });
-        if let Some(a) = actor
-            && a.id != subject.id
-        {
-            claims["act"] = json!({"sub": a.id.to_string()});
+        if acting {
+            claims["act"] = json!({"sub": agent.to_string()});
+        }
+        if let Some(iss) = task.person_issuer {
+            // Whose `sub` it is: a person at a trusted identity provider.
+            claims["sub_iss"] = json!(iss);
         }
         let token = self
             .token_key
@@ -624,8 +665,11 @@ impl Access {
             .shared
             .event(EventKind::TaskTokenIssued, Outcome::Success);
         ev.actor = Some(agent.to_string());
-        ev.subject = Some(subject.id.to_string());
+        ev.subject = Some(task.sub.to_string());
         ev.trace_id = Some(txn.clone());
+        if let Some(iss) = task.person_issuer {
+            ev.evidence.insert("person_issuer".into(), iss.into());
+        }
         if !agent_facts.owner.is_empty() {
             ev.owner = Some(agent_facts.owner.clone());
         }
@@ -646,6 +690,158 @@ impl Access {
             "expires_in": (exp - now).max(0),
             "scope": purpose,
         }))
+    }
+
+    /// A subject token from a trusted identity provider (`[[trusted_issuer]]`), by
+    /// its `iss`; `None` when it names no trusted issuer (then it must be a JWT-SVID
+    /// or an exchanged token).
+    async fn person_token(&self, token: &str) -> Result<Option<PersonToken>, OAuthError> {
+        use base64::Engine as _;
+        if self.trusted_issuers().is_empty() {
+            return Ok(None);
+        }
+        let Some(payload) = token.split('.').nth(1) else {
+            return Ok(None);
+        };
+        let Some(claims) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            return Ok(None);
+        };
+        let Some(iss) = claims.get("iss").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let Some((issuer, jwks)) = self.trusted_issuers().iter().find(|(i, _)| i == iss) else {
+            return Ok(None);
+        };
+        let bad = |e: String| {
+            OAuthError::request(format!(
+                "the subject_token from the trusted issuer {issuer} is not accepted: {e}"
+            ))
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|e| bad(e.to_string()))?;
+        if matches!(
+            header.alg,
+            jsonwebtoken::Algorithm::HS256
+                | jsonwebtoken::Algorithm::HS384
+                | jsonwebtoken::Algorithm::HS512
+        ) {
+            return Err(bad(format!(
+                "{:?} is not accepted (asymmetric keys only)",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .clone()
+            .ok_or_else(|| bad("it has no kid".to_string()))?;
+        let jwk = jwks
+            .find(&kid)
+            .ok_or_else(|| bad(format!("its key {kid:?} is not in the issuer's JWKS")))?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
+        let mut v = jsonwebtoken::Validation::new(header.alg);
+        v.set_issuer(&[issuer.as_str()]);
+        let auds = self.own_audiences();
+        v.set_audience(&auds);
+        v.leeway = 0;
+        v.required_spec_claims = ["exp", "iss", "sub", "aud"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
+            .map_err(|e| bad(format!("{e} (its audience must be {:?})", self.issuer())))?;
+        let c = data.claims;
+        let sub = c
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("it has no sub".to_string()))?
+            .to_string();
+        let exp = c.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        if exp <= self.shared.clock.unix_seconds() {
+            return Err(bad("it has expired".to_string()));
+        }
+        Ok(Some(PersonToken {
+            sub,
+            issuer: issuer.clone(),
+            email: c
+                .get("email")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            exp,
+        }))
+    }
+
+    /// A task token for an agent acting for a person: only with the agent's JWT-SVID
+    /// as actor, and only when the authz policy lets the agent act for that person.
+    async fn person_task(
+        &self,
+        form: &ExchangeForm,
+        person: PersonToken,
+        refused: &mut lanyard_audit::Event,
+    ) -> Result<Value, OAuthError> {
+        refused.subject = Some(person.sub.clone());
+        refused
+            .evidence
+            .insert("person_issuer".into(), person.issuer.clone().into());
+        if form.requested_token_type != TYPE_TXN_TOKEN {
+            return Err(OAuthError::request(format!(
+                "a person's token (from {}) can only be exchanged for a task token (requested_token_type={TYPE_TXN_TOKEN}) by the agent acting for them",
+                person.issuer
+            )));
+        }
+        if form.actor_token.is_empty() {
+            return Err(OAuthError::request(
+                "a task for a person needs the agent's JWT-SVID as actor_token",
+            ));
+        }
+        let agent = self.party(&form.actor_token, "actor", false).await?;
+        refused.actor = Some(agent.id.to_string());
+        let policy = self
+            .policy()
+            .await
+            .map_err(|e| OAuthError::new("server_error", e))?;
+        let mut r = AuthzRequest::new(
+            self.workload(&agent.id.to_string()).await,
+            "act_for_person",
+            "",
+        );
+        r.target = Target::Person {
+            id: person.sub.clone(),
+            issuer: person.issuer.clone(),
+            email: person.email.clone(),
+        };
+        r.chain = Some(Vec::new());
+        let d = policy
+            .evaluate_authz(&r)
+            .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+        if !d.allowed {
+            refused.policy_ids = d.policy_ids.clone();
+            return Err(OAuthError::request(format!(
+                "{} may not act for {} ({}): {}",
+                agent.id,
+                person.sub,
+                person.issuer,
+                d.explain(PolicyKind::Authz)
+            )));
+        }
+        self.task_token(
+            form,
+            TaskFor {
+                sub: &person.sub,
+                sub_exp: person.exp,
+                person_issuer: Some(&person.issuer),
+                agent: &agent.id,
+                agent_exp: agent.exp,
+                acting: true,
+            },
+            d.policy_ids,
+            refused,
+        )
+        .await
     }
 }
 

@@ -143,6 +143,9 @@ enum Command {
         dir: Option<std::path::PathBuf>,
         #[arg(long, default_value = "example.org")]
         trust_domain: String,
+        /// A server TOML file for settings dev does not make (e.g. `[[trusted_issuer]]`).
+        #[arg(long)]
+        server_config: Option<std::path::PathBuf>,
     },
     /// Work with SPIFFE IDs.
     Id {
@@ -730,9 +733,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
         }),
         Command::Agent { command: None, run } => runtime()?.block_on(cmd::agent::run(run)),
-        Command::Dev { dir, trust_domain } => {
-            runtime()?.block_on(cmd::agent::dev(dir, trust_domain))
-        }
+        Command::Dev {
+            dir,
+            trust_domain,
+            server_config,
+        } => runtime()?.block_on(cmd::agent::dev(dir, trust_domain, server_config)),
         Command::Agent {
             command: Some(command),
             ..

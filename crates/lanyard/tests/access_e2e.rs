@@ -826,3 +826,216 @@ async fn envoy_ext_authz_allows_and_denies() {
         "ext_authz answered a client without an SVID"
     );
 }
+
+/// `token` with owned parameters.
+async fn call(dev: &Dev, p: &[(String, String)]) -> (u16, Value) {
+    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    token(dev, &p).await
+}
+
+/// A test identity provider: an EC P-256 key, its JWKS, and tokens for people.
+struct Idp {
+    key: jsonwebtoken::EncodingKey,
+    jwks: Value,
+}
+
+impl Idp {
+    const ISSUER: &'static str = "https://idp.example.com";
+
+    fn new() -> Self {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        use base64::Engine as _;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        Self {
+            key: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwks: json!({"keys": [{
+                "kty": "EC", "crv": "P-256", "kid": "idp-1", "alg": "ES256", "use": "sig",
+                "x": b64(&public[1..33]), "y": b64(&public[33..65])
+            }]}),
+        }
+    }
+
+    fn token(&self, sub: &str, aud: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("idp-1".to_string());
+        jsonwebtoken::encode(
+            &h,
+            &json!({"iss": Self::ISSUER, "sub": sub, "aud": aud, "email": format!("{sub}@example.com"),
+                    "iat": now, "exp": now + 300}),
+            &self.key,
+        )
+        .unwrap()
+    }
+}
+
+/// An agent acting for a person: the person's token from a trusted identity provider
+/// as subject, the agent's JWT-SVID as actor; allowed only by `act_for` on a `Person`
+/// and only for task tokens; the trail names the person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_act_for_people_from_a_trusted_identity_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Idp::new();
+    let jwks_file = dir.path().join("idp-jwks.json");
+    std::fs::write(&jwks_file, idp.jwks.to_string()).unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[trusted_issuer]]\nissuer = \"{}\"\njwks_file = \"{}\"\n",
+            Idp::ISSUER,
+            jwks_file.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let dev = Dev::start_with(&data, &["--server-config", cfg.to_str().unwrap()]);
+    setup(&dev, &["/agents/helper", "/agents/rogue", "/pep"]);
+    let file = data.join("people.cedar");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{POLICY}\n{}",
+            include_str!("../../lanyard-policy/src/authz_default.cedar"),
+            r#"
+@id("helper-acts-for-idp-people")
+@reason("the helper agent may act for people of our identity provider")
+permit (principal, action == Action::"act_for_person", resource)
+when { principal.path == "/agents/helper" && resource.issuer == "https://idp.example.com" };
+"#
+        ),
+    )
+    .unwrap();
+    dev.ok(&[
+        "policy",
+        "set",
+        "--kind",
+        "authz",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    let mut c = raw(&dev).await;
+    let helper = jwt(&mut c, "/agents/helper", ISSUER).await;
+    let rogue = jwt(&mut c, "/agents/rogue", ISSUER).await;
+    let pep = jwt(&mut c, "/pep", ISSUER).await;
+    let alice = idp.token("alice", ISSUER);
+    let set = jwks(&dev).await;
+    let task = |subject: &str, actor: Option<&str>, txn: bool| {
+        let mut p: Vec<(String, String)> = vec![
+            ("grant_type".into(), EXCHANGE.into()),
+            ("subject_token".into(), subject.into()),
+            ("subject_token_type".into(), JWT_TYPE.into()),
+            ("scope".into(), "triage-my-tickets".into()),
+            ("tools".into(), "search read_ticket".into()),
+            ("audience".into(), "spiffe://example.org/orders".into()),
+        ];
+        if txn {
+            p.push(("requested_token_type".into(), TXN_TYPE.into()));
+        }
+        if let Some(a) = actor {
+            p.push(("actor_token".into(), a.into()));
+            p.push(("actor_token_type".into(), JWT_TYPE.into()));
+        }
+        p
+    };
+
+    let (s, body) = call(&dev, &task(&alice, Some(&helper), true)).await;
+    assert_eq!(s, 200, "{body}");
+    let t = body["access_token"].as_str().unwrap().to_string();
+    let claims = verify(&set, &t, "spiffe://example.org");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["sub_iss"], Idp::ISSUER);
+    assert_eq!(
+        claims["act"],
+        json!({"sub": "spiffe://example.org/agents/helper"})
+    );
+    assert_eq!(
+        claims["rctx"]["req_wl"],
+        "spiffe://example.org/agents/helper"
+    );
+    let txn = claims["txn"].as_str().unwrap().to_string();
+
+    // Refused: another agent, no actor, a plain exchange, a forged or HS256 token.
+    for (params, needle) in [
+        (task(&alice, Some(&rogue), true), "may not act for alice"),
+        (task(&alice, None, true), "actor_token"),
+        (task(&alice, Some(&helper), false), "task token"),
+        (
+            task(&Idp::new().token("alice", ISSUER), Some(&helper), true),
+            "not accepted",
+        ),
+        (
+            task(
+                &idp.token("alice", "https://elsewhere"),
+                Some(&helper),
+                true,
+            ),
+            "audience",
+        ),
+    ] {
+        let (s, body) = call(&dev, &params).await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+        assert!(
+            body["error_description"].as_str().unwrap().contains(needle),
+            "{needle}: {body}"
+        );
+    }
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            kid: Some("idp-1".into()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        },
+        &json!({"iss": Idp::ISSUER, "sub": "mallory", "aud": ISSUER, "exp": 4_000_000_000i64}),
+        &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    let (s, body) = call(&dev, &task(&hs, Some(&helper), true)).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("HS256"),
+        "{body}"
+    );
+
+    // The tool call is decided with the task and the trail names alice.
+    let (s, body) = post_json(
+        &dev,
+        "/access/v1/evaluation",
+        Some(&pep),
+        &json!({
+            "subject": {"type": "workload", "id": "spiffe://example.org/agents/helper"},
+            "action": {"name": "call_tool"},
+            "resource": {"type": "tool", "id": "read_ticket"},
+            "context": {"task_token": t}
+        }),
+    )
+    .await;
+    assert_eq!((s, body["decision"].as_bool()), (200, Some(true)), "{body}");
+    let mut out = String::new();
+    for _ in 0..50 {
+        out = dev.ok(&["audit", "trace", &txn, "--data-dir", data.to_str().unwrap()]);
+        if out.contains("authz_decision") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        out.contains("task_token_issued") && out.contains("authz_decision"),
+        "{out}"
+    );
+    assert!(out.contains("alice"), "{out}");
+}

@@ -101,6 +101,17 @@ pub async fn start_dev_stack(
     trust_domain: &str,
     uid: u32,
 ) -> Result<DevStack, String> {
+    start_dev_stack_with(dir, trust_domain, uid, None).await
+}
+
+/// [`start_dev_stack`] with an optional server TOML file (e.g. `[[trusted_issuer]]`);
+/// the dev listeners and data dir win over it.
+pub async fn start_dev_stack_with(
+    dir: PathBuf,
+    trust_domain: &str,
+    uid: u32,
+    server_config: Option<PathBuf>,
+) -> Result<DevStack, String> {
     use lanyard_proto::admin as apb;
     let trust_domain = trust_domain.to_string();
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -112,6 +123,7 @@ pub async fn start_dev_stack(
         http_bind: Some("127.0.0.1:0".to_string()),
         ext_authz_bind: Some("127.0.0.1:0".to_string()),
         authzen_tls_bind: Some("127.0.0.1:0".to_string()),
+        config: server_config,
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
@@ -194,7 +206,11 @@ pub async fn start_dev_stack(
     })
 }
 
-pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode, String> {
+pub async fn dev(
+    dir: Option<PathBuf>,
+    trust_domain: String,
+    server_config: Option<PathBuf>,
+) -> Result<ExitCode, String> {
     crate::cmd::server::init_tracing("warn");
     let uid = my_uid();
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("lanyard-dev-{uid}")));
@@ -204,7 +220,7 @@ pub async fn dev(dir: Option<PathBuf>, trust_domain: String) -> Result<ExitCode,
         socket,
         workload_id,
         dir,
-    } = start_dev_stack(dir, &trust_domain, uid).await?;
+    } = start_dev_stack_with(dir, &trust_domain, uid, server_config).await?;
     println!(
         "Lanyard dev is running (trust domain {trust_domain}, data in {}).",
         dir.display()

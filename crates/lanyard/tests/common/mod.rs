@@ -275,10 +275,16 @@ pub struct Dev {
 
 impl Dev {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// `lanyard dev --dir DIR` with extra arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let started = Instant::now();
         let mut child = Command::new(bin())
             .args(["dev", "--dir"])
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
