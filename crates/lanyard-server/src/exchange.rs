@@ -360,22 +360,18 @@ impl Access {
                     a.id
                 )));
             }
-            let mut r = AuthzRequest::new(self.workload(&a.id.to_string()).await, "act_for", "");
-            r.target = Target::Workload(subject_facts.clone());
-            r.chain = Some(chain.clone());
-            let d = policy
-                .evaluate_authz(&r)
-                .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
-            if !d.allowed {
-                refused.policy_ids = d.policy_ids.clone();
-                return Err(OAuthError::request(format!(
-                    "{} may not act for {}: {}",
-                    a.id,
-                    subject.id,
-                    d.explain(PolicyKind::Authz)
-                )));
-            }
-            policy_ids.extend(d.policy_ids);
+            let allowed = self
+                .may_act(
+                    &policy,
+                    &a.id,
+                    "act_for",
+                    Target::Workload(subject_facts.clone()),
+                    chain.clone(),
+                    &subject.id.to_string(),
+                    refused,
+                )
+                .await?;
+            policy_ids.extend(allowed);
         }
         if task {
             if subject.issued.is_some() && actor.is_none() {
@@ -804,30 +800,21 @@ impl Access {
             .policy()
             .await
             .map_err(|e| OAuthError::new("server_error", e))?;
-        let mut r = AuthzRequest::new(
-            self.workload(&agent.id.to_string()).await,
-            "act_for_person",
-            "",
-        );
-        r.target = Target::Person {
-            id: person.sub.clone(),
-            issuer: person.issuer.clone(),
-            email: person.email.clone(),
-        };
-        r.chain = Some(Vec::new());
-        let d = policy
-            .evaluate_authz(&r)
-            .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
-        if !d.allowed {
-            refused.policy_ids = d.policy_ids.clone();
-            return Err(OAuthError::request(format!(
-                "{} may not act for {} ({}): {}",
-                agent.id,
-                person.sub,
-                person.issuer,
-                d.explain(PolicyKind::Authz)
-            )));
-        }
+        let allowed = self
+            .may_act(
+                &policy,
+                &agent.id,
+                "act_for_person",
+                Target::Person {
+                    id: person.sub.clone(),
+                    issuer: person.issuer.clone(),
+                    email: person.email.clone(),
+                },
+                Vec::new(),
+                &format!("{} ({})", person.sub, person.issuer),
+                refused,
+            )
+            .await?;
         self.task_token(
             form,
             TaskFor {
@@ -838,10 +825,40 @@ impl Access {
                 agent_exp: agent.exp,
                 acting: true,
             },
-            d.policy_ids,
+            allowed,
             refused,
         )
         .await
+    }
+
+    /// May `actor` act for `target` (`act_for` on a workload, `act_for_person` on a
+    /// person)? Returns the permitting policies; a refusal is `invalid_request`
+    /// naming the policy.
+    #[allow(clippy::too_many_arguments)]
+    async fn may_act(
+        &self,
+        policy: &lanyard_policy::CompiledPolicies,
+        actor: &SpiffeId,
+        action: &str,
+        target: Target,
+        chain: Vec<String>,
+        whom: &str,
+        refused: &mut lanyard_audit::Event,
+    ) -> Result<Vec<String>, OAuthError> {
+        let mut r = AuthzRequest::new(self.workload(&actor.to_string()).await, action, "");
+        r.target = target;
+        r.chain = Some(chain);
+        let d = policy
+            .evaluate_authz(&r)
+            .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+        if !d.allowed {
+            refused.policy_ids = d.policy_ids.clone();
+            return Err(OAuthError::request(format!(
+                "{actor} may not act for {whom}: {}",
+                d.explain(PolicyKind::Authz)
+            )));
+        }
+        Ok(d.policy_ids)
     }
 }
 
