@@ -182,12 +182,17 @@ pub fn canonical(event: &Event) -> Result<Vec<u8>, AuditError> {
 
 /// The chain hash of a record.
 pub fn record_hash(seq: u64, prev_hash: &str, event: &Event) -> Result<String, AuditError> {
+    Ok(hash_encoded(seq, prev_hash, &canonical(event)?))
+}
+
+/// The chain hash of a record whose event is already canonically encoded.
+fn hash_encoded(seq: u64, prev_hash: &str, encoded: &[u8]) -> String {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(DOMAIN);
     ctx.update(&seq.to_be_bytes());
     ctx.update(prev_hash.as_bytes());
-    ctx.update(&canonical(event)?);
-    Ok(hex(ctx.finish().as_ref()))
+    ctx.update(encoded);
+    hex(ctx.finish().as_ref())
 }
 
 /// The writer's view of the chain: the next sequence number and the head hash.
@@ -220,7 +225,14 @@ impl Chain {
 
     /// Chain a new event.
     pub fn append(&mut self, event: Event) -> Result<Record, AuditError> {
-        let hash = record_hash(self.next_seq, &self.head, &event)?;
+        self.append_encoded(event).map(|(r, _)| r)
+    }
+
+    /// Chain a new event; also returns its canonical encoding (what is stored), so
+    /// writers encode each event once.
+    pub fn append_encoded(&mut self, event: Event) -> Result<(Record, Vec<u8>), AuditError> {
+        let encoded = canonical(&event)?;
+        let hash = hash_encoded(self.next_seq, &self.head, &encoded);
         let r = Record {
             seq: self.next_seq,
             prev_hash: self.head.clone(),
@@ -229,7 +241,7 @@ impl Chain {
         };
         self.next_seq += 1;
         self.head = hash;
-        Ok(r)
+        Ok((r, encoded))
     }
 }
 

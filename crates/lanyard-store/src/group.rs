@@ -46,8 +46,10 @@ impl AuditQueue {
                         Err(_) => break,
                     }
                 }
-                let all: Vec<lanyard_audit::Event> =
-                    jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
+                let all: Vec<lanyard_audit::Event> = jobs
+                    .iter_mut()
+                    .flat_map(|j| std::mem::take(&mut j.events))
+                    .collect();
                 let result = store.append_audit(&all).await;
                 for j in jobs {
                     let r = match &result {

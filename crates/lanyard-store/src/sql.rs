@@ -158,6 +158,9 @@ macro_rules! bind_spec {
     };
 }
 
+/// Evidence-log rows per INSERT statement (7 parameters each).
+const AUDIT_ROWS_PER_INSERT: usize = 64;
+
 macro_rules! impl_store {
     ($store:ident, $row:ty, $db:ty, $begin:expr) => {
         /// Append events after the newest record, inside the caller's transaction.
@@ -176,25 +179,41 @@ macro_rules! impl_store {
                 },
             };
             let mut out = Vec::with_capacity(events.len());
+            let mut encoded = Vec::with_capacity(events.len());
             for ev in events {
-                let rec = chain
-                    .append(ev.clone())
+                let (rec, json) = chain
+                    .append_encoded(ev.clone())
                     .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-                let json = lanyard_audit::canonical(&rec.event)
-                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-                sqlx::query(
-                    "INSERT INTO audit_events (seq, prev_hash, hash, time, kind, subject, event) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-                )
-                .bind(i64::try_from(rec.seq).unwrap_or(i64::MAX))
-                .bind(&rec.prev_hash)
-                .bind(&rec.hash)
-                .bind(rec.event.time)
-                .bind(serde_json::to_value(rec.event.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
-                .bind(&rec.event.subject)
-                .bind(String::from_utf8_lossy(&json).into_owned())
-                .execute(&mut **tx)
-                .await?;
                 out.push(rec);
+                encoded.push(String::from_utf8_lossy(&json).into_owned());
+            }
+            // Many rows per statement: each statement is a round trip to the driver.
+            for (recs, jsons) in out.chunks(AUDIT_ROWS_PER_INSERT).zip(encoded.chunks(AUDIT_ROWS_PER_INSERT)) {
+                let mut sql = String::from(
+                    "INSERT INTO audit_events (seq, prev_hash, hash, time, kind, subject, event) VALUES ",
+                );
+                for k in 0..recs.len() {
+                    let b = k * 7;
+                    if k > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!(
+                        "(${},${},${},${},${},${},${})",
+                        b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+                    ));
+                }
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (rec, json) in recs.iter().zip(jsons) {
+                    q = q
+                        .bind(i64::try_from(rec.seq).unwrap_or(i64::MAX))
+                        .bind(rec.prev_hash.clone())
+                        .bind(rec.hash.clone())
+                        .bind(rec.event.time)
+                        .bind(serde_json::to_value(rec.event.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                        .bind(rec.event.subject.clone())
+                        .bind(json.clone());
+                }
+                q.execute(&mut **tx).await?;
             }
             Ok(out)
         }
