@@ -385,6 +385,7 @@ impl Access {
             return self
                 .task_token(
                     form,
+                    &policy,
                     TaskFor {
                         sub: &sub,
                         sub_exp: subject.exp,
@@ -572,6 +573,7 @@ impl Access {
     async fn task_token(
         &self,
         form: &ExchangeForm,
+        policy: &lanyard_policy::CompiledPolicies,
         task: TaskFor<'_>,
         mut policy_ids: Vec<String>,
         refused: &mut lanyard_audit::Event,
@@ -594,10 +596,6 @@ impl Access {
             .evidence
             .insert("purpose".into(), purpose.clone().into());
         refused.evidence.insert("tools".into(), json!(tools));
-        let policy = self
-            .policy()
-            .await
-            .map_err(|e| OAuthError::new("server_error", e))?;
         let agent_facts = self.workload(&agent.to_string()).await;
         let mut denied = Vec::new();
         for t in &tools {
@@ -817,6 +815,7 @@ impl Access {
             .await?;
         self.task_token(
             form,
+            &policy,
             TaskFor {
                 sub: &person.sub,
                 sub_exp: person.exp,

@@ -188,6 +188,28 @@ async fn tls_listener(
     Ok((addr, conn_rx))
 }
 
+/// Serve gRPC `routes` on `bind` to callers presenting an SVID (mTLS, client
+/// certificate mandatory); returns the bound address.
+async fn grpc_over_mtls(
+    shared: &Arc<Shared>,
+    bind: SocketAddr,
+    routes: tonic::service::Routes,
+    what: &'static str,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<Result<(), ServerError>>,
+) -> Result<SocketAddr, ServerError> {
+    let (addr, conns) = tls_listener(shared, bind, true, shutdown.clone(), tasks).await?;
+    let rx = shutdown.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(ReceiverStream::new(conns), until(rx))
+            .await
+            .map_err(|e| ServerError::Other(format!("{what}: {e}")))
+    });
+    Ok(addr)
+}
+
 /// Start the server with the given configuration and clock.
 pub async fn start(
     config: ServerConfig,
@@ -233,20 +255,19 @@ pub async fn start(
     // Admin API over mTLS for admin SVIDs (client certificate mandatory).
     let admin_addr = match shared.config.admin_bind {
         None => None,
-        Some(bind) => {
-            let (addr, conns) =
-                tls_listener(&shared, bind, true, shutdown_rx.clone(), &mut tasks).await?;
-            let svc = AdminServer::new(admin::AdminService::mtls(shared.clone()));
-            let rx = shutdown_rx.clone();
-            tasks.spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(ReceiverStream::new(conns), until(rx))
-                    .await
-                    .map_err(|e| ServerError::Other(format!("admin mTLS API: {e}")))
-            });
-            Some(addr)
-        }
+        Some(bind) => Some(
+            grpc_over_mtls(
+                &shared,
+                bind,
+                tonic::service::Routes::new(AdminServer::new(admin::AdminService::mtls(
+                    shared.clone(),
+                ))),
+                "admin mTLS API",
+                &shutdown_rx,
+                &mut tasks,
+            )
+            .await?,
+        ),
     };
 
     // Health.
@@ -302,22 +323,21 @@ pub async fn start(
     // Envoy ext_authz over mTLS (the enforcement point presents its SVID).
     let ext_authz_addr = match shared.config.ext_authz_bind {
         None => None,
-        Some(bind) => {
-            let (addr, conns) =
-                tls_listener(&shared, bind, true, shutdown_rx.clone(), &mut tasks).await?;
-            let svc = lanyard_proto::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
-                extauthz::ExtAuthz::new(access.clone()),
-            );
-            let rx = shutdown_rx.clone();
-            tasks.spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(ReceiverStream::new(conns), until(rx))
-                    .await
-                    .map_err(|e| ServerError::Other(format!("ext_authz: {e}")))
-            });
-            Some(addr)
-        }
+        Some(bind) => Some(
+            grpc_over_mtls(
+                &shared,
+                bind,
+                tonic::service::Routes::new(
+                    lanyard_proto::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
+                        extauthz::ExtAuthz::new(access.clone()),
+                    ),
+                ),
+                "ext_authz",
+                &shutdown_rx,
+                &mut tasks,
+            )
+            .await?,
+        ),
     };
 
     // AuthZEN over HTTPS with mTLS: the caller's SVID authenticates it.

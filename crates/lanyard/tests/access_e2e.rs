@@ -899,29 +899,15 @@ async fn agents_act_for_people_from_a_trusted_identity_provider() {
     let data = dir.path().join("data");
     let dev = Dev::start_with(&data, &["--server-config", cfg.to_str().unwrap()]);
     setup(&dev, &["/agents/helper", "/agents/rogue", "/pep"]);
-    let file = data.join("people.cedar");
-    std::fs::write(
-        &file,
-        format!(
-            "{}\n{POLICY}\n{}",
-            include_str!("../../lanyard-policy/src/authz_default.cedar"),
-            r#"
+    dev.set_authz_policy(&format!(
+        "{POLICY}\n{}",
+        r#"
 @id("helper-acts-for-idp-people")
 @reason("the helper agent may act for people of our identity provider")
 permit (principal, action == Action::"act_for_person", resource)
 when { principal.path == "/agents/helper" && resource.issuer == "https://idp.example.com" };
 "#
-        ),
-    )
-    .unwrap();
-    dev.ok(&[
-        "policy",
-        "set",
-        "--kind",
-        "authz",
-        "--file",
-        file.to_str().unwrap(),
-    ]);
+    ));
     let mut c = raw(&dev).await;
     let helper = jwt(&mut c, "/agents/helper", ISSUER).await;
     let rogue = jwt(&mut c, "/agents/rogue", ISSUER).await;
