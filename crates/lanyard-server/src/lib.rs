@@ -188,17 +188,19 @@ async fn tls_listener(
     Ok((addr, conn_rx))
 }
 
-/// Serve gRPC `routes` on `bind` to callers presenting an SVID (mTLS, client
-/// certificate mandatory); returns the bound address.
-async fn grpc_over_mtls(
+/// Serve gRPC `routes` over SPIFFE TLS on `bind` (client SVID mandatory or
+/// optional); returns the bound address.
+async fn serve_grpc_tls(
     shared: &Arc<Shared>,
     bind: SocketAddr,
+    client_cert_mandatory: bool,
     routes: tonic::service::Routes,
     what: &'static str,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut JoinSet<Result<(), ServerError>>,
 ) -> Result<SocketAddr, ServerError> {
-    let (addr, conns) = tls_listener(shared, bind, true, shutdown.clone(), tasks).await?;
+    let (addr, conns) =
+        tls_listener(shared, bind, client_cert_mandatory, shutdown.clone(), tasks).await?;
     let rx = shutdown.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
@@ -233,32 +235,26 @@ pub async fn start(
     });
 
     // Agent API over TLS (client certificate optional: attestation has none yet).
-    let (agent_addr, conn_rx) = tls_listener(
+    let access = Arc::new(access::Access::new(shared.clone())?);
+    let agent_addr = serve_grpc_tls(
         &shared,
         shared.config.bind,
         false,
-        shutdown_rx.clone(),
+        tonic::service::Routes::new(NodeServer::new(node::NodeService::new(access.clone()))),
+        "agent API",
+        &shutdown_rx,
         &mut tasks,
     )
     .await?;
-    let access = Arc::new(access::Access::new(shared.clone())?);
-    let node_svc = NodeServer::new(node::NodeService::new(access.clone()));
-    let rx = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(node_svc)
-            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), until(rx))
-            .await
-            .map_err(|e| ServerError::Other(format!("agent API: {e}")))
-    });
 
     // Admin API over mTLS for admin SVIDs (client certificate mandatory).
     let admin_addr = match shared.config.admin_bind {
         None => None,
         Some(bind) => Some(
-            grpc_over_mtls(
+            serve_grpc_tls(
                 &shared,
                 bind,
+                true,
                 tonic::service::Routes::new(AdminServer::new(admin::AdminService::mtls(
                     shared.clone(),
                 ))),
@@ -324,9 +320,10 @@ pub async fn start(
     let ext_authz_addr = match shared.config.ext_authz_bind {
         None => None,
         Some(bind) => Some(
-            grpc_over_mtls(
+            serve_grpc_tls(
                 &shared,
                 bind,
+                true,
                 tonic::service::Routes::new(
                     lanyard_proto::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
                         extauthz::ExtAuthz::new(access.clone()),
