@@ -320,7 +320,14 @@ pub async fn run(
             return;
         }
         match session(&cfg, &state, &node, &mut shutdown).await {
-            Ok(()) => return,
+            Ok(SessionEnd::Shutdown) => return,
+            Ok(SessionEnd::Renewed) => {
+                // Reconnect at once with the renewed SVID: the server accepts the
+                // old one only until it sees the new one.
+                node.set(None).await;
+                backoff = Duration::from_millis(200);
+                continue;
+            }
             Err(e) => {
                 node.set(None).await;
                 if e.code() == tonic::Code::PermissionDenied {
@@ -340,13 +347,21 @@ pub async fn run(
     }
 }
 
-/// One connection's life: identity, connect, stream, rotate. Returns Ok on shutdown.
+/// Why a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    Shutdown,
+    /// The agent SVID was renewed: reconnect presenting the new one.
+    Renewed,
+}
+
+/// One connection's life: identity, connect, stream, rotate.
 async fn session(
     cfg: &AgentConfig,
     state: &AgentState,
     node: &NodeHandle,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), tonic::Status> {
+) -> Result<SessionEnd, tonic::Status> {
     let now = SystemClock.unix_seconds();
     let mut identity = match load_identity(&cfg.data_dir, now) {
         Some(id) => id,
@@ -381,7 +396,7 @@ async fn session(
     let mut reported: Option<std::collections::BTreeMap<String, i64>> = None;
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
             msg = stream.next() => {
                 let update = msg.ok_or_else(|| tonic::Status::unavailable("the server closed the entry stream"))??;
                 if state.apply_sync(&update)
@@ -418,7 +433,8 @@ async fn session(
                     };
                     save_identity(&cfg.data_dir, &identity).map_err(tonic::Status::internal)?;
                     resolver.set(certified_key(&identity.chain, &identity.key_pkcs8).map_err(tonic::Status::internal)?);
-                    tracing::info!(agent = %identity.spiffe_id, expires_at = identity.expires_at, "agent SVID renewed");
+                    tracing::info!(agent = %identity.spiffe_id, expires_at = identity.expires_at, "agent SVID renewed; reconnecting with it");
+                    return Ok(SessionEnd::Renewed);
                 }
                 // Tell the server which CA keys this agent still depends on, so that a
                 // tainted key can leave the bundle once nobody uses it.

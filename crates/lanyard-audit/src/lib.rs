@@ -68,6 +68,9 @@ pub enum EventKind {
     TokenExchangeRefused,
     /// A task token was issued to an agent workload.
     TaskTokenIssued,
+    /// An agent SVID that a renewal had superseded was presented: a copy of the
+    /// agent's key and SVID is in use.
+    AgentCloneSuspected,
 }
 
 /// How it ended.
@@ -112,6 +115,43 @@ pub struct Record {
     pub prev_hash: String,
     pub hash: String,
     pub event: Event,
+    /// What the store keeps beside the hashed event for its queries (time, kind,
+    /// subject), as read back; [`verify`] checks it equals what the event says.
+    /// `None` for a record that was never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<IndexColumns>,
+}
+
+/// Copies of event fields a store keeps in columns of their own so queries can use
+/// indexes. They are not hashed, so verification compares them with the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexColumns {
+    /// Unix milliseconds.
+    pub time: i64,
+    /// The event kind's name (`node_attested`, ...).
+    pub kind: String,
+    pub subject: Option<String>,
+}
+
+impl IndexColumns {
+    /// The columns as they must be stored for `event`.
+    pub fn of(event: &Event) -> Self {
+        Self {
+            time: event.time,
+            kind: event.kind.name(),
+            subject: event.subject.clone(),
+        }
+    }
+}
+
+impl EventKind {
+    /// The kind's name as stored and queried (`node_attested`, ...).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
 }
 
 /// A signed statement "the log had `size` records ending in `head` at `time`".
@@ -145,6 +185,15 @@ pub enum VerifyError {
     Gap { expected: u64, found: u64 },
     #[error("record {seq} was modified: its content no longer matches its hash")]
     Modified { seq: u64 },
+    #[error(
+        "record {seq} was modified: its stored {column} column is {stored:?} but the hashed event says {hashed:?}"
+    )]
+    ColumnMismatch {
+        seq: u64,
+        column: &'static str,
+        stored: String,
+        hashed: String,
+    },
     #[error(
         "record {seq} does not follow record {prev}: its predecessor hash differs (records were removed, inserted or reordered)"
     )]
@@ -238,6 +287,7 @@ impl Chain {
             prev_hash: self.head.clone(),
             hash: hash.clone(),
             event,
+            columns: None,
         };
         self.next_seq += 1;
         self.head = hash;
@@ -316,6 +366,39 @@ impl AuditKey {
     }
 }
 
+/// The stored index columns of record `seq` must equal the hashed event's.
+fn check_columns(
+    seq: u64,
+    stored: &IndexColumns,
+    hashed: &IndexColumns,
+) -> Result<(), VerifyError> {
+    let mismatch = |column, stored: String, hashed: String| VerifyError::ColumnMismatch {
+        seq,
+        column,
+        stored,
+        hashed,
+    };
+    if stored.time != hashed.time {
+        return Err(mismatch(
+            "time",
+            stored.time.to_string(),
+            hashed.time.to_string(),
+        ));
+    }
+    if stored.kind != hashed.kind {
+        return Err(mismatch("kind", stored.kind.clone(), hashed.kind.clone()));
+    }
+    if stored.subject != hashed.subject {
+        let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "NULL".to_string());
+        return Err(mismatch(
+            "subject",
+            show(&stored.subject),
+            show(&hashed.subject),
+        ));
+    }
+    Ok(())
+}
+
 /// Verify stored records (in stored order) and checkpoints against the audit public
 /// key. Returns a summary, or the first problem found.
 pub fn verify(
@@ -346,6 +429,9 @@ pub fn verify(
             .map_err(|_| VerifyError::Modified { seq: r.seq })?;
         if recomputed != r.hash {
             return Err(VerifyError::Modified { seq: r.seq });
+        }
+        if let Some(stored) = &r.columns {
+            check_columns(r.seq, stored, &IndexColumns::of(&r.event))?;
         }
         prev = Some(r);
     }

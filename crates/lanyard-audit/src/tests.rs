@@ -171,3 +171,32 @@ fn the_encoding_is_canonical_and_the_schema_strict() {
         "unknown fields are refused"
     );
 }
+
+#[test]
+fn stored_index_columns_must_match_the_hashed_event() {
+    let (key, _) = AuditKey::generate().unwrap();
+    let (mut records, _) = log(4);
+    for r in &mut records {
+        r.columns = Some(IndexColumns::of(&r.event));
+    }
+    verify(&records, &[], &key.public_key()).unwrap();
+    type Edit = fn(&mut IndexColumns);
+    let edits: [(&str, Edit); 4] = [
+        ("time", |c| c.time += 1),
+        ("kind", |c| c.kind = "entry_deleted".into()),
+        ("subject", |c| {
+            c.subject = Some("spiffe://example.org/other".into())
+        }),
+        ("subject", |c| c.subject = None),
+    ];
+    for (column, edit) in edits {
+        let mut tampered = records.clone();
+        edit(tampered[2].columns.as_mut().unwrap());
+        let e = verify(&tampered, &[], &key.public_key()).unwrap_err();
+        assert!(
+            matches!(e, VerifyError::ColumnMismatch { seq: 2, column: c, .. } if c == column),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(column), "{e}");
+    }
+}

@@ -3,6 +3,7 @@
 //! This crate does no I/O and has no async runtime: every function is a pure check or
 //! conversion, with time supplied through [`clock::Clock`].
 
+pub mod agent_id;
 pub mod bundle;
 pub mod clock;
 pub mod dns;
@@ -12,6 +13,7 @@ pub mod jwt;
 pub mod selector;
 pub mod x509;
 
+pub use agent_id::{AGENT_PATH_PREFIX, AgentIdError, check_agent_id};
 pub use bundle::{Bundle, BundleError, BundleSet, JwtAuthority, PublicJwk, X509Authority};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use id::{IdError, SpiffeId, TrustDomain};

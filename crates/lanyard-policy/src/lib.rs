@@ -24,7 +24,8 @@ mod tests;
 
 pub use authz::{AuthzRequest, BUILTIN_ACTIONS, Target, TaskFacts, WorkloadFacts};
 pub use registration::{
-    Caller, EntryFacts, ExceptionFacts, RegistrationAction, RegistrationRequest,
+    AdminOperation, AgentFacts, Caller, EntryFacts, ExceptionFacts, RegistrationAction,
+    RegistrationRequest,
 };
 
 /// Which policy set.

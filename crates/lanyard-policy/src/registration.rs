@@ -54,6 +54,125 @@ pub struct ExceptionFacts {
     pub allowed: Vec<String>,
 }
 
+/// An agent (ban, evict) as policy sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentFacts {
+    pub spiffe_id: String,
+    pub attestation_type: String,
+    pub selectors: Vec<String>,
+    pub banned: bool,
+}
+
+/// An admin operation other than an entry change, with the facts policy needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOperation {
+    /// A join token that will attest as `agent_id` (`custom_id`: chosen by the caller).
+    CreateJoinToken {
+        agent_id: String,
+        custom_id: bool,
+        ttl: u64,
+    },
+    BanAgent(AgentFacts),
+    EvictAgent(AgentFacts),
+    /// A CA key slot of this server.
+    TaintCa {
+        slot: String,
+        state: String,
+    },
+    /// `subject`: the token's `sub` when known, else "".
+    RevokeJwt {
+        jti: String,
+        subject: String,
+    },
+    /// A policy set replacing the active one of `kind`.
+    SetPolicy {
+        kind: String,
+        policy_ids: Vec<String>,
+    },
+    CreateException(ExceptionFacts),
+    RevokeException(ExceptionFacts),
+}
+
+impl AdminOperation {
+    /// The Cedar action name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CreateJoinToken { .. } => "create_join_token",
+            Self::BanAgent(_) => "ban_agent",
+            Self::EvictAgent(_) => "evict_agent",
+            Self::TaintCa { .. } => "taint_ca",
+            Self::RevokeJwt { .. } => "revoke_jwt",
+            Self::SetPolicy { .. } => "set_policy",
+            Self::CreateException(_) => "create_exception",
+            Self::RevokeException(_) => "revoke_exception",
+        }
+    }
+
+    /// The resource as (Cedar type, entity id, attributes).
+    fn resource(&self) -> (&'static str, String, Value) {
+        match self {
+            Self::CreateJoinToken {
+                agent_id,
+                custom_id,
+                ttl,
+            } => {
+                let (_, path) = split_id(agent_id);
+                (
+                    "JoinToken",
+                    agent_id.clone(),
+                    json!({"agent_id": agent_id, "agent_path": path, "custom_id": custom_id, "ttl": long(*ttl)}),
+                )
+            }
+            Self::BanAgent(a) | Self::EvictAgent(a) => {
+                let (_, path) = split_id(&a.spiffe_id);
+                (
+                    "Agent",
+                    a.spiffe_id.clone(),
+                    json!({
+                        "spiffe_id": a.spiffe_id,
+                        "path": path,
+                        "attestation_type": a.attestation_type,
+                        "selectors": a.selectors,
+                        "banned": a.banned,
+                    }),
+                )
+            }
+            Self::TaintCa { slot, state } => (
+                "Authority",
+                slot.clone(),
+                json!({"slot": slot, "state": state}),
+            ),
+            Self::RevokeJwt { jti, subject } => {
+                let path = if subject.is_empty() {
+                    String::new()
+                } else {
+                    split_id(subject).1
+                };
+                (
+                    "Jwt",
+                    jti.clone(),
+                    json!({"jti": jti, "subject": subject, "subject_path": path}),
+                )
+            }
+            Self::SetPolicy { kind, policy_ids } => (
+                "PolicySet",
+                kind.clone(),
+                json!({"kind": kind, "policy_ids": policy_ids}),
+            ),
+            Self::CreateException(e) | Self::RevokeException(e) => (
+                "Exception",
+                e.name.clone(),
+                json!({
+                    "name": e.name,
+                    "owner": e.owner,
+                    "duration": long(e.duration),
+                    "allowed": e.allowed,
+                }),
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationRequest {
     pub caller: Caller,
@@ -165,24 +284,26 @@ impl CompiledPolicies {
         caller: &Caller,
         e: &ExceptionFacts,
     ) -> Result<Decision, PolicyError> {
+        self.evaluate_admin(caller, &AdminOperation::CreateException(e.clone()))
+    }
+
+    /// Decide an admin operation other than an entry change.
+    pub fn evaluate_admin(
+        &self,
+        caller: &Caller,
+        op: &AdminOperation,
+    ) -> Result<Decision, PolicyError> {
         self.expect_kind(PolicyKind::Registration)?;
         let (principal, admin) = admin_entity(caller);
-        let resource = format!("Lanyard::Exception::{}", Value::String(e.name.clone()));
-        let exc = json!({
-            "uid": {"type": "Lanyard::Exception", "id": e.name},
-            "attrs": {
-                "name": e.name,
-                "owner": e.owner,
-                "duration": long(e.duration),
-                "allowed": e.allowed,
-            },
-            "parents": []
-        });
+        let (ty, id, attrs) = op.resource();
+        let ty = format!("Lanyard::{ty}");
+        let resource = format!("{ty}::{}", Value::String(id.clone()));
+        let entity = json!({"uid": {"type": ty, "id": id}, "attrs": attrs, "parents": []});
         self.evaluate(
             &principal,
-            "Lanyard::Action::\"create_exception\"",
+            &format!("Lanyard::Action::\"{}\"", op.name()),
             &resource,
-            json!([admin, exc]),
+            json!([admin, entity]),
         )
     }
 }

@@ -12,7 +12,7 @@ fn entry(id: &str, selectors: &[&str]) -> EntryFacts {
         x509_ttl: 3600,
         jwt_ttl: 300,
         owner: "team-a".into(),
-        environment: String::new(),
+        environment: "dev".into(),
         admin: false,
         downstream: false,
         has_expiry: false,
@@ -40,6 +40,7 @@ fn default_policy_compiles_and_names_its_rules() {
         vec![
             "allow-admins",
             "owner-required",
+            "environment-required",
             "x509-ttl-max-24h",
             "jwt-ttl-max-1h",
             "prod-strong-selectors",
@@ -139,7 +140,7 @@ fn prod_needs_two_selectors_one_strong() {
 }
 
 #[test]
-fn admin_and_downstream_entries_only_from_the_local_socket() {
+fn admin_entries_only_from_the_local_socket() {
     let p = default();
     let mut e = entry("spiffe://example.org/ops/admin", &["unix:uid:0"]);
     e.admin = true;
@@ -158,12 +159,6 @@ fn admin_and_downstream_entries_only_from_the_local_socket() {
         vec!["admin-entries-local-only"]
     );
     e.admin = false;
-    e.downstream = true;
-    assert_eq!(
-        refused_by(&p, &remote(RegistrationAction::Update, e.clone())),
-        vec!["admin-entries-local-only"]
-    );
-    e.downstream = false;
     assert!(refused_by(&p, &remote(RegistrationAction::Create, e)).is_empty());
 }
 
@@ -300,4 +295,130 @@ fn empty_policy_denies_everything() {
 fn line_col_counts_from_one() {
     assert_eq!(crate::line_col("ab\ncd", 0), (1, 1));
     assert_eq!(crate::line_col("ab\ncd", 4), (2, 2));
+}
+
+#[test]
+fn environment_required() {
+    let p = default();
+    let mut e = entry("spiffe://example.org/web", &["unix:uid:1"]);
+    e.environment = String::new();
+    for action in [RegistrationAction::Create, RegistrationAction::Update] {
+        assert_eq!(
+            refused_by(&p, &local(action, e.clone())),
+            vec!["environment-required"]
+        );
+    }
+    // Deleting an entry that predates the rule stays possible.
+    assert!(refused_by(&p, &local(RegistrationAction::Delete, e.clone())).is_empty());
+    e.environment = "staging".into();
+    assert!(refused_by(&p, &local(RegistrationAction::Create, e)).is_empty());
+}
+
+fn admin_ops() -> Vec<AdminOperation> {
+    let agent = AgentFacts {
+        spiffe_id: "spiffe://example.org/lanyard/agent/join_token/ab".into(),
+        attestation_type: "join_token".into(),
+        selectors: vec!["join_token:ab".into()],
+        banned: false,
+    };
+    vec![
+        AdminOperation::CreateJoinToken {
+            agent_id: "spiffe://example.org/lanyard/agent/team-b/node1".into(),
+            custom_id: true,
+            ttl: 600,
+        },
+        AdminOperation::BanAgent(agent.clone()),
+        AdminOperation::EvictAgent(agent),
+        AdminOperation::TaintCa {
+            slot: "a".into(),
+            state: "active".into(),
+        },
+        AdminOperation::RevokeJwt {
+            jti: "j1".into(),
+            subject: "spiffe://example.org/team-b/web".into(),
+        },
+        AdminOperation::SetPolicy {
+            kind: "registration".into(),
+            policy_ids: vec!["allow-everything".into()],
+        },
+        AdminOperation::RevokeException(ExceptionFacts {
+            name: "legacy".into(),
+            owner: "team-b".into(),
+            duration: 86_400,
+            allowed: vec![],
+        }),
+    ]
+}
+
+#[test]
+fn the_default_lets_full_admins_do_every_admin_operation() {
+    let p = default();
+    for caller in [
+        Caller::Local { uid: 0 },
+        Caller::Spiffe("spiffe://example.org/ops/admin".into()),
+    ] {
+        for op in admin_ops() {
+            let d = p.evaluate_admin(&caller, &op).unwrap();
+            assert!(d.allowed, "{} refused for {caller:?}: {d:?}", op.name());
+            assert!(d.errors.is_empty(), "{:?}", d.errors);
+            assert_eq!(d.policy_ids, vec!["allow-admins"]);
+        }
+    }
+}
+
+#[test]
+fn a_delegated_admin_gets_only_what_policy_grants() {
+    let text = r#"
+@id("local-root")
+permit (principal, action, resource) when { principal.local };
+
+@id("team-a-entries")
+permit (principal, action, resource is Lanyard::Entry)
+when { principal.path like "/team-a/*" && resource.path like "/team-a/*" };
+
+@id("team-a-agents")
+@reason("team-a admins enrol and ban agents under /lanyard/agent/team-a/")
+permit (
+  principal,
+  action in [Lanyard::Action::"create_join_token"],
+  resource is Lanyard::JoinToken
+)
+when { principal.path like "/team-a/*" && resource.agent_path like "/lanyard/agent/team-a/*" };
+
+@id("team-a-revoke")
+permit (principal, action == Lanyard::Action::"revoke_jwt", resource is Lanyard::Jwt)
+when { principal.path like "/team-a/*" && resource.subject_path like "/team-a/*" };
+"#;
+    let p = CompiledPolicies::compile(PolicyKind::Registration, text).unwrap();
+    let team = Caller::Spiffe("spiffe://example.org/team-a/admin".into());
+    // Nothing of the default list is granted: other agent paths, bans, taint,
+    // policy replacement, another team's tokens and exceptions.
+    for op in admin_ops() {
+        let d = p.evaluate_admin(&team, &op).unwrap();
+        assert!(!d.allowed, "{} allowed: {d:?}", op.name());
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        assert!(
+            p.evaluate_admin(&Caller::Local { uid: 0 }, &op)
+                .unwrap()
+                .allowed
+        );
+    }
+    let own = AdminOperation::CreateJoinToken {
+        agent_id: "spiffe://example.org/lanyard/agent/team-a/node1".into(),
+        custom_id: true,
+        ttl: 600,
+    };
+    let d = p.evaluate_admin(&team, &own).unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.policy_ids, vec!["team-a-agents"]);
+    let revoke = AdminOperation::RevokeJwt {
+        jti: "j2".into(),
+        subject: "spiffe://example.org/team-a/web".into(),
+    };
+    assert!(p.evaluate_admin(&team, &revoke).unwrap().allowed);
+    let unknown = AdminOperation::RevokeJwt {
+        jti: "j3".into(),
+        subject: String::new(),
+    };
+    assert!(!p.evaluate_admin(&team, &unknown).unwrap().allowed);
 }

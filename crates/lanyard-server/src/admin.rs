@@ -99,14 +99,58 @@ impl AdminService {
         &self,
         kind: lanyard_audit::EventKind,
         actor: &str,
+        policy_ids: &[String],
         n: &Node,
     ) -> Vec<lanyard_audit::Event> {
         let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
         ev.actor = Some(actor.to_string());
+        ev.policy_ids = policy_ids.to_vec();
+        ev.decision = Some("allow".to_string());
         ev.subject = Some(n.spiffe_id.to_string());
         ev.evidence
             .insert("attestation_type".into(), n.attestation_type.clone().into());
         vec![ev]
+    }
+
+    /// Decide a ban or eviction of agent `id` by registration policy.
+    async fn check_agent_op<T>(
+        &self,
+        req: &Request<T>,
+        id: &SpiffeId,
+        actor: &str,
+        op: fn(lanyard_policy::AgentFacts) -> lanyard_policy::AdminOperation,
+    ) -> Result<Vec<String>, Status> {
+        let facts = self.agent_facts(id).await?;
+        crate::policy::check_admin(
+            &self.shared,
+            &self.caller(req),
+            actor,
+            &op(facts),
+            Some(id.to_string()),
+        )
+        .await
+    }
+
+    /// What registration policy sees of an attested agent (ban, evict).
+    async fn agent_facts(&self, id: &SpiffeId) -> Result<lanyard_policy::AgentFacts, Status> {
+        let n = self
+            .shared
+            .store
+            .get_node(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                store_status(StoreError::NotFound {
+                    what: "agent",
+                    id: id.to_string(),
+                })
+            })?;
+        Ok(lanyard_policy::AgentFacts {
+            spiffe_id: n.spiffe_id.to_string(),
+            attestation_type: n.attestation_type.clone(),
+            selectors: n.selectors.iter().map(ToString::to_string).collect(),
+            banned: n.banned,
+        })
     }
 
     async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -241,6 +285,11 @@ pub fn validate_entry(shared: &Shared, e: &pb::Entry) -> Result<EntrySpec, Statu
     for d in &e.dns_names {
         lanyard_core::dns::validate_dns_name(d).map_err(|err| bad(format!("dns_name: {err}")))?;
     }
+    if e.downstream {
+        return Err(bad(
+            "downstream entries (an SVID that signs SVIDs for a nested server) are not supported; leave downstream unset",
+        ));
+    }
     let expires_at = match e.expires_at {
         0 => None,
         t if t <= shared.clock.unix_seconds() => {
@@ -297,6 +346,8 @@ fn to_pb_agent(n: &Node) -> pb::Agent {
         banned: n.banned,
         created_at: n.created_at,
         updated_at: n.updated_at,
+        superseded_count: n.superseded_count,
+        superseded_at: n.superseded_at.unwrap_or(0),
     }
 }
 
@@ -497,6 +548,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         self.authorize(&req).await?;
         let actor = self.actor(&req);
+        let caller = self.caller(&req);
         let r = req.into_inner();
         let ttl = if r.ttl_seconds == 0 {
             self.shared.config.join_token_ttl
@@ -510,27 +562,43 @@ impl pb::admin_server::Admin for AdminService {
             None
         } else {
             let id = SpiffeId::new(&r.spiffe_id).map_err(|e| bad(format!("spiffe_id: {e}")))?;
-            if !id.is_member_of(&self.shared.config.trust_domain) || id.is_root() {
-                return Err(bad(format!(
-                    "spiffe_id {id} must be a path in trust domain {}",
-                    self.shared.config.trust_domain
-                )));
-            }
+            lanyard_core::check_agent_id(&id, &self.shared.config.trust_domain)
+                .map_err(|e| bad(format!("spiffe_id: {e}")))?;
             Some(id)
         };
         let mut raw = [0u8; 24];
         aws_lc_rs::rand::fill(&mut raw).map_err(|e| Status::internal(e.to_string()))?;
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = hex::encode(raw);
         let now = self.shared.clock.unix_seconds();
         let expires_at = now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let token_hash = sha256_hex(token.as_bytes());
+        // The agent ID the token will attest as, for policy.
+        let agent_id = match &spiffe_id {
+            Some(id) => id.clone(),
+            None => crate::node::join_token_agent_id(&self.shared.config.trust_domain, &token_hash)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        };
+        let policy_ids = crate::policy::check_admin(
+            &self.shared,
+            &caller,
+            &actor,
+            &lanyard_policy::AdminOperation::CreateJoinToken {
+                agent_id: agent_id.to_string(),
+                custom_id: spiffe_id.is_some(),
+                ttl: ttl.as_secs(),
+            },
+            Some(agent_id.to_string()),
+        )
+        .await?;
         let event = |_: &()| {
             let mut ev = self.shared.event(
                 lanyard_audit::EventKind::TokenCreated,
                 lanyard_audit::Outcome::Success,
             );
             ev.actor = Some(actor.clone());
-            ev.subject = spiffe_id.as_ref().map(ToString::to_string);
+            ev.subject = Some(agent_id.to_string());
+            ev.policy_ids = policy_ids.clone();
+            ev.decision = Some("allow".to_string());
             ev.evidence.insert(
                 "token_hash_prefix".into(),
                 token_hash[..16].to_string().into(),
@@ -587,11 +655,19 @@ impl pb::admin_server::Admin for AdminService {
         self.authorize(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
         let actor = self.actor(&req);
+        let policy_ids = self
+            .check_agent_op(&req, &id, &actor, lanyard_policy::AdminOperation::BanAgent)
+            .await?;
         let n = self
             .shared
             .store
             .set_node_banned(&id, true, self.shared.clock.unix_seconds(), &|n| {
-                self.agent_event(lanyard_audit::EventKind::AgentBanned, &actor, n)
+                self.agent_event(
+                    lanyard_audit::EventKind::AgentBanned,
+                    &actor,
+                    &policy_ids,
+                    n,
+                )
             })
             .await
             .map_err(store_status)?;
@@ -604,11 +680,24 @@ impl pb::admin_server::Admin for AdminService {
         self.authorize(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
         let actor = self.actor(&req);
+        let policy_ids = self
+            .check_agent_op(
+                &req,
+                &id,
+                &actor,
+                lanyard_policy::AdminOperation::EvictAgent,
+            )
+            .await?;
         let n = self
             .shared
             .store
             .delete_node(&id, &|n| {
-                self.agent_event(lanyard_audit::EventKind::AgentEvicted, &actor, n)
+                self.agent_event(
+                    lanyard_audit::EventKind::AgentEvicted,
+                    &actor,
+                    &policy_ids,
+                    n,
+                )
             })
             .await
             .map_err(store_status)?;
@@ -642,7 +731,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::RevokedJwt>, Status> {
         self.authorize(&req).await?;
         let actor = self.actor(&req);
-        let r = crate::governance::revoke_jwt(&self.shared, &actor, req.into_inner()).await?;
+        let caller = self.caller(&req);
+        let r =
+            crate::governance::revoke_jwt(&self.shared, &caller, &actor, req.into_inner()).await?;
         Ok(Response::new(r))
     }
 
@@ -668,8 +759,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::Policy>, Status> {
         self.authorize(&req).await?;
         let actor = self.actor(&req);
+        let caller = self.caller(&req);
         let r = req.into_inner();
-        let p = crate::policy::set_policy(&self.shared, &actor, &r.kind, &r.body).await?;
+        let p = crate::policy::set_policy(&self.shared, &caller, &actor, &r.kind, &r.body).await?;
         Ok(Response::new(p))
     }
 
@@ -740,8 +832,10 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ExceptionInfo>, Status> {
         self.authorize(&req).await?;
         let actor = self.actor(&req);
+        let caller = self.caller(&req);
         let e =
-            crate::governance::revoke_exception(&self.shared, &actor, &req.get_ref().name).await?;
+            crate::governance::revoke_exception(&self.shared, &caller, &actor, &req.get_ref().name)
+                .await?;
         Ok(Response::new(e))
     }
 
@@ -769,8 +863,27 @@ impl pb::admin_server::Admin for AdminService {
         self.authorize(&req).await?;
         let actor = self.actor(&req);
         let slot = req.get_ref().slot.clone();
+        let state = self
+            .ca_slots()?
+            .slots
+            .into_iter()
+            .find(|s| s.id == slot)
+            .map(|s| s.state)
+            // An unknown slot is refused by the taint itself, naming it.
+            .unwrap_or_default();
+        let policy_ids = crate::policy::check_admin(
+            &self.shared,
+            &self.caller(&req),
+            &actor,
+            &lanyard_policy::AdminOperation::TaintCa {
+                slot: slot.clone(),
+                state,
+            },
+            None,
+        )
+        .await?;
         self.shared
-            .taint(&slot, &actor)
+            .taint(&slot, &actor, &policy_ids)
             .await
             .map_err(|e| match e {
                 crate::state::ServerError::Ca(

@@ -5,8 +5,9 @@
 //!   or the token endpoint), or a token this endpoint issued (re-exchange: then an
 //!   actor whose SPIFFE ID is in that token's audience must present its JWT-SVID).
 //! * The actor token, when present, is a JWT-SVID addressed to this server. The
-//!   subject token's `may_act` (when present) and the authz policy (`act_for`)
-//!   decide whether the actor may act for the subject; chains are limited in depth.
+//!   authz policy (`act_for`) decides whether the actor may act for the subject;
+//!   chains are limited in depth. (No token this server issues carries RFC 8693
+//!   `may_act`, so delegation is decided by policy alone.)
 //! * Scopes are granted one by one by the authz policy (`token_exchange`) and only
 //!   narrow on re-exchange.
 //! * Task tokens (`requested_token_type=urn:ietf:params:oauth:token-type:txn_token`)
@@ -350,14 +351,6 @@ impl Access {
                     "the delegation chain would be {} deep; at most {} actors are allowed",
                     chain.len() + 1,
                     self.shared.config.max_delegation_depth
-                )));
-            }
-            if let Some(may) = subject.issued.as_ref().and_then(|c| c.get("may_act"))
-                && may.get("sub").and_then(Value::as_str) != Some(a.id.to_string().as_str())
-            {
-                return Err(OAuthError::request(format!(
-                    "the subject token's may_act does not name the actor {}",
-                    a.id
                 )));
             }
             let allowed = self

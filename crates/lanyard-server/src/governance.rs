@@ -28,6 +28,7 @@ const MAX_NAME: usize = 64;
 /// in the evidence log. The token itself is never stored or logged.
 pub async fn revoke_jwt(
     shared: &Shared,
+    caller: &crate::policy::CallerFacts,
     actor: &str,
     r: pb::RevokeJwtRequest,
 ) -> Result<pb::RevokedJwt, Status> {
@@ -89,6 +90,17 @@ pub async fn revoke_jwt(
             "the JWT-SVID {jti:?} has already expired; nothing to revoke"
         )));
     }
+    let policy_ids = crate::policy::check_admin(
+        shared,
+        caller,
+        actor,
+        &lanyard_policy::AdminOperation::RevokeJwt {
+            jti: jti.clone(),
+            subject: spiffe_id.clone().unwrap_or_default(),
+        },
+        spiffe_id.clone(),
+    )
+    .await?;
     let reason = if r.reason.is_empty() {
         "revoked by an administrator".to_string()
     } else {
@@ -106,6 +118,7 @@ pub async fn revoke_jwt(
         .revoke_jwt(&rec, &|r| {
             let mut ev = shared.event(EventKind::JwtRevoked, Outcome::Success);
             ev.actor = Some(actor.to_string());
+            ev.policy_ids = policy_ids.clone();
             ev.subject = r.spiffe_id.clone();
             ev.reason = Some(r.reason.clone());
             ev.evidence.insert("jti".into(), r.jti.clone().into());
@@ -258,15 +271,37 @@ pub async fn create_exception(
 
 pub async fn revoke_exception(
     shared: &Shared,
+    caller: &crate::policy::CallerFacts,
     actor: &str,
     name: &str,
 ) -> Result<pb::ExceptionInfo, Status> {
     let now = shared.clock.unix_seconds();
+    let current = shared
+        .store
+        .get_exception(name)
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| Status::not_found(format!("no exception named {name:?}")))?;
+    let facts = lanyard_policy::ExceptionFacts {
+        name: current.name.clone(),
+        owner: current.owner.clone(),
+        duration: u64::try_from(current.expires_at - current.created_at).unwrap_or(0),
+        allowed: current.allowed.iter().map(ToString::to_string).collect(),
+    };
+    let policy_ids = crate::policy::check_admin(
+        shared,
+        caller,
+        actor,
+        &lanyard_policy::AdminOperation::RevokeException(facts),
+        None,
+    )
+    .await?;
     let e = shared
         .store
         .revoke_exception(name, now, &|e| {
             let mut ev = shared.event(EventKind::ExceptionRevoked, Outcome::Success);
             ev.actor = Some(actor.to_string());
+            ev.policy_ids = policy_ids.clone();
             ev.owner = Some(e.owner.clone());
             ev.evidence
                 .insert("exception".into(), e.name.clone().into());
@@ -293,6 +328,14 @@ pub fn flags(
     let mut f = Vec::new();
     if e.spec.owner.trim().is_empty() {
         f.push("unowned".to_string());
+    }
+    // Entries that predate the shipped `environment-required` rule.
+    if e.spec
+        .environment
+        .as_deref()
+        .is_none_or(|v| v.trim().is_empty())
+    {
+        f.push("no_environment".to_string());
     }
     let last_active = last_issued_ms.map_or(e.created_at, |ms| ms / 1000);
     if now - last_active > stale_after {
@@ -469,7 +512,7 @@ mod tests {
                     .map(|s| Selector::new(s).unwrap())
                     .collect(),
                 owner: owner.into(),
-                environment: None,
+                environment: Some("prod".into()),
                 x509_ttl: x509,
                 jwt_ttl: 0,
                 dns_names: vec![],
@@ -511,5 +554,10 @@ mod tests {
         assert_eq!(f(&soon, Some(now * 1000)), vec!["expiring"]);
         let single_strong = entry(&[sha.as_str()], "t", 0, None);
         assert!(f(&single_strong, Some(now * 1000)).is_empty());
+        for none in [None, Some(String::new())] {
+            let mut old = good.clone();
+            old.spec.environment = none;
+            assert_eq!(f(&old, Some(now * 1000)), vec!["no_environment"]);
+        }
     }
 }

@@ -182,22 +182,64 @@ impl NodeService {
     }
 }
 
-fn peer_id<T>(req: &Request<T>) -> Option<SpiffeId> {
-    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certs = info.peer_certs()?;
-    peer_spiffe_id(&certs)
+/// The caller's agent SVID as presented on the TLS connection: its SPIFFE ID and
+/// certificate serial (lowercase hex, as the CA records it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PeerSvid {
+    id: SpiffeId,
+    serial: String,
 }
 
-/// Authenticate an agent: a verified agent SVID whose node is attested and not banned.
-async fn authenticate(shared: &Shared, id: Option<SpiffeId>) -> Result<Node, Status> {
-    let id = id.ok_or_else(|| {
+fn peer_id<T>(req: &Request<T>) -> Option<PeerSvid> {
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    let id = peer_spiffe_id(&certs)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    Some(PeerSvid {
+        id,
+        serial: hex::encode(cert.raw_serial()),
+    })
+}
+
+/// How a presented agent SVID stands against the node's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvidStanding {
+    /// The SVID issued last.
+    Current,
+    /// The SVID before the last renewal, not yet replaced on the wire by the
+    /// current one (an agent keeps its connection across a renewal).
+    Previous,
+    /// Any other SVID of this agent ID: renewed away, so a copy is in use.
+    Superseded,
+}
+
+/// Decide how `serial` stands for `node` (pure).
+pub fn svid_standing(node: &Node, serial: &str) -> SvidStanding {
+    if serial.is_empty() {
+        SvidStanding::Superseded
+    } else if serial == node.serial {
+        SvidStanding::Current
+    } else if !node.previous_serial.is_empty() && serial == node.previous_serial {
+        SvidStanding::Previous
+    } else {
+        SvidStanding::Superseded
+    }
+}
+
+/// Authenticate an agent: a verified agent SVID whose node is attested and not
+/// banned, and which is the node's current SVID (or the one just renewed away, until
+/// the current one is seen). A superseded SVID is refused and recorded as a possible
+/// clone.
+async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, Status> {
+    let peer = peer.ok_or_else(|| {
         Status::unauthenticated("this RPC requires the agent's X509-SVID as TLS client certificate")
     })?;
+    let id = &peer.id;
     let node = shared
         .store
-        .get_node(&id)
+        .get_node(id)
         .await
-        .map_err(internal)?
+        .map_err(crate::admin::store_status)?
         .ok_or_else(|| {
             Status::permission_denied(format!(
                 "{id} is not an attested agent (it was evicted or never attested); attest again"
@@ -208,7 +250,52 @@ async fn authenticate(shared: &Shared, id: Option<SpiffeId>) -> Result<Node, Sta
             "agent {id} is banned; evict it (`lanyard agent evict`) to let it attest again"
         )));
     }
-    Ok(node)
+    match svid_standing(&node, &peer.serial) {
+        SvidStanding::Current => {
+            if !node.previous_serial.is_empty() {
+                shared
+                    .store
+                    .promote_node_serial(id, &peer.serial)
+                    .await
+                    .map_err(crate::admin::store_status)?;
+            }
+            Ok(node)
+        }
+        SvidStanding::Previous => Ok(node),
+        SvidStanding::Superseded => {
+            let now = shared.clock.unix_seconds();
+            tracing::warn!(agent = %id, serial = %peer.serial, current = %node.serial, "superseded agent SVID presented: possible clone");
+            let recorded = shared
+                .store
+                .record_superseded_svid(id, now, &|n| {
+                    let mut ev = shared.event(
+                        lanyard_audit::EventKind::AgentCloneSuspected,
+                        lanyard_audit::Outcome::Denied,
+                    );
+                    ev.actor = Some(id.to_string());
+                    ev.subject = Some(id.to_string());
+                    ev.reason = Some(
+                        "an agent SVID that a renewal superseded was presented: a copy of the agent's key and SVID is in use"
+                            .to_string(),
+                    );
+                    ev.evidence
+                        .insert("presented_serial".into(), peer.serial.clone().into());
+                    ev.evidence
+                        .insert("current_serial".into(), n.serial.clone().into());
+                    ev.evidence
+                        .insert("superseded_count".into(), n.superseded_count.into());
+                    vec![ev]
+                })
+                .await;
+            if let Err(e) = recorded {
+                return Err(crate::admin::store_status(e));
+            }
+            Err(Status::permission_denied(format!(
+                "the agent SVID of {id} with serial {} was superseded by a renewal: a copy of an earlier agent SVID is in use (possible clone); this is recorded, see `lanyard agent show`, and the agent must attest again",
+                peer.serial
+            )))
+        }
+    }
 }
 
 fn agent_svid(shared: &Shared, id: &SpiffeId, minted: &lanyard_ca::MintedX509) -> pb::AgentSvid {
@@ -230,6 +317,23 @@ async fn admit(
     selectors: Vec<Selector>,
     csr: &[u8],
 ) -> Result<pb::AgentSvid, Status> {
+    // Every way of choosing an agent ID ends here: refuse anything outside
+    // /lanyard/agent/ (a token row written by hand or by an older version included).
+    if let Err(e) = lanyard_core::check_agent_id(&id, &shared.config.trust_domain) {
+        tracing::warn!(agent = %id, attestation = attestation_type, "node attestation refused: not an agent ID");
+        let mut ev = shared.event(
+            lanyard_audit::EventKind::NodeRefused,
+            lanyard_audit::Outcome::Denied,
+        );
+        ev.subject = Some(id.to_string());
+        ev.reason = Some(e.to_string());
+        ev.evidence
+            .insert("attestation_type".into(), attestation_type.into());
+        shared.record(vec![ev]).await.map_err(internal)?;
+        return Err(Status::permission_denied(format!(
+            "{attestation_type} attestation refused: {e}"
+        )));
+    }
     if let Some(existing) = shared.store.get_node(&id).await.map_err(internal)?
         && existing.banned
     {
@@ -259,6 +363,9 @@ async fn admit(
         created_at: now,
         updated_at: now,
         holdings: Default::default(),
+        previous_serial: String::new(),
+        superseded_count: 0,
+        superseded_at: None,
     };
     shared.store.upsert_node(&node).await.map_err(internal)?;
     tracing::info!(agent = %id, attestation = attestation_type, serial = %minted.serial, "node attested");
@@ -282,7 +389,19 @@ async fn admit(
         .insert("serial".into(), minted.serial.clone().into());
     ev.evidence
         .insert("expires_at".into(), minted.not_after.into());
-    shared.record(vec![ev]).await.map_err(internal)?;
+    let mut issued = shared.event(
+        lanyard_audit::EventKind::AgentSvidIssued,
+        lanyard_audit::Outcome::Success,
+    );
+    issued.subject = Some(id.to_string());
+    issued.parent_id = Some(ev.id.clone());
+    issued
+        .evidence
+        .insert("serial".into(), minted.serial.clone().into());
+    issued
+        .evidence
+        .insert("expires_at".into(), minted.not_after.into());
+    shared.record(vec![ev, issued]).await.map_err(internal)?;
     shared.notify();
     Ok(agent_svid(shared, &id, &minted))
 }
@@ -318,16 +437,21 @@ async fn attest_join_token(
     }
     let id = match token.spiffe_id {
         Some(id) => id,
-        None => SpiffeId::from_parts(
-            &shared.config.trust_domain,
-            &format!("/lanyard/agent/join_token/{}", &hash[..32]),
-        )
-        .map_err(internal)?,
+        None => join_token_agent_id(&shared.config.trust_domain, &hash).map_err(internal)?,
     };
     let selectors = Selector::from_parts("join_token", &hash[..32])
         .map(|s| vec![s])
         .unwrap_or_default();
     admit(shared, id, "join_token", selectors, &j.csr).await
+}
+
+/// The agent ID of a join token created without `--spiffe-id`.
+pub fn join_token_agent_id(
+    td: &TrustDomain,
+    token_hash: &str,
+) -> Result<SpiffeId, lanyard_core::IdError> {
+    let prefix = token_hash.get(..32).unwrap_or(token_hash);
+    SpiffeId::from_parts(td, &format!("/lanyard/agent/join_token/{prefix}"))
 }
 
 fn verify_pop_signature(spki_der: &[u8], nonce: &[u8], sig: &[u8]) -> Result<(), String> {
@@ -562,7 +686,9 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::AgentSvid>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let peer = peer_id(&req);
+        let presented = peer.as_ref().map(|p| p.serial.clone()).unwrap_or_default();
+        let node = authenticate(&self.shared, peer).await?;
         let csr = req.into_inner().csr;
         let now = self.shared.clock.unix_seconds();
         let minted = {
@@ -578,7 +704,13 @@ impl pb::node_server::Node for NodeService {
         };
         self.shared
             .store
-            .set_node_svid(&node.spiffe_id, &minted.serial, minted.not_after, now)
+            .set_node_svid(
+                &node.spiffe_id,
+                &presented,
+                &minted.serial,
+                minted.not_after,
+                now,
+            )
             .await
             .map_err(internal)?;
         tracing::info!(agent = %node.spiffe_id, serial = %minted.serial, "agent SVID renewed");
@@ -604,7 +736,8 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let peer = peer_id(&req);
+        authenticate(&self.shared, peer.clone()).await?;
         let shared = self.shared.clone();
         let access = self.access.clone();
         let token_key = pb::TokenKey {
@@ -618,7 +751,9 @@ impl pb::node_server::Node for NodeService {
             loop {
                 changes.mark_unchanged();
                 // Re-check the agent on every round: a ban or eviction ends the stream.
-                let current = match authenticate(&shared, Some(node.spiffe_id.clone())).await {
+                // The stream stays bound to the SVID it was opened with: once a renewal
+                // supersedes it and the new one is seen, a cloned stream ends here.
+                let current = match authenticate(&shared, peer.clone()).await {
                     Ok(n) => n,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;

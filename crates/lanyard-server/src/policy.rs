@@ -6,8 +6,8 @@
 use lanyard_audit::{EventKind, Outcome};
 use lanyard_core::SpiffeId;
 use lanyard_policy::{
-    Caller, CompiledPolicies, Decision, EntryFacts, ExceptionFacts, PolicyKind, RegistrationAction,
-    RegistrationRequest,
+    AdminOperation, Caller, CompiledPolicies, Decision, EntryFacts, ExceptionFacts, PolicyKind,
+    RegistrationAction, RegistrationRequest,
 };
 use lanyard_proto::admin as pb;
 use lanyard_store::{EntrySpec, Store};
@@ -67,6 +67,7 @@ pub async fn active(shared: &Shared, kind: PolicyKind) -> Result<(i64, CompiledP
 
 pub async fn set_policy(
     shared: &Shared,
+    caller: &CallerFacts,
     actor: &str,
     kind: &str,
     body: &str,
@@ -79,6 +80,18 @@ pub async fn set_policy(
         Status::invalid_argument(format!("{kind} policy refused, nothing changed: {e}"))
     })?;
     let ids = compiled.policy_ids();
+    // Replacing a policy is itself decided by the active registration policy.
+    let allowed_by = check_admin(
+        shared,
+        caller,
+        actor,
+        &AdminOperation::SetPolicy {
+            kind: kind.name().to_string(),
+            policy_ids: ids.clone(),
+        },
+        None,
+    )
+    .await?;
     let sha = crate::node::sha256_hex(body.as_bytes());
     let stored = shared
         .store
@@ -91,6 +104,9 @@ pub async fn set_policy(
                 let mut ev = shared.event(EventKind::PolicyChanged, Outcome::Success);
                 ev.actor = Some(actor.to_string());
                 ev.policy_ids = ids.clone();
+                ev.decision = Some("allow".to_string());
+                ev.evidence
+                    .insert("allowed_by".into(), allowed_by.clone().into());
                 ev.evidence.insert("kind".into(), kind.name().into());
                 ev.evidence.insert("version".into(), p.version.into());
                 ev.evidence.insert("sha256".into(), sha.clone().into());
@@ -162,13 +178,14 @@ pub fn entry_facts(shared: &Shared, spec: &EntrySpec) -> EntryFacts {
 /// Record a refusal and turn it into the caller's error.
 async fn refuse(
     shared: &Shared,
+    kind: EventKind,
     actor: &str,
     subject: Option<String>,
     what: &str,
     d: &Decision,
 ) -> Status {
     let explain = d.explain(PolicyKind::Registration);
-    let mut ev = shared.event(EventKind::EntryRefused, Outcome::Denied);
+    let mut ev = shared.event(kind, Outcome::Denied);
     ev.actor = Some(actor.to_string());
     ev.subject = subject;
     ev.policy_ids = d.policy_ids.clone();
@@ -205,6 +222,7 @@ pub async fn check_entry(
     } else {
         Err(refuse(
             shared,
+            EventKind::EntryRefused,
             actor,
             Some(spec.spiffe_id.to_string()),
             action.name(),
@@ -221,19 +239,43 @@ pub async fn check_exception(
     actor: &str,
     r: &pb::CreateExceptionRequest,
 ) -> Result<Vec<String>, Status> {
-    let (_, p) = active(shared, PolicyKind::Registration).await?;
     let facts = ExceptionFacts {
         name: r.name.clone(),
         owner: r.owner.clone(),
         duration: r.duration_seconds,
         allowed: r.allow.clone(),
     };
+    check_admin(
+        shared,
+        caller,
+        actor,
+        &AdminOperation::CreateException(facts),
+        None,
+    )
+    .await
+}
+
+/// Decide an admin operation other than an entry change by the registration policy.
+/// `Ok` carries the permitting policy ids for the change's audit event; a refusal is
+/// recorded as `admin_call_refused` (`entry_refused` for exceptions, as before) with
+/// the deciding policies.
+pub async fn check_admin(
+    shared: &Shared,
+    caller: &CallerFacts,
+    actor: &str,
+    op: &AdminOperation,
+    subject: Option<String>,
+) -> Result<Vec<String>, Status> {
+    let (_, p) = active(shared, PolicyKind::Registration).await?;
     let d = p
-        .evaluate_exception(&caller.to_policy(), &facts)
+        .evaluate_admin(&caller.to_policy(), op)
         .map_err(|e| Status::internal(format!("registration policy: {e}")))?;
     if d.allowed {
-        Ok(d.policy_ids)
-    } else {
-        Err(refuse(shared, actor, None, "create_exception", &d).await)
+        return Ok(d.policy_ids);
     }
+    let kind = match op {
+        AdminOperation::CreateException(_) => EventKind::EntryRefused,
+        _ => EventKind::AdminCallRefused,
+    };
+    Err(refuse(shared, kind, actor, subject, op.name(), &d).await)
 }

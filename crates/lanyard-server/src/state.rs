@@ -406,7 +406,12 @@ impl Shared {
     /// Taint a CA slot (`lanyard ca taint`): a new key signs from now on, agents
     /// re-mint what the tainted key signed, and it leaves the bundle once no agent
     /// reports depending on it (see [`Self::drop_tainted_when_unused`]).
-    pub async fn taint(&self, slot: &str, actor: &str) -> Result<(), ServerError> {
+    pub async fn taint(
+        &self,
+        slot: &str,
+        actor: &str,
+        policy_ids: &[String],
+    ) -> Result<(), ServerError> {
         let now = self.clock.unix_seconds();
         let events = {
             let mut ca = self
@@ -420,6 +425,7 @@ impl Shared {
             .map(|e| {
                 let mut ev = self.ca_event(e);
                 ev.actor = Some(actor.to_string());
+                ev.policy_ids = policy_ids.to_vec();
                 ev
             })
             .collect();

@@ -103,6 +103,16 @@ pub struct Node {
     /// What the agent last reported holding (for CA taint).
     #[serde(default)]
     pub holdings: NodeHoldings,
+    /// Serial of the agent SVID before the last renewal ("" when none): accepted
+    /// until the agent first presents `serial`, then cleared.
+    #[serde(default)]
+    pub previous_serial: String,
+    /// How often an agent SVID that is neither `serial` nor `previous_serial` was
+    /// presented (a copied agent SVID: a possible clone), and when last.
+    #[serde(default)]
+    pub superseded_count: i64,
+    #[serde(default)]
+    pub superseded_at: Option<i64>,
 }
 
 /// The CA certificates that signed SVIDs an agent holds: Subject Key Identifier
@@ -230,13 +240,31 @@ pub trait Store: Send + Sync {
 
     fn list_nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
 
-    /// Record the agent SVID just issued to a node (renewal).
+    /// Record the agent SVID just issued to a node (renewal) to a caller that
+    /// presented `presented_serial`, which stays accepted as `previous_serial` until
+    /// the new one is seen.
     fn set_node_svid(
         &self,
         id: &SpiffeId,
+        presented_serial: &str,
         serial: &str,
         expires_at: i64,
         now: i64,
+    ) -> impl Future<Output = Result<Node>> + Send;
+
+    /// The agent presented its current SVID: stop accepting the previous one.
+    fn promote_node_serial(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// A superseded agent SVID was presented: count it, with its event.
+    fn record_superseded_svid(
+        &self,
+        id: &SpiffeId,
+        now: i64,
+        audit: AuditFn<'_, Node>,
     ) -> impl Future<Output = Result<Node>> + Send;
 
     /// Record what an agent reported holding.

@@ -47,7 +47,7 @@ fn to_u64(v: i64) -> Result<u64> {
 }
 
 const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, revision, created_at, updated_at";
-const NODE_COLUMNS: &str = "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at, held_authorities";
+const NODE_COLUMNS: &str = "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at, held_authorities, previous_serial, superseded_count, superseded_at";
 
 const EXCEPTION_COLUMNS: &str =
     "name, owner, justification, allowed, expires_at, created_at, created_by, revoked_at, sealed";
@@ -71,6 +71,7 @@ fn record_from_parts(
     prev_hash: String,
     hash: String,
     event: &str,
+    columns: lanyard_audit::IndexColumns,
 ) -> Result<lanyard_audit::Record> {
     Ok(lanyard_audit::Record {
         seq: to_u64(seq)?,
@@ -80,6 +81,8 @@ fn record_from_parts(
         // verification as an event that cannot match its hash.
         event: serde_json::from_str(event)
             .map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))?,
+        // Every stored column is checked by verification: these against the event.
+        columns: Some(columns),
     })
 }
 
@@ -209,7 +212,7 @@ macro_rules! impl_store {
                         .bind(rec.prev_hash.clone())
                         .bind(rec.hash.clone())
                         .bind(rec.event.time)
-                        .bind(serde_json::to_value(rec.event.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                        .bind(rec.event.kind.name())
                         .bind(rec.event.subject.clone())
                         .bind(json.clone());
                 }
@@ -258,6 +261,9 @@ macro_rules! impl_store {
                 created_at: get_i("created_at")?,
                 updated_at: get_i("updated_at")?,
                 holdings: serde_json::from_str(&get_s("held_authorities")?).unwrap_or_default(),
+                previous_serial: get_s("previous_serial")?,
+                superseded_count: get_i("superseded_count")?,
+                superseded_at: row.try_get::<Option<i64>, _>("superseded_at").map_err(db_err)?,
             })
         }
 
@@ -391,9 +397,9 @@ macro_rules! impl_store {
 
             async fn upsert_node(&self, node: &Node) -> Result<()> {
                 let sql = format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
                      ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type=excluded.attestation_type, selectors=excluded.selectors, \
-                     serial=excluded.serial, expires_at=excluded.expires_at, updated_at=excluded.updated_at"
+                     serial=excluded.serial, expires_at=excluded.expires_at, updated_at=excluded.updated_at, previous_serial=''"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(node.spiffe_id.to_string())
@@ -405,6 +411,9 @@ macro_rules! impl_store {
                     .bind(node.created_at)
                     .bind(node.updated_at)
                     .bind(serde_json::to_string(&node.holdings).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                    .bind(&node.previous_serial)
+                    .bind(node.superseded_count)
+                    .bind(node.superseded_at)
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?;
@@ -427,15 +436,16 @@ macro_rules! impl_store {
                 rows.iter().map(node_from_row).collect()
             }
 
-            async fn set_node_svid(&self, id: &SpiffeId, serial: &str, expires_at: i64, now: i64) -> Result<Node> {
+            async fn set_node_svid(&self, id: &SpiffeId, presented_serial: &str, serial: &str, expires_at: i64, now: i64) -> Result<Node> {
                 let sql = format!(
-                    "UPDATE nodes SET serial=$2, expires_at=$3, updated_at=$4 WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}"
+                    "UPDATE nodes SET previous_serial=$5, serial=$2, expires_at=$3, updated_at=$4 WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}"
                 );
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(id.to_string())
                     .bind(serial)
                     .bind(expires_at)
                     .bind(now)
+                    .bind(presented_serial)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db_err)?;
@@ -464,6 +474,31 @@ macro_rules! impl_store {
                     let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                         .bind(id.to_string())
                         .bind(banned)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match row {
+                        Some(r) => Ok(node_from_row(&r)?),
+                        None => Err(TxErr::Store(StoreError::NotFound { what: "agent", id: id.to_string() })),
+                    }
+                })
+            }
+
+            async fn promote_node_serial(&self, id: &SpiffeId, serial: &str) -> Result<()> {
+                sqlx::query("UPDATE nodes SET previous_serial='' WHERE spiffe_id=$1 AND serial=$2 AND previous_serial<>''")
+                    .bind(id.to_string())
+                    .bind(serial)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn record_superseded_svid(&self, id: &SpiffeId, now: i64, audit: AuditFn<'_, Node>) -> Result<Node> {
+                let sql = format!("UPDATE nodes SET superseded_count=superseded_count+1, superseded_at=$2 WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}");
+                audited!(self, $begin, audit, |tx| {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(id.to_string())
                         .bind(now)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -596,7 +631,7 @@ macro_rules! impl_store {
             }
 
             async fn audit_records(&self) -> Result<Vec<lanyard_audit::Record>> {
-                let rows = sqlx::query("SELECT seq, prev_hash, hash, event FROM audit_events ORDER BY seq")
+                let rows = sqlx::query("SELECT seq, prev_hash, hash, time, kind, subject, event FROM audit_events ORDER BY seq")
                     .fetch_all(&self.pool)
                     .await
                     .map_err(db_err)?;
@@ -607,6 +642,11 @@ macro_rules! impl_store {
                             r.try_get::<String, _>("prev_hash").map_err(db_err)?,
                             r.try_get::<String, _>("hash").map_err(db_err)?,
                             &r.try_get::<String, _>("event").map_err(db_err)?,
+                            lanyard_audit::IndexColumns {
+                                time: r.try_get::<i64, _>("time").map_err(db_err)?,
+                                kind: r.try_get::<String, _>("kind").map_err(db_err)?,
+                                subject: r.try_get::<Option<String>, _>("subject").map_err(db_err)?,
+                            },
                         )
                     })
                     .collect()
@@ -961,11 +1001,12 @@ impl Store for AnyStore {
     async fn set_node_svid(
         &self,
         id: &SpiffeId,
+        presented_serial: &str,
         serial: &str,
         expires_at: i64,
         now: i64,
     ) -> Result<Node> {
-        delegate!(self, s => s.set_node_svid(id, serial, expires_at, now))
+        delegate!(self, s => s.set_node_svid(id, presented_serial, serial, expires_at, now))
     }
     async fn set_node_holdings(&self, id: &SpiffeId, h: &NodeHoldings) -> Result<()> {
         delegate!(self, s => s.set_node_holdings(id, h))
@@ -978,6 +1019,17 @@ impl Store for AnyStore {
         a: AuditFn<'_, Node>,
     ) -> Result<Node> {
         delegate!(self, s => s.set_node_banned(id, banned, now, a))
+    }
+    async fn promote_node_serial(&self, id: &SpiffeId, serial: &str) -> Result<()> {
+        delegate!(self, s => s.promote_node_serial(id, serial))
+    }
+    async fn record_superseded_svid(
+        &self,
+        id: &SpiffeId,
+        now: i64,
+        a: AuditFn<'_, Node>,
+    ) -> Result<Node> {
+        delegate!(self, s => s.record_superseded_svid(id, now, a))
     }
     async fn delete_node(&self, id: &SpiffeId, a: AuditFn<'_, Node>) -> Result<Node> {
         delegate!(self, s => s.delete_node(id, a))

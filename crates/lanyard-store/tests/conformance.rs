@@ -148,6 +148,9 @@ async fn nodes<S: Store>(s: &S) {
         created_at: 10,
         updated_at: 10,
         holdings: Default::default(),
+        previous_serial: String::new(),
+        superseded_count: 0,
+        superseded_at: None,
     };
     s.upsert_node(&n).await.unwrap();
     assert_eq!(s.get_node(&agent).await.unwrap().unwrap(), n);
@@ -165,11 +168,32 @@ async fn nodes<S: Store>(s: &S) {
     s.set_node_holdings(&agent, &Default::default())
         .await
         .unwrap();
-    let r = s.set_node_svid(&agent, "02", 2000, 20).await.unwrap();
+    let r = s.set_node_svid(&agent, "01", "02", 2000, 20).await.unwrap();
     assert_eq!(
         (r.serial.as_str(), r.expires_at, r.updated_at, r.created_at),
         ("02", 2000, 20, 10)
     );
+    // The serial before the renewal stays accepted until the new one is presented.
+    assert_eq!(r.previous_serial, "01");
+    s.promote_node_serial(&agent, "01").await.unwrap();
+    assert_eq!(
+        s.get_node(&agent).await.unwrap().unwrap().previous_serial,
+        "01"
+    );
+    s.promote_node_serial(&agent, "02").await.unwrap();
+    assert_eq!(
+        s.get_node(&agent).await.unwrap().unwrap().previous_serial,
+        ""
+    );
+    let c = s.record_superseded_svid(&agent, 25, &none).await.unwrap();
+    assert_eq!((c.superseded_count, c.superseded_at), (1, Some(25)));
+    let c = s.record_superseded_svid(&agent, 26, &none).await.unwrap();
+    assert_eq!((c.superseded_count, c.superseded_at), (2, Some(26)));
+    assert!(matches!(
+        s.record_superseded_svid(&id("spiffe://example.org/ghost"), 1, &none)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
     let b = s.set_node_banned(&agent, true, 30, &none).await.unwrap();
     assert!(b.banned);
     // Re-attestation (upsert) does not lift a ban.
@@ -198,7 +222,7 @@ async fn nodes<S: Store>(s: &S) {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.set_node_svid(&ghost, "1", 1, 1).await,
+        s.set_node_svid(&ghost, "0", "1", 1, 1).await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -349,7 +373,15 @@ async fn audited_changes<S: Store + Clone + 'static>(s: &S) {
     let mut chain = lanyard_audit::Chain::default();
     for r in &recs {
         let again = chain.append(r.event.clone()).unwrap();
-        assert_eq!(&again, r, "record {} does not chain", r.seq);
+        assert_eq!(
+            again.columns, None,
+            "a record that was never stored has no columns"
+        );
+        let stored = lanyard_audit::Record {
+            columns: Some(lanyard_audit::IndexColumns::of(&r.event)),
+            ..again
+        };
+        assert_eq!(&stored, r, "record {} does not chain", r.seq);
     } // Leave the entries as the other checks expect them.
     for e in s.list_entries().await.unwrap() {
         if e.spec.spiffe_id.path().starts_with("/race/") || e.id == created_id {
@@ -644,6 +676,72 @@ where
     );
     exec("UPDATE audit_events SET event = REPLACE(event, 'team-b', 'team-a') WHERE seq = 7").await;
     assert!(verify(&s.audit_records().await.unwrap(), &cps, &key.public_key()).is_ok());
+
+    // Edit every other stored column in turn; each edit is named, each undo verifies.
+    let edits: [(&str, &str, &str); 6] = [
+        (
+            "UPDATE audit_events SET time = time + 1 WHERE seq = 5",
+            "UPDATE audit_events SET time = time - 1 WHERE seq = 5",
+            "time",
+        ),
+        (
+            "UPDATE audit_events SET kind = 'x' || kind WHERE seq = 5",
+            "UPDATE audit_events SET kind = SUBSTR(kind, 2) WHERE seq = 5",
+            "kind",
+        ),
+        (
+            "UPDATE audit_events SET subject = subject || 'x' WHERE seq = 5",
+            "UPDATE audit_events SET subject = SUBSTR(subject, 1, LENGTH(subject) - 1) WHERE seq = 5",
+            "subject",
+        ),
+        (
+            "UPDATE audit_events SET subject = NULL WHERE seq = 5",
+            "",
+            "subject",
+        ), // restored from the saved value below
+        (
+            "UPDATE audit_events SET hash = hash || 'x' WHERE seq = 5",
+            "UPDATE audit_events SET hash = SUBSTR(hash, 1, LENGTH(hash) - 1) WHERE seq = 5",
+            "hash",
+        ),
+        (
+            "UPDATE audit_events SET prev_hash = prev_hash || 'x' WHERE seq = 5",
+            "UPDATE audit_events SET prev_hash = SUBSTR(prev_hash, 1, LENGTH(prev_hash) - 1) WHERE seq = 5",
+            "prev_hash",
+        ),
+    ];
+    for (edit, undo, column) in edits {
+        let before = s.audit_records().await.unwrap()[5].clone();
+        exec(edit).await;
+        let r = s.audit_records().await.unwrap();
+        let res = verify(&r, &cps, &key.public_key());
+        let named = match (&res, column) {
+            (
+                Err(VerifyError::ColumnMismatch {
+                    seq: 5, column: c, ..
+                }),
+                _,
+            ) => *c == column,
+            (Err(VerifyError::Modified { seq: 5 }), "hash") => true,
+            (Err(VerifyError::BrokenLink { seq: 6, .. }), "hash") => true,
+            (Err(VerifyError::BrokenLink { seq: 5, .. }), "prev_hash") => true,
+            _ => false,
+        };
+        assert!(named, "editing {column}: {res:?}");
+        if column == "subject" && r[5].columns.as_ref().unwrap().subject.is_none() {
+            // Restore the NULLed subject exactly.
+            let sql = format!(
+                "UPDATE audit_events SET subject = '{}' WHERE seq = 5",
+                before.columns.as_ref().unwrap().subject.clone().unwrap()
+            );
+            exec(Box::leak(sql.into_boxed_str())).await;
+        } else {
+            exec(undo).await;
+        }
+        let r = s.audit_records().await.unwrap();
+        assert_eq!(r[5], before, "undoing the {column} edit");
+        assert!(verify(&r, &cps, &key.public_key()).is_ok());
+    }
 
     // Reorder two records.
     exec("UPDATE audit_events SET seq = -1 WHERE seq = 3").await;

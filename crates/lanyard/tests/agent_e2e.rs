@@ -239,6 +239,8 @@ async fn workload_api_rules() {
         &sel,
         "--owner",
         "dev",
+        "--environment",
+        "test",
         "--hint",
         "external",
         "--output",
@@ -334,6 +336,8 @@ fn standalone_agent_survives_server_outage_and_obeys_bans() {
         &format!("unix:uid:{uid}"),
         "--owner",
         "api-team",
+        "--environment",
+        "test",
     ]);
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
@@ -482,6 +486,8 @@ async fn federated_bundles_reach_workloads() {
         &format!("unix:uid:{uid}"),
         "--owner",
         "web",
+        "--environment",
+        "test",
     ]);
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();

@@ -30,6 +30,8 @@ fn add_entry(dev: &Dev, path: &str) -> String {
         &format!("unix:uid:{}", dev.uid),
         "--owner",
         "team-a",
+        "--environment",
+        "test",
         "--output",
         "json",
     ]);
@@ -315,6 +317,8 @@ async fn inventory_lists_identities_with_flags() {
         "unix:gid:4242",
         "--owner",
         "t",
+        "--environment",
+        "test",
         "--expires-at",
         &(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

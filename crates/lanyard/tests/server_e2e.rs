@@ -63,6 +63,8 @@ fn create_entry(server: &ServerProc, path: &str, parent: &str, extra: &[&str]) -
         "unix:uid:1000",
         "--owner",
         "team-a",
+        "--environment",
+        "test",
     ];
     args.extend_from_slice(extra);
     server.json(&args)["id"].as_str().unwrap().to_string()
@@ -422,6 +424,8 @@ async fn invalid_admin_input_is_refused_and_changes_nothing() {
             "unix:uid:1000",
             "--owner",
             "o",
+            "--environment",
+            "test",
         ]
         .into_iter()
         .map(String::from)
@@ -829,6 +833,7 @@ async fn admin_api_over_mtls_requires_an_admin_svid() {
         parent_id: svid.spiffe_id.clone(),
         selectors: vec!["unix:uid:1000".into()],
         owner: "ops".into(),
+        environment: "test".into(),
         admin: admin_flag,
         ..Default::default()
     };
@@ -1110,6 +1115,8 @@ async fn registration_policy_rules_and_runtime_policy() {
             &parent,
             "--owner",
             "team-a",
+            "--environment",
+            "test",
         ];
         args.extend_from_slice(extra);
         server.cli(&args)
@@ -1221,7 +1228,7 @@ when { resource.path like "/frozen/*" };
     let req = dir.path().join("req.json");
     std::fs::write(
         &req,
-        r#"{"caller": "uid:0", "action": "create_entry", "entry": {"spiffe_id": "spiffe://example.org/frozen/y", "selectors": ["unix:uid:1"], "owner": "t"}}"#,
+        r#"{"caller": "uid:0", "action": "create_entry", "entry": {"spiffe_id": "spiffe://example.org/frozen/y", "selectors": ["unix:uid:1"], "owner": "t", "environment": "test"}}"#,
     )
     .unwrap();
     let o = server.cli(&["policy", "test", "--request", req.to_str().unwrap()]);

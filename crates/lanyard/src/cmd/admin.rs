@@ -77,7 +77,6 @@ fn entry_json(e: &pb::Entry) -> Value {
         "dns_names": e.dns_names,
         "hint": (!e.hint.is_empty()).then_some(&e.hint),
         "admin": e.admin,
-        "downstream": e.downstream,
         "expires_at": (e.expires_at != 0).then_some(e.expires_at),
         "revision": e.revision,
         "created_at": e.created_at,
@@ -113,7 +112,6 @@ fn entry_text(e: &pb::Entry) -> String {
         format!("DNS names:    {}", opt(&e.dns_names.join(", "))),
         format!("Hint:         {}", opt(&e.hint)),
         format!("Admin:        {}", e.admin),
-        format!("Downstream:   {}", e.downstream),
         format!(
             "Expires at:   {}",
             if e.expires_at == 0 {
@@ -170,9 +168,6 @@ pub struct EntryFlags {
     /// Mark the identity as an admin identity.
     #[arg(long)]
     pub admin: Option<Option<bool>>,
-    /// Allow the identity to mint SVIDs downstream.
-    #[arg(long)]
-    pub downstream: Option<Option<bool>>,
     /// When the entry stops issuing: RFC 3339 or unix seconds.
     #[arg(long)]
     pub expires_at: Option<String>,
@@ -209,9 +204,6 @@ impl EntryFlags {
         }
         if let Some(v) = self.admin {
             e.admin = v.unwrap_or(true);
-        }
-        if let Some(v) = self.downstream {
-            e.downstream = v.unwrap_or(true);
         }
         if let Some(v) = &self.expires_at {
             e.expires_at = parse_time(v)?;
@@ -375,6 +367,8 @@ fn agent_json(a: &pb::Agent) -> Value {
         "banned": a.banned,
         "created_at": a.created_at,
         "updated_at": a.updated_at,
+        "superseded_svids_presented": a.superseded_count,
+        "superseded_svid_last_at": (a.superseded_at != 0).then_some(a.superseded_at),
     })
 }
 
@@ -386,6 +380,15 @@ fn agent_text(a: &pb::Agent) -> String {
         format!("SVID serial:  {}", a.serial),
         format!("SVID expiry:  {}", time_str(a.expires_at)),
         format!("Banned:       {}", a.banned),
+        if a.superseded_count == 0 {
+            "Clone check:  ok (no superseded agent SVID presented)".to_string()
+        } else {
+            format!(
+                "Clone check:  POSSIBLE CLONE: a superseded agent SVID was presented {} time(s), last {}; ban the agent (`lanyard agent ban`) if this host did not lose its state",
+                a.superseded_count,
+                time_str(a.superseded_at)
+            )
+        },
     ]
     .join("\n")
 }

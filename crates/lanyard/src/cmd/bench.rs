@@ -219,6 +219,7 @@ async fn run_issue(
                 parent_id: svid.spiffe_id.clone(),
                 selectors: vec![format!("unix:uid:{}", 1000 + i)],
                 owner: "bench".to_string(),
+                environment: "bench".to_string(),
                 ..Default::default()
             })
             .await
@@ -669,6 +670,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<ExitCode, String> {
                 parent_id: "spiffe://bench.example/lanyard/agent/dev".to_string(),
                 selectors: vec![format!("unix:uid:{uid}")],
                 owner: "bench".to_string(),
+                environment: "bench".to_string(),
                 ..Default::default()
             })
             .await

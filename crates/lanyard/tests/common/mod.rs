@@ -382,6 +382,8 @@ impl Dev {
             &format!("unix:uid:{}", self.uid),
             "--owner",
             owner,
+            "--environment",
+            "test",
         ]);
     }
 
