@@ -851,6 +851,31 @@ async fn admin_api_over_mtls_requires_an_admin_svid() {
         .create_entry(entry("/anywhere/web", false))
         .await
         .unwrap();
+    // Downstream entries are not supported: refused, not silently ignored.
+    let mut downstream = entry("/anywhere/nested", false);
+    downstream.downstream = true;
+    let err = admin.create_entry(downstream).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("downstream"), "{}", err.message());
+    // Under the shipped default a full admin SVID keeps every admin operation:
+    // join tokens (for agent IDs only) included.
+    let t = admin
+        .generate_join_token(apb::JoinTokenRequest {
+            ttl_seconds: 60,
+            spiffe_id: format!("spiffe://{TD}/lanyard/agent/ops/n1"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.spiffe_id, format!("spiffe://{TD}/lanyard/agent/ops/n1"));
+    let err = admin
+        .generate_join_token(apb::JoinTokenRequest {
+            ttl_seconds: 60,
+            spiffe_id: format!("spiffe://{TD}/lanyard/server"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
     // Delegated administration: ops admins manage /ops/ only.
     let policy = dir.path().join("delegated.cedar");
     std::fs::write(
@@ -912,6 +937,128 @@ when { (resource.admin || resource.downstream) && !principal.local };
         .unwrap();
     // The local socket still may do anything the policy lets it.
     create_entry(&server, "/team-b/web", &svid.spiffe_id, &[]);
+    // Every other admin operation is policy too: the ops admin may not mint a join
+    // token, replace the policy, taint the CA, ban or evict agents.
+    fn denied<T>(r: Result<T, tonic::Status>, what: &str) {
+        let err = r.err().unwrap_or_else(|| panic!("{what} was allowed"));
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err:?}");
+        assert!(
+            err.message().contains("no registration policy permits"),
+            "{what}: {}",
+            err.message()
+        );
+    }
+    let join = |path: &str| apb::JoinTokenRequest {
+        ttl_seconds: 60,
+        spiffe_id: format!("spiffe://{TD}{path}"),
+    };
+    denied(
+        admin
+            .generate_join_token(join("/lanyard/agent/team-b/n1"))
+            .await,
+        "join token for another agent path",
+    );
+    denied(
+        admin
+            .generate_join_token(apb::JoinTokenRequest::default())
+            .await,
+        "join token with a generated agent ID",
+    );
+    denied(
+        admin
+            .set_policy(apb::SetPolicyRequest {
+                kind: "registration".into(),
+                body: "permit (principal, action, resource);".into(),
+            })
+            .await,
+        "policy set",
+    );
+    let slots = server.json(&["ca", "list"]);
+    let active = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "active")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    denied(
+        admin
+            .taint_ca(apb::TaintRequest {
+                slot: active.clone(),
+            })
+            .await,
+        "CA taint",
+    );
+    let agent_req = || apb::AgentId {
+        spiffe_id: svid.spiffe_id.clone(),
+    };
+    denied(admin.ban_agent(agent_req()).await, "agent ban");
+    denied(admin.evict_agent(agent_req()).await, "agent evict");
+    assert!(
+        !server.json(&["agent", "show", &svid.spiffe_id])["banned"]
+            .as_bool()
+            .unwrap()
+    );
+    let refused = server_audit(&dir.path().join("data"), "admin_call_refused");
+    for action in [
+        "create_join_token",
+        "set_policy",
+        "taint_ca",
+        "ban_agent",
+        "evict_agent",
+    ] {
+        assert!(
+            refused
+                .iter()
+                .any(|e| e["event"]["evidence"]["action"] == action
+                    && e["event"]["decision"] == "deny"
+                    && e["event"]["actor"] == format!("spiffe://{TD}/ops/admin")),
+            "{action} refusal not recorded: {refused:?}"
+        );
+    }
+    // A policy that delegates enrolment of /lanyard/agent/ops/ nodes, and nothing more.
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str(
+        r#"
+@id("ops-enrol")
+@reason("ops admins enrol agents under /lanyard/agent/ops/")
+permit (principal, action == Lanyard::Action::"create_join_token", resource is Lanyard::JoinToken)
+when { principal.path like "/ops/*" && resource.agent_path like "/lanyard/agent/ops/*" };
+"#,
+    );
+    std::fs::write(&policy, text).unwrap();
+    server.ok(&[
+        "policy",
+        "set",
+        "--kind",
+        "registration",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    let t = admin
+        .generate_join_token(join("/lanyard/agent/ops/n2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.spiffe_id, format!("spiffe://{TD}/lanyard/agent/ops/n2"));
+    denied(
+        admin
+            .generate_join_token(join("/lanyard/agent/team-b/n2"))
+            .await,
+        "join token outside the delegated agent path",
+    );
+    let created = server_audit(&dir.path().join("data"), "token_created");
+    assert!(
+        created
+            .iter()
+            .any(|e| e["event"]["policy_ids"][0] == "ops-enrol"),
+        "{created:?}"
+    );
+    // The local socket keeps full control: it taints (the refused taint above
+    // changed nothing).
+    server.ok(&["ca", "taint", &active]);
     // Refusals are on record with the policy named.
     let data = dir.path().join("data");
     let refused = server_audit(&data, "entry_refused");
@@ -1257,4 +1404,152 @@ when { resource.path like "/frozen/*" };
     let changed = server_audit(&dir.path().join("data"), "policy_changed");
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0]["event"]["evidence"]["version"], 1);
+}
+
+/// Agent IDs stay under /lanyard/agent/: refused when the token is created, and again
+/// at attestation for a token row written by hand (or by an older version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_ids_must_be_under_lanyard_agent() {
+    use sqlx::ConnectOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), None, None);
+    for bad in [
+        format!("spiffe://{TD}/lanyard/server"),
+        format!("spiffe://{TD}/web"),
+        format!("spiffe://{TD}/lanyard/agent"),
+    ] {
+        let err = server.fails(&["token", "generate", "--spiffe-id", &bad]);
+        assert!(
+            err.contains(&format!("spiffe://{TD}/lanyard/agent/<name>")),
+            "{bad}: {err}"
+        );
+    }
+    let good = format!("spiffe://{TD}/lanyard/agent/rack1/node7");
+    let t = token(&server, &["--spiffe-id", &good]);
+    let svid = attest_join_token(&server, &t, &KeyPair::generate().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(svid.spiffe_id, good);
+
+    // A token row that names the server's identity, inserted behind the API's back.
+    let raw = "feedfacefeedfacefeedfacefeedfacefeedfacefeedface";
+    let hash = lanyard_server::node::sha256_hex(raw.as_bytes());
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("lanyard.db"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO join_tokens (token_hash, spiffe_id, expires_at, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&hash)
+        .bind(format!("spiffe://{TD}/lanyard/server"))
+        .bind(i64::MAX / 4)
+        .bind(0i64)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let err = attest_join_token(&server, raw, &KeyPair::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("/lanyard/agent/"),
+        "{}",
+        err.message()
+    );
+    let agents = server.json(&["agent", "list"]);
+    assert!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["spiffe_id"] != format!("spiffe://{TD}/lanyard/server")),
+        "{agents}"
+    );
+    let refused = server_audit(dir.path(), "node_refused");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["event"]["subject"] == format!("spiffe://{TD}/lanyard/server")),
+        "{refused:?}"
+    );
+    // Attestation issues an agent SVID, and says so.
+    let issued = server_audit(dir.path(), "agent_svid_issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["event"]["subject"], good.as_str());
+}
+
+/// A copy of an agent's earlier SVID and key cannot renew or call the agent API once
+/// the agent has used its renewed SVID; the attempt is recorded as a possible clone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_agent_svid_is_refused_as_a_possible_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), None, None);
+    let key_a = KeyPair::generate().unwrap();
+    let a = attest_join_token(&server, &token(&server, &[]), &key_a)
+        .await
+        .unwrap();
+    let bundles = shared_bundles(server.bundle());
+    let client = |chain: Vec<Vec<u8>>, key: Vec<u8>| {
+        let bundles = bundles.clone();
+        let addr = server.agent_addr.clone();
+        async move { node_client(&addr, bundles, Some((&chain, &key))).await }
+    };
+    // Renew with A: B is issued; A (the connection the agent still holds) keeps
+    // working until B is seen.
+    let mut with_a = client(a.cert_chain.clone(), key_a.serialize_der()).await;
+    let key_b = KeyPair::generate().unwrap();
+    let b = with_a
+        .renew_agent(pb::RenewRequest { csr: csr(&key_b) })
+        .await
+        .unwrap()
+        .into_inner();
+    let holdings = || pb::Holdings {
+        authorities: Default::default(),
+    };
+    with_a.report_holdings(holdings()).await.unwrap();
+    let mut with_b = client(b.cert_chain.clone(), key_b.serialize_der()).await;
+    with_b.report_holdings(holdings()).await.unwrap();
+    let shown = server.ok(&["agent", "show", &a.spiffe_id]);
+    assert!(shown.contains("Clone check:  ok"), "{shown}");
+
+    // Now A is superseded: a copy of it (new connection) is refused, and so is a
+    // renewal with it.
+    let mut copy = client(a.cert_chain.clone(), key_a.serialize_der()).await;
+    let err = copy.report_holdings(holdings()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("possible clone"),
+        "{}",
+        err.message()
+    );
+    let err = copy
+        .renew_agent(pb::RenewRequest {
+            csr: csr(&KeyPair::generate().unwrap()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = copy.sync(pb::SyncRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // The real agent is unaffected.
+    with_b.report_holdings(holdings()).await.unwrap();
+
+    let shown = server.ok(&["agent", "show", &a.spiffe_id]);
+    assert!(
+        shown.contains("POSSIBLE CLONE") && shown.contains("3 time(s)"),
+        "{shown}"
+    );
+    let listed = server.json(&["agent", "list"]);
+    assert_eq!(listed[0]["superseded_svids_presented"], 3, "{listed}");
+    let events = server_audit(dir.path(), "agent_clone_suspected");
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0]["event"]["subject"], a.spiffe_id.as_str());
+    assert_eq!(events[0]["event"]["outcome"], "denied");
+    let verified = server.ok(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(verified.contains("intact"), "{verified}");
 }
