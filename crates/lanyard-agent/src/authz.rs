@@ -27,8 +27,8 @@ use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
 use lanyard_proto::node as pb;
 use lanyard_server::access::{TokenVerifier, verify_task};
 use lanyard_server::decision::{
-    Callers, DecisionOut, DecisionRecord, Question, Sources, Unauthenticated, decide, facts_of,
-    index_entry,
+    AuthnError, Callers, DecideError, DecisionOut, DecisionRecord, Question, Sources, TaskError,
+    decide, facts_of, index_entry,
 };
 use lanyard_server::http::Pdp;
 
@@ -55,19 +55,18 @@ impl AuthzSnapshot {
 }
 
 impl Sources for AuthzSnapshot {
-    async fn workload(&self, id: &str) -> WorkloadFacts {
-        facts_of(&self.workloads, id)
+    async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
+        Ok(facts_of(&self.workloads, id))
     }
 
     async fn policy(&self) -> Result<CompiledPolicies, String> {
         Ok(self.policy.clone())
     }
 
-    async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
-        let key = self
-            .token_key
-            .as_ref()
-            .ok_or("the agent has no token key from the server")?;
+    async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
+        let key = self.token_key.as_ref().ok_or_else(|| {
+            TaskError::Rejected("the agent has no token key from the server".to_string())
+        })?;
         verify_task(
             key,
             &self.issuer,
@@ -75,6 +74,7 @@ impl Sources for AuthzSnapshot {
             SystemClock.unix_seconds(),
             &|jti| self.revoked.contains(jti),
         )
+        .map_err(TaskError::Rejected)
     }
 }
 
@@ -219,8 +219,12 @@ impl Pdp for LocalPdp {
         self.snapshot().map(|_| ())
     }
 
-    async fn authenticate(&self, authorization: Option<&str>) -> Result<String, Unauthenticated> {
-        let issuer = self.snapshot().map_err(Unauthenticated)?.issuer.clone();
+    async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthnError> {
+        let issuer = self
+            .snapshot()
+            .map_err(AuthnError::Unavailable)?
+            .issuer
+            .clone();
         let state = &self.state;
         self.callers.authenticate(
             authorization,
@@ -231,8 +235,8 @@ impl Pdp for LocalPdp {
         )
     }
 
-    async fn evaluate(&self, caller: &str, q: Question) -> Result<DecisionOut, String> {
-        let snapshot = self.snapshot()?;
+    async fn evaluate(&self, caller: &str, q: Question) -> Result<DecisionOut, DecideError> {
+        let snapshot = self.snapshot().map_err(DecideError::Unavailable)?;
         let rec = decide(&*snapshot, q).await?;
         self.decisions
             .push(report_of(caller, &rec, snapshot.version));

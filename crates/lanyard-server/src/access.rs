@@ -8,8 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,8 +19,9 @@ use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
 use lanyard_store::Store;
 use serde_json::{Map, Value, json};
 
+pub use crate::decision::{AuthnError, DecideError, DecisionOut, Question, TaskError};
 use crate::decision::{Callers, Sources, decision_event, facts_of, index_entry};
-pub use crate::decision::{DecisionOut, Question, Unauthenticated};
+use crate::fresh::{FreshCache, MAX_STALE};
 use crate::state::{ServerError, Shared, write_private};
 
 /// How stale the cached policy, entry index and deny-list may get before they are
@@ -192,8 +193,8 @@ pub fn jwk_json(key: &PublicJwk, kid: &str) -> Value {
     }
 }
 
-/// Registration facts by SPIFFE ID, when built and at which change version.
-type WorkloadIndex = (Instant, u64, Arc<HashMap<String, WorkloadFacts>>);
+/// Registration facts by SPIFFE ID, at which change version.
+type WorkloadIndex = (u64, HashMap<String, WorkloadFacts>);
 
 /// Runtime authorization state of one server.
 pub struct Access {
@@ -201,9 +202,10 @@ pub struct Access {
     pub token_key: TokenKey,
     public_url: OnceLock<String>,
     callers: Callers,
-    policy_checked: Mutex<Option<Instant>>,
-    workloads: RwLock<Option<WorkloadIndex>>,
-    revoked: RwLock<Option<(Instant, Arc<HashSet<String>>)>>,
+    /// The authz policy set and its stored version.
+    policy: FreshCache<(i64, CompiledPolicies)>,
+    workloads: FreshCache<WorkloadIndex>,
+    revoked: FreshCache<HashSet<String>>,
     /// Identity providers trusted for person tokens: (issuer, JWKS).
     trusted: Vec<(String, jsonwebtoken::jwk::JwkSet)>,
 }
@@ -241,9 +243,9 @@ impl Access {
             token_key,
             public_url: OnceLock::new(),
             callers: Callers::default(),
-            policy_checked: Mutex::new(None),
-            workloads: RwLock::new(None),
-            revoked: RwLock::new(None),
+            policy: FreshCache::new("authz policy", REFRESH, MAX_STALE),
+            workloads: FreshCache::new("entry index", REFRESH * 5, MAX_STALE),
+            revoked: FreshCache::new("JWT deny-list", REFRESH, MAX_STALE),
         })
     }
 
@@ -294,38 +296,25 @@ impl Access {
         json!({ "keys": keys })
     }
 
-    /// JWT IDs on the deny-list.
-    pub async fn revoked(&self) -> Arc<HashSet<String>> {
-        if let Ok(g) = self.revoked.read()
-            && let Some((at, set)) = g.as_ref()
-            && at.elapsed() < REFRESH
-        {
-            return set.clone();
-        }
+    /// JWT IDs on the deny-list. `Err` (fail closed): it cannot be read and the last
+    /// copy is too old.
+    pub async fn revoked(&self) -> Result<Arc<HashSet<String>>, String> {
         let now = self.shared.clock.unix_seconds();
-        let fresh: HashSet<String> = match self.shared.store.revoked_jwts(now).await {
-            Ok(v) => v.into_iter().map(|r| r.jti).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the JWT deny-list; keeping the last one");
-                return self
-                    .revoked
-                    .read()
-                    .ok()
-                    .and_then(|g| g.as_ref().map(|(_, s)| s.clone()))
-                    .unwrap_or_default();
-            }
-        };
-        let fresh = Arc::new(fresh);
-        if let Ok(mut g) = self.revoked.write() {
-            *g = Some((Instant::now(), fresh.clone()));
-        }
-        fresh
+        self.revoked
+            .get(|| async {
+                self.shared
+                    .store
+                    .revoked_jwts(now)
+                    .await
+                    .map(|v| v.into_iter().map(|r| r.jti).collect())
+            })
+            .await
     }
 
     /// Validate a JWT-SVID addressed to this server (audience: the issuer or the
     /// token endpoint) and not revoked.
-    pub async fn validate_svid(&self, token: &str) -> Result<JwtSvid, String> {
-        let revoked = self.revoked().await;
+    pub async fn validate_svid(&self, token: &str) -> Result<JwtSvid, AuthnError> {
+        let revoked = self.revoked().await.map_err(AuthnError::Unavailable)?;
         crate::decision::validate_svid(
             token,
             &self.own_audiences(),
@@ -333,14 +322,12 @@ impl Access {
             self.shared.clock.as_ref(),
             &|jti| revoked.contains(jti),
         )
+        .map_err(AuthnError::Unauthenticated)
     }
 
     /// Authenticate an enforcement point by its `Authorization: Bearer` JWT-SVID.
-    pub async fn authenticate(
-        &self,
-        authorization: Option<&str>,
-    ) -> Result<String, Unauthenticated> {
-        let revoked = self.revoked().await;
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthnError> {
+        let revoked = self.revoked().await.map_err(AuthnError::Unavailable)?;
         self.callers.authenticate(
             authorization,
             &self.own_audiences(),
@@ -351,75 +338,62 @@ impl Access {
     }
 
     /// The active authz policy set (this server's changes apply at once; other
-    /// servers' within [`REFRESH`]).
+    /// servers' within [`REFRESH`]). `Err` (fail closed): it cannot be read.
     pub async fn policy(&self) -> Result<CompiledPolicies, String> {
-        let due = self
-            .policy_checked
-            .lock()
-            .map(|g| g.is_none_or(|t| t.elapsed() >= REFRESH))
-            .unwrap_or(true);
-        if !due
-            && let Ok(cache) = self.shared.policies.read()
-            && let Some((_, p)) = cache.get(&PolicyKind::Authz)
-        {
-            return Ok(p.clone());
-        }
-        let (_, p) = crate::policy::active(&self.shared, PolicyKind::Authz)
-            .await
-            .map_err(|s| s.message().to_string())?;
-        if let Ok(mut g) = self.policy_checked.lock() {
-            *g = Some(Instant::now());
-        }
-        Ok(p)
+        // A `policy set` through this server updates the shared compiled cache.
+        let known = self
+            .shared
+            .policies
+            .read()
+            .ok()
+            .and_then(|c| c.get(&PolicyKind::Authz).map(|(v, _)| *v));
+        let p = self
+            .policy
+            .get_where(
+                |(v, _)| known.is_none_or(|k| k == *v),
+                || async {
+                    crate::policy::active(&self.shared, PolicyKind::Authz)
+                        .await
+                        .map_err(|s| s.message().to_string())
+                },
+            )
+            .await?;
+        Ok(p.1.clone())
     }
 
     /// Registration facts of every SPIFFE ID with an entry.
-    async fn workloads(&self) -> Arc<HashMap<String, WorkloadFacts>> {
+    async fn workloads(&self) -> Result<Arc<WorkloadIndex>, String> {
         let version = *self.shared.changes.borrow();
-        if let Ok(g) = self.workloads.read()
-            && let Some((at, v, map)) = g.as_ref()
-            && *v == version
-            && at.elapsed() < REFRESH * 5
-        {
-            return map.clone();
-        }
-        let entries = match self.shared.store.list_entries().await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read entries for authz; keeping the last index");
-                return self
-                    .workloads
-                    .read()
-                    .ok()
-                    .and_then(|g| g.as_ref().map(|(_, _, m)| m.clone()))
-                    .unwrap_or_default();
-            }
-        };
-        let mut map: HashMap<String, WorkloadFacts> = HashMap::new();
-        for e in entries {
-            index_entry(
-                &mut map,
-                &e.spec.spiffe_id.to_string(),
-                &e.spec.owner,
-                e.spec.environment.as_deref().unwrap_or_default(),
-                e.spec.selectors.iter().map(ToString::to_string),
-            );
-        }
-        let map = Arc::new(map);
-        if let Ok(mut g) = self.workloads.write() {
-            *g = Some((Instant::now(), version, map.clone()));
-        }
-        map
+        self.workloads
+            .get_where(
+                |(v, _)| *v == version,
+                || async {
+                    let entries = self.shared.store.list_entries().await?;
+                    let mut map: HashMap<String, WorkloadFacts> = HashMap::new();
+                    for e in entries {
+                        index_entry(
+                            &mut map,
+                            &e.spec.spiffe_id.to_string(),
+                            &e.spec.owner,
+                            e.spec.environment.as_deref().unwrap_or_default(),
+                            e.spec.selectors.iter().map(ToString::to_string),
+                        );
+                    }
+                    Ok::<_, lanyard_store::StoreError>((version, map))
+                },
+            )
+            .await
     }
 
-    /// Facts of `id` for policy (unregistered when it has no entry).
-    pub async fn workload(&self, id: &str) -> WorkloadFacts {
-        facts_of(&*self.workloads().await, id)
+    /// Facts of `id` for policy (unregistered when it has no entry). `Err` (fail
+    /// closed): the entry index cannot be read.
+    pub async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
+        Ok(facts_of(&self.workloads().await?.1, id))
     }
 
     /// Verify a task token presented with a request (not revoked).
-    pub async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
-        let revoked = self.revoked().await;
+    pub async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
+        let revoked = self.revoked().await.map_err(TaskError::Unavailable)?;
         verify_task(
             self.token_key.verifier(),
             &self.issuer(),
@@ -427,6 +401,7 @@ impl Access {
             self.shared.clock.unix_seconds(),
             &|jti| revoked.contains(jti),
         )
+        .map_err(TaskError::Rejected)
     }
 
     /// Decide one question for `caller` (the enforcement point) and audit it.
@@ -436,7 +411,7 @@ impl Access {
         caller: &str,
         via: &str,
         q: Question,
-    ) -> Result<DecisionOut, String> {
+    ) -> Result<DecisionOut, DecideError> {
         let rec = crate::decision::decide(self, q).await?;
         let mut ev = decision_event(&self.shared, caller, via, &rec);
         // The decision id the caller gets is the id of its evidence.
@@ -462,13 +437,13 @@ impl Access {
 }
 
 impl Sources for Access {
-    async fn workload(&self, id: &str) -> WorkloadFacts {
+    async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
         Access::workload(self, id).await
     }
     async fn policy(&self) -> Result<CompiledPolicies, String> {
         Access::policy(self).await
     }
-    async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+    async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
         Access::verify_task(self, token).await
     }
 }

@@ -198,6 +198,12 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::Duplicate(m) => Status::already_exists(m),
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         StoreError::Conflict { .. } => Status::aborted(e.to_string()),
+        StoreError::Unavailable(_) => {
+            tracing::error!(error = %e, "datastore unreachable");
+            Status::unavailable(format!(
+                "{e}; nothing was decided or changed, retry when it is back"
+            ))
+        }
         other => {
             tracing::error!(error = %other, "datastore error");
             Status::internal(other.to_string())

@@ -74,18 +74,50 @@ pub struct DecisionRecord {
     pub task: Option<TaskFacts>,
 }
 
-/// Why a caller was not authenticated (HTTP 401).
-#[derive(Debug, Clone)]
-pub struct Unauthenticated(pub String);
+/// Why a caller was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    /// Its token is missing or not accepted (HTTP 401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// What authentication needs (the deny-list) cannot be read: fail closed
+    /// (HTTP 503, gRPC `Unavailable`).
+    #[error("{0}")]
+    Unavailable(String),
+}
 
-/// What a decision point decides with.
+/// Why a question got no decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// The question is malformed: the caller's fault (HTTP 400).
+    #[error("{0}")]
+    Malformed(String),
+    /// What the decision needs cannot be read: fail closed (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Why a task token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// It does not verify, expired or was revoked: the decision is a deny.
+    #[error("{0}")]
+    Rejected(String),
+    /// The deny-list cannot be read: no decision.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What a decision point decides with. `Err(reason)` from `workload` and `policy`:
+/// the facts cannot be read, so nothing is decided (fail closed).
 pub trait Sources: Sync {
     /// Registration facts of `id` ([`WorkloadFacts::unregistered`] when unknown).
-    fn workload(&self, id: &str) -> impl Future<Output = WorkloadFacts> + Send;
+    fn workload(&self, id: &str) -> impl Future<Output = Result<WorkloadFacts, String>> + Send;
     /// The authz policy set in force.
     fn policy(&self) -> impl Future<Output = Result<CompiledPolicies, String>> + Send;
     /// Verify a task token (`context.task_token`), deny-list included.
-    fn verify_task(&self, token: &str) -> impl Future<Output = Result<TaskFacts, String>> + Send;
+    fn verify_task(&self, token: &str)
+    -> impl Future<Output = Result<TaskFacts, TaskError>> + Send;
 }
 
 /// A new random id (decision ids, txn, jti): 32 hex digits.
@@ -95,24 +127,28 @@ pub fn random_id() -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Decide one question. `Err` is a malformed question (the caller's fault). A task
-/// token that does not verify denies without evaluating policy.
-pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, String> {
+/// Decide one question. `Err` is a malformed question (the caller's fault) or facts
+/// that cannot be read (no decision: fail closed). A task token that does not verify
+/// denies without evaluating policy.
+pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, DecideError> {
     let subject = SpiffeId::new(&q.subject).map_err(|e| {
-        format!(
+        DecideError::Malformed(format!(
             "subject.id {:?} is not a SPIFFE ID ({e}); the subject is the workload, e.g. spiffe://example.org/web",
             q.subject
-        )
+        ))
     })?;
     if q.action.is_empty() {
-        return Err("action.name is missing".to_string());
+        return Err(DecideError::Malformed("action.name is missing".to_string()));
     }
     if q.resource_id.is_empty() {
-        return Err("resource.id is missing".to_string());
+        return Err(DecideError::Malformed("resource.id is missing".to_string()));
     }
     let mut context = q.context;
     let task_token = context.remove("task_token");
-    let principal = src.workload(&subject.to_string()).await;
+    let principal = src
+        .workload(&subject.to_string())
+        .await
+        .map_err(DecideError::Unavailable)?;
     let mut rec = DecisionRecord {
         out: DecisionOut {
             decision_id: random_id(),
@@ -136,17 +172,22 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
                 rec.trace_id = Some(task.txn.clone());
                 rec.task = Some(task);
             }
-            Err(e) => {
+            Err(TaskError::Rejected(e)) => {
                 rec.out.reason = format!("the task token is not accepted: {e}");
                 return Ok(rec);
             }
+            Err(TaskError::Unavailable(e)) => return Err(DecideError::Unavailable(e)),
         },
-        Some(_) => return Err("context.task_token must be a string (a task token)".to_string()),
+        Some(_) => {
+            return Err(DecideError::Malformed(
+                "context.task_token must be a string (a task token)".to_string(),
+            ));
+        }
     }
     let policy = src
         .policy()
         .await
-        .map_err(|e| format!("authz policy: {e}"))?;
+        .map_err(|e| DecideError::Unavailable(format!("authz policy: {e}")))?;
     let req = AuthzRequest {
         principal,
         action: q.action,
@@ -162,7 +203,9 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
         chain: None,
         tool: None,
     };
-    let d = policy.evaluate_authz(&req).map_err(|e| e.to_string())?;
+    let d = policy
+        .evaluate_authz(&req)
+        .map_err(|e| DecideError::Malformed(e.to_string()))?;
     rec.out.reason = d.explain(PolicyKind::Authz);
     rec.out.allowed = d.allowed;
     rec.out.policy_ids = d.policy_ids;
@@ -262,9 +305,9 @@ impl Callers {
         bundles: &RwLock<BundleSet>,
         clock: &dyn Clock,
         revoked: &dyn Fn(&str) -> bool,
-    ) -> Result<String, Unauthenticated> {
+    ) -> Result<String, AuthnError> {
         let token = bearer(authorization).ok_or_else(|| {
-            Unauthenticated(format!(
+            AuthnError::Unauthenticated(format!(
                 "send a JWT-SVID with audience {:?} as `Authorization: Bearer <token>`",
                 audiences.first().map(String::as_str).unwrap_or_default()
             ))
@@ -275,15 +318,16 @@ impl Callers {
             && now < c.exp
         {
             if !c.jti.is_empty() && revoked(&c.jti) {
-                return Err(Unauthenticated(format!(
+                return Err(AuthnError::Unauthenticated(format!(
                     "the JWT-SVID {} was revoked",
                     c.jti
                 )));
             }
             return Ok(c.id);
         }
-        let svid = validate_svid(token, audiences, bundles, clock, revoked)
-            .map_err(|e| Unauthenticated(format!("the bearer JWT-SVID is not accepted: {e}")))?;
+        let svid = validate_svid(token, audiences, bundles, clock, revoked).map_err(|e| {
+            AuthnError::Unauthenticated(format!("the bearer JWT-SVID is not accepted: {e}"))
+        })?;
         let id = svid.spiffe_id().to_string();
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= MAX_CACHED_CALLERS {
@@ -353,10 +397,22 @@ mod tests {
 
     struct Fixed {
         policy: CompiledPolicies,
+        /// Which source "cannot be read" (fail-closed tests).
+        down: Option<&'static str>,
+    }
+
+    impl Fixed {
+        fn check(&self, what: &str) -> Result<(), String> {
+            match self.down {
+                Some(d) if d == what => Err(format!("the {what} cannot be read")),
+                _ => Ok(()),
+            }
+        }
     }
 
     impl Sources for Fixed {
-        async fn workload(&self, id: &str) -> WorkloadFacts {
+        async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
+            self.check("entry index")?;
             let mut index = HashMap::new();
             index_entry(
                 &mut index,
@@ -365,12 +421,14 @@ mod tests {
                 "prod",
                 ["unix:uid:1".to_string()],
             );
-            facts_of(&index, id)
+            Ok(facts_of(&index, id))
         }
         async fn policy(&self) -> Result<CompiledPolicies, String> {
+            self.check("policy")?;
             Ok(self.policy.clone())
         }
-        async fn verify_task(&self, token: &str) -> Result<TaskFacts, String> {
+        async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
+            self.check("deny-list").map_err(TaskError::Unavailable)?;
             if token == "good" {
                 Ok(TaskFacts {
                     txn: "t1".into(),
@@ -379,7 +437,7 @@ mod tests {
                     ..TaskFacts::default()
                 })
             } else {
-                Err("bad signature".into())
+                Err(TaskError::Rejected("bad signature".into()))
             }
         }
     }
@@ -391,6 +449,7 @@ mod tests {
         );
         Fixed {
             policy: CompiledPolicies::compile(PolicyKind::Authz, &text).unwrap(),
+            down: None,
         }
     }
 
@@ -407,12 +466,8 @@ mod tests {
         assert_eq!(r.out.decision_id.len(), 32);
         let r = decide(&src, q("spiffe://example.org/other")).await.unwrap();
         assert!(!r.out.allowed);
-        assert!(
-            decide(&src, q("web"))
-                .await
-                .unwrap_err()
-                .contains("SPIFFE ID")
-        );
+        assert!(matches!(decide(&src, q("web")).await.unwrap_err(),
+                DecideError::Malformed(m) if m.contains("SPIFFE ID")));
     }
 
     #[tokio::test]
@@ -430,7 +485,26 @@ mod tests {
         assert!(!r.out.allowed);
         assert!(r.out.reason.contains("bad signature"));
         question.context.insert("task_token".into(), 7.into());
-        assert!(decide(&src, question).await.is_err());
+        assert!(matches!(
+            decide(&src, question).await,
+            Err(DecideError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreadable_facts_give_no_decision() {
+        for down in ["entry index", "policy", "deny-list"] {
+            let src = Fixed {
+                down: Some(down),
+                ..fixed()
+            };
+            let mut question = q("spiffe://example.org/web");
+            question.context.insert("task_token".into(), "good".into());
+            match decide(&src, question).await {
+                Err(DecideError::Unavailable(m)) => assert!(m.contains(down), "{m}"),
+                other => panic!("{down}: expected Unavailable, got {other:?}"),
+            }
+        }
     }
 
     #[test]

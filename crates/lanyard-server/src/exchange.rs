@@ -51,6 +51,10 @@ impl OAuthError {
     fn request(d: impl Into<String>) -> Self {
         Self::new("invalid_request", d)
     }
+    /// What the exchange needs cannot be read (fail closed, HTTP 503).
+    fn unavailable(d: impl Into<String>) -> Self {
+        Self::new("temporarily_unavailable", d)
+    }
     pub fn body(&self) -> Value {
         json!({"error": self.code, "error_description": self.description})
     }
@@ -205,7 +209,12 @@ impl Access {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            if self.revoked().await.contains(&jti) {
+            if self
+                .revoked()
+                .await
+                .map_err(OAuthError::unavailable)?
+                .contains(&jti)
+            {
                 return Err(OAuthError::request(format!("the {kind}_token was revoked")));
             }
             return Ok(Party {
@@ -215,11 +224,12 @@ impl Access {
                 issued: Some(claims),
             });
         }
-        let svid = self.validate_svid(token).await.map_err(|e| {
-            OAuthError::request(format!(
+        let svid = self.validate_svid(token).await.map_err(|e| match e {
+            crate::decision::AuthnError::Unavailable(m) => OAuthError::unavailable(m),
+            crate::decision::AuthnError::Unauthenticated(e) => OAuthError::request(format!(
                 "the {kind}_token is not an acceptable JWT-SVID: {e} (its audience must be {:?})",
                 self.issuer()
-            ))
+            )),
         })?;
         Ok(Party {
             id: svid.spiffe_id().clone(),
@@ -336,11 +346,11 @@ impl Access {
                 )));
             }
         }
-        let policy = self
-            .policy()
+        let policy = self.policy().await.map_err(OAuthError::unavailable)?;
+        let subject_facts = self
+            .workload(&subject.id.to_string())
             .await
-            .map_err(|e| OAuthError::new("server_error", e))?;
-        let subject_facts = self.workload(&subject.id.to_string()).await;
+            .map_err(OAuthError::unavailable)?;
         let mut policy_ids: Vec<String> = Vec::new();
         // Delegation: may the actor act for the subject?
         if let Some(a) = &actor
@@ -589,7 +599,10 @@ impl Access {
             .evidence
             .insert("purpose".into(), purpose.clone().into());
         refused.evidence.insert("tools".into(), json!(tools));
-        let agent_facts = self.workload(&agent.to_string()).await;
+        let agent_facts = self
+            .workload(&agent.to_string())
+            .await
+            .map_err(OAuthError::unavailable)?;
         let mut denied = Vec::new();
         for t in &tools {
             let mut r = AuthzRequest::new(agent_facts.clone(), "start_task", t);
@@ -787,10 +800,7 @@ impl Access {
         }
         let agent = self.party(&form.actor_token, "actor", false).await?;
         refused.actor = Some(agent.id.to_string());
-        let policy = self
-            .policy()
-            .await
-            .map_err(|e| OAuthError::new("server_error", e))?;
+        let policy = self.policy().await.map_err(OAuthError::unavailable)?;
         let allowed = self
             .may_act(
                 &policy,
@@ -837,7 +847,13 @@ impl Access {
         whom: &str,
         refused: &mut lanyard_audit::Event,
     ) -> Result<Vec<String>, OAuthError> {
-        let mut r = AuthzRequest::new(self.workload(&actor.to_string()).await, action, "");
+        let mut r = AuthzRequest::new(
+            self.workload(&actor.to_string())
+                .await
+                .map_err(OAuthError::unavailable)?,
+            action,
+            "",
+        );
         r.target = target;
         r.chain = Some(chain);
         let d = policy

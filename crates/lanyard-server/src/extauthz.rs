@@ -133,8 +133,12 @@ impl pb::authorization_server::Authorization for ExtAuthz {
         };
         let d = match self.access.decide(&caller, "ext_authz", q).await {
             Ok(d) => d,
-            Err(e) => {
+            Err(crate::decision::DecideError::Malformed(e)) => {
                 return Ok(Response::new(denied(StatusCode::Forbidden, e, "")));
+            }
+            // Fail closed: the request is denied, with 503 to the client.
+            Err(crate::decision::DecideError::Unavailable(e)) => {
+                return Ok(Response::new(denied(StatusCode::ServiceUnavailable, e, "")));
             }
         };
         if !d.allowed {

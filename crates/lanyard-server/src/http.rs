@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use crate::access::Access;
-use crate::decision::{DecisionOut, Question, Unauthenticated};
+use crate::decision::{AuthnError, DecideError, DecisionOut, Question};
 use crate::exchange::ExchangeForm;
 
 /// A policy decision point behind the AuthZEN evaluation API.
@@ -29,24 +29,24 @@ pub trait Pdp: Send + Sync + 'static {
     fn authenticate(
         &self,
         authorization: Option<&str>,
-    ) -> impl Future<Output = Result<String, Unauthenticated>> + Send;
+    ) -> impl Future<Output = Result<String, AuthnError>> + Send;
     /// Decide one question for `caller` (and see that it is audited). `Err` is a
-    /// malformed question (HTTP 400).
+    /// malformed question (HTTP 400) or facts that cannot be read (HTTP 503).
     fn evaluate(
         &self,
         caller: &str,
         q: Question,
-    ) -> impl Future<Output = Result<DecisionOut, String>> + Send;
+    ) -> impl Future<Output = Result<DecisionOut, DecideError>> + Send;
 }
 
 impl Pdp for Access {
     fn base_url(&self) -> String {
         self.public_url()
     }
-    async fn authenticate(&self, authorization: Option<&str>) -> Result<String, Unauthenticated> {
+    async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthnError> {
         Access::authenticate(self, authorization).await
     }
-    async fn evaluate(&self, caller: &str, q: Question) -> Result<DecisionOut, String> {
+    async fn evaluate(&self, caller: &str, q: Question) -> Result<DecisionOut, DecideError> {
         self.decide(caller, "authzen", q).await
     }
 }
@@ -66,6 +66,22 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
         v.to_string(),
     )
         .into_response()
+}
+
+/// No decision can be made now (fail closed): HTTP 503 naming the cause.
+fn unavailable(msg: impl Into<String>) -> Response {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "temporarily_unavailable", "error_description": msg.into()}),
+    )
+}
+
+/// A decision error as the HTTP answer.
+fn decide_error(e: DecideError, prefix: &str) -> Response {
+    match e {
+        DecideError::Malformed(m) => bad_request(format!("{prefix}{m}")),
+        DecideError::Unavailable(m) => unavailable(m),
+    }
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {
@@ -234,10 +250,7 @@ async fn evaluation<P: Pdp>(
     batch: bool,
 ) -> Response {
     if let Err(e) = a.ready() {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"error": "temporarily_unavailable", "error_description": e}),
-        );
+        return unavailable(e);
     }
     let auth = headers
         .get(header::AUTHORIZATION)
@@ -248,14 +261,15 @@ async fn evaluation<P: Pdp>(
     };
     let caller = match authenticated {
         Ok(c) => c,
-        Err(e) => {
+        Err(AuthnError::Unavailable(e)) => return unavailable(e),
+        Err(AuthnError::Unauthenticated(e)) => {
             return (
                 StatusCode::UNAUTHORIZED,
                 [
                     (header::CONTENT_TYPE, "application/json"),
                     (header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""),
                 ],
-                json!({"error": "unauthenticated", "error_description": e.0}).to_string(),
+                json!({"error": "unauthenticated", "error_description": e}).to_string(),
             )
                 .into_response();
         }
@@ -312,7 +326,7 @@ async fn evaluation<P: Pdp>(
         };
         let d = match a.evaluate(&caller, q).await {
             Ok(d) => d,
-            Err(e) => return bad_request(format!("evaluations[{i}]: {e}")),
+            Err(e) => return decide_error(e, &format!("evaluations[{i}]: ")),
         };
         let stop = (semantic == "deny_on_first_deny" && !d.allowed)
             || (semantic == "permit_on_first_permit" && d.allowed);
@@ -331,7 +345,7 @@ async fn single<P: Pdp>(a: &P, caller: &str, v: &Value) -> Response {
     };
     match a.evaluate(caller, q).await {
         Ok(d) => json_response(StatusCode::OK, &answer(&d)),
-        Err(e) => bad_request(e),
+        Err(e) => decide_error(e, ""),
     }
 }
 
@@ -354,6 +368,9 @@ async fn token(a: &Access, headers: &HeaderMap, body: &[u8]) -> Response {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) if e.code == "server_error" => {
             json_response(StatusCode::INTERNAL_SERVER_ERROR, &e.body())
+        }
+        Err(e) if e.code == "temporarily_unavailable" => {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &e.body())
         }
         Err(e) => json_response(StatusCode::BAD_REQUEST, &e.body()),
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod decision;
 pub mod exchange;
 pub mod extauthz;
+pub mod fresh;
 pub mod governance;
 pub mod http;
 pub mod node;

@@ -38,6 +38,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(String),
+    /// The database cannot be reached (connection refused or lost, pool timed out,
+    /// server shutting down): retry later.
+    #[error("the datastore is unreachable: {0}")]
+    Unavailable(String),
     #[error("cannot open the datastore: {0}")]
     Open(String),
 }

@@ -19,7 +19,28 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 fn db_err(e: sqlx::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    if is_unreachable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// Errors that say the database cannot be reached now, not that a statement failed.
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08), operator intervention (57: admin
+        // shutdown, cannot connect now), and a database that refuses connections.
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("57") || c == "55000" || c == "3D000"
+        }),
+        _ => false,
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -1025,3 +1025,110 @@ when { principal.path == "/agents/helper" && resource.issuer == "https://idp.exa
     );
     assert!(out.contains("alice"), "{out}");
 }
+
+/// Fail closed: with the datastore unreachable, the server's AuthZEN API refuses to
+/// decide (503 naming the cause) once its caches are older than the staleness bound,
+/// a revoked token is never accepted meanwhile, and everything recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_fail_closed_while_the_datastore_is_down() {
+    use sqlx::Connection;
+    use std::time::{Duration, Instant};
+    let db = common::PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, format!("database_url = \"{}\"\n", db.url)).unwrap();
+    let dev = Dev::start_with(
+        &dir.path().join("data"),
+        &["--server-config", cfg.to_str().unwrap()],
+    );
+    setup(&dev, &["/web", "/pep"]);
+    let mut c = raw(&dev).await;
+    let pep = jwt(&mut c, "/pep", ISSUER).await;
+    let revoked = jwt(&mut c, "/web", ISSUER).await;
+    let jti = common::jti_of(&revoked);
+    dev.ok(&["jwt", "revoke", "--jti", &jti]);
+    let q = eval("/web", "read", "orders", "o-1");
+    let path = "/access/v1/evaluation";
+    let (s, body) = post_json(&dev, path, Some(&pep), &q).await;
+    assert_eq!((s, &body["decision"]), (200, &json!(true)), "{body}");
+    let (s, _) = post_json(&dev, path, Some(&revoked), &q).await;
+    assert_eq!(s, 401);
+
+    // Take the database away from the server: no new connections, existing ones
+    // terminated.
+    let admin_url = std::env::var("LANYARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let exec = |sql: String| sqlx::query(sqlx::AssertSqlSafe(sql));
+    exec(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    // Within the staleness bound the last copies may still answer; past it, 503.
+    // The revoked token is refused throughout (401 or 503, never accepted).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (s, _) = post_json(&dev, path, Some(&revoked), &q).await;
+        assert!(s == 401 || s == 503, "a revoked token got {s}");
+        let (s, body) = post_json(&dev, path, Some(&pep), &q).await;
+        if s == 503 {
+            break body;
+        }
+        assert_eq!(s, 200, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still deciding without the datastore"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let why = body["error_description"].as_str().unwrap();
+    assert!(
+        why.contains("datastore") && why.contains("no decision is made"),
+        "{why}"
+    );
+    let (s, _) = post_json(&dev, path, Some(&revoked), &q).await;
+    assert_eq!(s, 503);
+    // The token endpoint fails closed as well.
+    let (s, body) = token(
+        &dev,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &revoked),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "spiffe://example.org/orders"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    // The database comes back: decisions resume by themselves.
+    exec(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, body) = post_json(&dev, path, Some(&pep), &q).await;
+        if s == 200 {
+            assert_eq!(body["decision"], true, "{body}");
+            break;
+        }
+        assert_eq!(s, 503, "{body}");
+        assert!(Instant::now() < deadline, "no recovery: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (s, _) = post_json(&dev, path, Some(&revoked), &q).await;
+    assert_eq!(s, 401, "the revocation survives the outage");
+    drop(dev);
+    db.drop_db().await;
+}

@@ -10,8 +10,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-
 use common::{Dev, eval, http, jwt, post_json, raw};
 use serde_json::{Value, json};
 
@@ -221,14 +219,7 @@ async fn agent_decides_locally_with_the_synced_policy_and_reports_decisions() {
     );
 
     // Revoking the task token (`jwt revoke --jti`) reaches the agent within seconds.
-    let payload = task.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    dev.ok(&["jwt", "revoke", "--jti", claims["jti"].as_str().unwrap()]);
+    dev.ok(&["jwt", "revoke", "--jti", &common::jti_of(&task)]);
     for base in [&dev.agent_authzen, &dev.http] {
         let took = until_says(base, &pep, &call("search", &task), false).await;
         assert!(took < Duration::from_secs(5), "revocation after {took:?}");

@@ -629,3 +629,16 @@ pub async fn authzen_conformance(base: &str, caller: &str, wrong_audience: &str,
     .await;
     assert_eq!(decisions(&body), vec![true, false]);
 }
+
+/// The `jti` of a JWT (payload decoded without verification; the server verifies).
+pub fn jti_of(token: &str) -> String {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_string()
+}
