@@ -315,16 +315,18 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut renewed: Option<AgentSvid> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match session(&cfg, &state, &node, &mut shutdown).await {
+        match session(&cfg, &state, &node, renewed.take(), &mut shutdown).await {
             Ok(SessionEnd::Shutdown) => return,
-            Ok(SessionEnd::Renewed) => {
+            Ok(SessionEnd::Renewed(identity)) => {
                 // Reconnect at once with the renewed SVID: the server accepts the
                 // old one only until it sees the new one.
                 node.set(None).await;
+                renewed = Some(*identity);
                 backoff = Duration::from_millis(200);
                 continue;
             }
@@ -348,22 +350,24 @@ pub async fn run(
 }
 
 /// Why a session ended without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum SessionEnd {
     Shutdown,
     /// The agent SVID was renewed: reconnect presenting the new one.
-    Renewed,
+    Renewed(Box<AgentSvid>),
 }
 
-/// One connection's life: identity, connect, stream, rotate.
+/// One connection's life: identity (the one just renewed, else the saved one, else
+/// attest), connect, stream, rotate.
 async fn session(
     cfg: &AgentConfig,
     state: &AgentState,
     node: &NodeHandle,
+    renewed: Option<AgentSvid>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, tonic::Status> {
     let now = SystemClock.unix_seconds();
-    let mut identity = match load_identity(&cfg.data_dir, now) {
+    let mut identity = match renewed.or_else(|| load_identity(&cfg.data_dir, now)) {
         Some(id) => id,
         None => {
             let (id, bundle) = attest(cfg, state).await?;
@@ -434,7 +438,7 @@ async fn session(
                     save_identity(&cfg.data_dir, &identity).map_err(tonic::Status::internal)?;
                     resolver.set(certified_key(&identity.chain, &identity.key_pkcs8).map_err(tonic::Status::internal)?);
                     tracing::info!(agent = %identity.spiffe_id, expires_at = identity.expires_at, "agent SVID renewed; reconnecting with it");
-                    return Ok(SessionEnd::Renewed);
+                    return Ok(SessionEnd::Renewed(Box::new(identity)));
                 }
                 // Tell the server which CA keys this agent still depends on, so that a
                 // tainted key can leave the bundle once nobody uses it.

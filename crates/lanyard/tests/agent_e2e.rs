@@ -733,3 +733,47 @@ async fn audit_trail_of_dev_and_tamper_detection() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The real agent renews its agent SVID at half-life and reconnects with the new
+/// one, so clone detection never trips on it: after several renewals it still mints
+/// through the server, and no superseded SVID was ever presented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_renews_and_reconnects_without_looking_like_a_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "agent_svid_ttl = \"4s\"\n").unwrap();
+    let dev = Dev::start_with(
+        &dir.path().join("data"),
+        &["--server-config", cfg.to_str().unwrap()],
+    );
+    let agent = "spiffe://example.org/lanyard/agent/dev";
+    let serial = |dev: &Dev| {
+        let v: serde_json::Value =
+            serde_json::from_str(&dev.ok(&["agent", "show", agent, "--output", "json"])).unwrap();
+        (
+            v["serial"].as_str().unwrap().to_string(),
+            v["superseded_svids_presented"].as_i64().unwrap(),
+        )
+    };
+    let (first, _) = serial(&dev);
+    let mut c = common::raw(&dev).await;
+    let path = dev
+        .expected_id()
+        .trim_start_matches("spiffe://example.org")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = std::collections::BTreeSet::from([first]);
+    // Three renewals (every ~2 s), each followed by a server round trip.
+    while seen.len() < 4 {
+        assert!(Instant::now() < deadline, "renewals seen: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (s, superseded) = serial(&dev);
+        assert_eq!(superseded, 0, "the real agent was taken for a clone");
+        seen.insert(s);
+    }
+    // JWT-SVIDs are minted by the server on demand: the agent's connection works.
+    let token = common::jwt(&mut c, &path, "after-renewals").await;
+    assert_eq!(token.split('.').count(), 3);
+    let shown = dev.ok(&["agent", "show", agent]);
+    assert!(shown.contains("Clone check:  ok"), "{shown}");
+}
