@@ -65,6 +65,21 @@ pub async fn active(shared: &Shared, kind: PolicyKind) -> Result<(i64, CompiledP
     Ok((version, compiled))
 }
 
+/// `allowed_by` of a policy change made from the local socket while the stored
+/// registration policy did not compile.
+pub const LOCAL_RECOVERY: &str = "local-socket-recovery";
+
+/// Whether a registration policy is stored and no longer compiles.
+async fn stored_registration_is_broken(shared: &Shared) -> Result<bool, Status> {
+    let stored = shared
+        .store
+        .get_policy(PolicyKind::Registration.name())
+        .await
+        .map_err(crate::admin::store_status)?;
+    Ok(stored
+        .is_some_and(|p| CompiledPolicies::compile(PolicyKind::Registration, &p.body).is_err()))
+}
+
 pub async fn set_policy(
     shared: &Shared,
     caller: &CallerFacts,
@@ -80,18 +95,31 @@ pub async fn set_policy(
         Status::invalid_argument(format!("{kind} policy refused, nothing changed: {e}"))
     })?;
     let ids = compiled.policy_ids();
-    // Replacing a policy is itself decided by the active registration policy.
-    let allowed_by = check_admin(
-        shared,
-        caller,
-        actor,
-        &AdminOperation::SetPolicy {
-            kind: kind.name().to_string(),
-            policy_ids: ids.clone(),
-        },
-        None,
-    )
-    .await?;
+    // Replacing a policy is itself decided by the active registration policy. When
+    // the stored registration set no longer compiles (after an upgrade, or a row
+    // edited by hand) nothing can decide, so only the local admin socket may replace
+    // it, recorded as a recovery.
+    let recovery = matches!(caller, CallerFacts::Local { .. })
+        && stored_registration_is_broken(shared).await?;
+    let allowed_by = if recovery {
+        tracing::warn!(
+            actor,
+            "the stored registration policy does not compile; replaced from the local admin socket"
+        );
+        vec![LOCAL_RECOVERY.to_string()]
+    } else {
+        check_admin(
+            shared,
+            caller,
+            actor,
+            &AdminOperation::SetPolicy {
+                kind: kind.name().to_string(),
+                policy_ids: ids.clone(),
+            },
+            None,
+        )
+        .await?
+    };
     let sha = crate::node::sha256_hex(body.as_bytes());
     let stored = shared
         .store

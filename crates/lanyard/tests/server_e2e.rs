@@ -1553,3 +1553,52 @@ async fn a_superseded_agent_svid_is_refused_as_a_possible_clone() {
     ]);
     assert!(verified.contains("intact"), "{verified}");
 }
+
+/// A stored registration policy that no longer compiles refuses every change, and
+/// the local admin socket can still replace it (policy set is itself policy, so
+/// without this nothing could).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stored_policy_is_replaced_from_the_local_socket() {
+    use sqlx::ConnectOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), None, None);
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("lanyard.db"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO policies (kind, body, version, updated_at, updated_by) VALUES ('registration', 'permit (principal, action, resource) when { resource.nope };', 1, 0, 'hand')")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let parent = format!("spiffe://{TD}/lanyard/agent/a");
+    let err = server.fails(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        &format!("spiffe://{TD}/web"),
+        "--parent-id",
+        &parent,
+        "--selector",
+        "unix:uid:1",
+        "--owner",
+        "t",
+        "--environment",
+        "test",
+    ]);
+    assert!(err.contains("no longer compiles"), "{err}");
+    let file = dir.path().join("default.cedar");
+    std::fs::write(
+        &file,
+        lanyard_policy::PolicyKind::Registration.default_policy(),
+    )
+    .unwrap();
+    server.ok(&["policy", "set", "--file", file.to_str().unwrap()]);
+    create_entry(&server, "/web", &parent, &[]);
+    let changed = server_audit(dir.path(), "policy_changed");
+    assert_eq!(
+        changed[0]["event"]["evidence"]["allowed_by"],
+        serde_json::json!(["local-socket-recovery"]),
+        "{changed:?}"
+    );
+}
