@@ -7,8 +7,8 @@
 //! previous one kept), the JWT issuer (the audience callers address their
 //! JWT-SVIDs to), the public token key (task tokens), and the registration entries
 //! this agent serves. Callers are authenticated against the agent's bundles and its
-//! JWT deny-list. The HTTP binding is the server's ([`lanyard_server::http`]) and
-//! the decision core is shared ([`lanyard_server::decision`]), so answers match.
+//! JWT deny-list. The HTTP binding and the decision core are the server's too
+//! ([`lanyard_authz`]), so answers match.
 //!
 //! One difference from the server: a principal's facts (owner, environment,
 //! selectors, `registered`) come from the entries this agent serves. A SPIFFE ID
@@ -22,15 +22,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use lanyard_authz::decision::{
+    AuthnError, Callers, DecideError, DecisionOut, DecisionRecord, Question, Sources, TaskError,
+    Unavailable, decide, facts_of, index_entry,
+};
+use lanyard_authz::http::Pdp;
+use lanyard_authz::token::{TokenError, TokenVerifier, verify_task};
 use lanyard_core::{Clock, SystemClock};
 use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
 use lanyard_proto::node as pb;
-use lanyard_server::access::{TokenVerifier, verify_task};
-use lanyard_server::decision::{
-    AuthnError, Callers, DecideError, DecisionOut, DecisionRecord, Question, Sources, TaskError,
-    decide, facts_of, index_entry,
-};
-use lanyard_server::http::Pdp;
 
 use crate::evidence::{Outbox, now_ms};
 use crate::state::AgentState;
@@ -55,18 +55,19 @@ impl AuthzSnapshot {
 }
 
 impl Sources for AuthzSnapshot {
-    async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
+    async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
         Ok(facts_of(&self.workloads, id))
     }
 
-    async fn policy(&self) -> Result<CompiledPolicies, String> {
+    async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
         Ok(self.policy.clone())
     }
 
     async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
-        let key = self.token_key.as_ref().ok_or_else(|| {
-            TaskError::Rejected("the agent has no token key from the server".to_string())
-        })?;
+        let key = self
+            .token_key
+            .as_ref()
+            .ok_or(TaskError::Rejected(TokenError::NoKey))?;
         verify_task(
             key,
             &self.issuer,
@@ -124,7 +125,10 @@ impl SyncedAuthz {
         };
         let token_key = u.token_key.as_ref().and_then(|k| {
             serde_json::from_str(&k.jwk)
-                .map_err(|e| e.to_string())
+                .map_err(|e| TokenError::Key {
+                    kid: k.kid.clone(),
+                    reason: format!("not JSON: {e}"),
+                })
                 .and_then(|jwk| TokenVerifier::from_jwk(&k.kid, &jwk))
                 .map_err(|e| {
                     tracing::warn!(error = %e, "the synced token key is unusable; task tokens are refused")
@@ -179,10 +183,12 @@ impl LocalPdp {
         let _ = self.base_url.set(url);
     }
 
-    fn snapshot(&self) -> Result<Arc<AuthzSnapshot>, String> {
+    fn snapshot(&self) -> Result<Arc<AuthzSnapshot>, Unavailable> {
         self.state.authz.snapshot().ok_or_else(|| {
-            "the agent has not received the authz policy from the server yet; retry shortly"
-                .to_string()
+            Unavailable(
+                "the agent has not received the authz policy from the server yet; retry shortly"
+                    .to_string(),
+            )
         })
     }
 }
@@ -215,16 +221,12 @@ impl Pdp for LocalPdp {
         self.base_url.get().cloned().unwrap_or_default()
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), Unavailable> {
         self.snapshot().map(|_| ())
     }
 
     async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthnError> {
-        let issuer = self
-            .snapshot()
-            .map_err(AuthnError::Unavailable)?
-            .issuer
-            .clone();
+        let issuer = self.snapshot()?.issuer.clone();
         let state = &self.state;
         self.callers.authenticate(
             authorization,
@@ -236,7 +238,7 @@ impl Pdp for LocalPdp {
     }
 
     async fn evaluate(&self, caller: &str, q: Question) -> Result<DecisionOut, DecideError> {
-        let snapshot = self.snapshot().map_err(DecideError::Unavailable)?;
+        let snapshot = self.snapshot()?;
         let rec = decide(&*snapshot, q).await?;
         self.decisions
             .push(report_of(caller, &rec, snapshot.version));

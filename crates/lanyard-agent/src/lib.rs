@@ -223,7 +223,7 @@ async fn serve_authz(
     }
     let pdp = Arc::new(authz::LocalPdp::new(state, decisions));
     pdp.set_base_url(format!("http://{addr}"));
-    let app = lanyard_server::http::authzen_routes(pdp)
+    let app = lanyard_authz::http::authzen_routes(pdp)
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024));
     tasks.spawn(async move {
         axum::serve(listener, app)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lanyard_core::{Bundle, Clock, SpiffeId, SystemClock, X509Svid};
 use lanyard_proto::node as pb;
 use lanyard_proto::node::node_client::NodeClient;
-use lanyard_server::tls::{SvidResolver, certified_key};
+use lanyard_tls::tls::{SvidResolver, certified_key};
 use tokio::sync::{RwLock, watch};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -54,7 +54,7 @@ pub fn bundle_file(dir: &Path) -> PathBuf {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
-    lanyard_server::state::write_private(path, data).map_err(|e| e.to_string())
+    lanyard_fs::write_private(path, data).map_err(|e| e.to_string())
 }
 
 /// Persist the agent SVID so a restart needs no new token.
@@ -163,9 +163,9 @@ async fn attest(
         tracing::warn!(
             "insecure bootstrap: the server's certificate is NOT verified for this first contact"
         );
-        lanyard_server::client::insecure_channel(&cfg.server_address).await
+        lanyard_tls::client::insecure_channel(&cfg.server_address).await
     } else {
-        lanyard_server::client::tls_channel(
+        lanyard_tls::client::tls_channel(
             &cfg.server_address,
             state.bundles.clone(),
             cfg.server_id.clone(),
@@ -258,7 +258,7 @@ async fn reconcile(
     }
     let mut keys = std::collections::HashMap::new();
     let mut requests = Vec::new();
-    for e in due.iter().take(lanyard_server::node::MAX_BATCH) {
+    for e in due.iter().take(pb::MAX_BATCH) {
         let (key, csr) = new_key_and_csr().map_err(tonic::Status::internal)?;
         keys.insert(e.id.clone(), key);
         requests.push(pb::X509SvidRequest {
@@ -383,9 +383,10 @@ async fn session(
         }
     };
     let resolver = Arc::new(SvidResolver::new(
-        certified_key(&identity.chain, &identity.key_pkcs8).map_err(tonic::Status::internal)?,
+        certified_key(&identity.chain, &identity.key_pkcs8)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?,
     ));
-    let channel = lanyard_server::client::tls_channel_with(
+    let channel = lanyard_tls::client::tls_channel_with(
         &cfg.server_address,
         state.bundles.clone(),
         cfg.server_id.clone(),
@@ -436,7 +437,7 @@ async fn session(
                         expires_at: svid.not_after(),
                     };
                     save_identity(&cfg.data_dir, &identity).map_err(tonic::Status::internal)?;
-                    resolver.set(certified_key(&identity.chain, &identity.key_pkcs8).map_err(tonic::Status::internal)?);
+                    resolver.set(certified_key(&identity.chain, &identity.key_pkcs8).map_err(|e| tonic::Status::internal(e.to_string()))?);
                     tracing::info!(agent = %identity.spiffe_id, expires_at = identity.expires_at, "agent SVID renewed; reconnecting with it");
                     return Ok(SessionEnd::Renewed(Box::new(identity)));
                 }

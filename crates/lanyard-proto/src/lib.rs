@@ -15,6 +15,10 @@ pub mod admin {
 
 pub mod node {
     tonic::include_proto!("lanyard.node.v1");
+
+    /// Most CSRs in one `BatchNewX509Svid` call: the server refuses larger batches,
+    /// so agents split theirs.
+    pub const MAX_BATCH: usize = 1000;
 }
 
 pub mod secrets {

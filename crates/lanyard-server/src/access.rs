@@ -11,28 +11,24 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_ca::{KeyAlgorithm, SigningKey};
 use lanyard_core::{JwtSvid, PublicJwk};
 use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
 use lanyard_store::Store;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-pub use crate::decision::{AuthnError, DecideError, DecisionOut, Question, TaskError};
-use crate::decision::{Callers, Sources, decision_event, facts_of, index_entry};
 use crate::fresh::{FreshCache, MAX_STALE};
 use crate::state::{ServerError, Shared, write_private};
+use lanyard_audit::{EventKind, Outcome};
+pub use lanyard_authz::decision::{
+    AuthnError, DecideError, DecisionOut, Question, TaskError, Unavailable,
+};
+use lanyard_authz::decision::{Callers, Sources, decision_event, facts_of, index_entry};
+pub use lanyard_authz::token::{EXCHANGE_TYP, TASK_TYP, TokenVerifier, token_hash, verify_task};
 
 /// How stale the cached policy, entry index and deny-list may get before they are
 /// re-read from the datastore (changes made through this server apply at once).
 const REFRESH: Duration = Duration::from_secs(1);
-
-/// `typ` of exchanged tokens (RFC 9068 JWT access tokens): SPIFFE validators refuse
-/// them as JWT-SVIDs, and their key is not in the SPIFFE bundle.
-pub const EXCHANGE_TYP: &str = "at+jwt";
-/// `typ` of task (transaction) tokens.
-pub const TASK_TYP: &str = "txntoken+jwt";
 
 /// The key that signs exchanged and task tokens (`DATA_DIR/token-signing.pk8`, EC
 /// P-256). Published in the OIDC JWKS, never in the SPIFFE bundle.
@@ -44,81 +40,7 @@ pub struct TokenKey {
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenKey({})", self.verifier.kid)
-    }
-}
-
-/// The public half of the token key: verifies task and exchanged tokens (on the
-/// server, and on agents from the key the server syncs to them).
-pub struct TokenVerifier {
-    kid: String,
-    decoding: jsonwebtoken::DecodingKey,
-}
-
-impl std::fmt::Debug for TokenVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenVerifier({})", self.kid)
-    }
-}
-
-impl TokenVerifier {
-    /// From a public JWK (EC P-256, as [`TokenKey::jwk`] publishes it).
-    pub fn from_jwk(kid: &str, jwk: &Value) -> Result<Self, String> {
-        let member = |k: &str| jwk.get(k).and_then(Value::as_str).unwrap_or_default();
-        if member("kty") != "EC" || member("crv") != "P-256" {
-            return Err(format!(
-                "the token key {kid} must be an EC P-256 JWK (kty {:?}, crv {:?})",
-                member("kty"),
-                member("crv")
-            ));
-        }
-        let decoding = jsonwebtoken::DecodingKey::from_ec_components(member("x"), member("y"))
-            .map_err(|e| format!("the token key {kid}: {e}"))?;
-        Ok(Self {
-            kid: kid.to_string(),
-            decoding,
-        })
-    }
-
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    /// Verify a token this key signed: signature, `typ`, `iss`, `exp`. Returns the
-    /// claims.
-    pub fn verify(
-        &self,
-        token: &str,
-        typ: &str,
-        issuer: &str,
-        now: i64,
-    ) -> Result<Map<String, Value>, String> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| format!("not a compact JWT: {e}"))?;
-        if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err("it was not issued by this server's token endpoint".to_string());
-        }
-        if header.typ.as_deref() != Some(typ) {
-            return Err(format!(
-                "its type is {:?}, expected {typ:?}",
-                header.typ.unwrap_or_default()
-            ));
-        }
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-        v.validate_aud = false;
-        v.validate_exp = false;
-        v.required_spec_claims = ["exp", "iss", "sub"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.set_issuer(&[issuer]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &v)
-            .map_err(|e| format!("it does not verify: {e}"))?;
-        let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-        if now >= exp {
-            return Err(format!("it expired at {exp} (now {now})"));
-        }
-        Ok(data.claims)
+        write!(f, "TokenKey({})", self.verifier.kid())
     }
 }
 
@@ -156,7 +78,7 @@ impl TokenKey {
     }
 
     pub fn kid(&self) -> &str {
-        &self.verifier.kid
+        self.verifier.kid()
     }
 
     /// The public key as a JWK for the OIDC JWKS.
@@ -298,7 +220,7 @@ impl Access {
 
     /// JWT IDs on the deny-list. `Err` (fail closed): it cannot be read and the last
     /// copy is too old.
-    pub async fn revoked(&self) -> Result<Arc<HashSet<String>>, String> {
+    pub async fn revoked(&self) -> Result<Arc<HashSet<String>>, Unavailable> {
         let now = self.shared.clock.unix_seconds();
         self.revoked
             .get(|| async {
@@ -314,20 +236,20 @@ impl Access {
     /// Validate a JWT-SVID addressed to this server (audience: the issuer or the
     /// token endpoint) and not revoked.
     pub async fn validate_svid(&self, token: &str) -> Result<JwtSvid, AuthnError> {
-        let revoked = self.revoked().await.map_err(AuthnError::Unavailable)?;
-        crate::decision::validate_svid(
+        let revoked = self.revoked().await?;
+        lanyard_authz::decision::validate_svid(
             token,
             &self.own_audiences(),
             &self.shared.bundles,
             self.shared.clock.as_ref(),
             &|jti| revoked.contains(jti),
         )
-        .map_err(AuthnError::Unauthenticated)
+        .map_err(|e| AuthnError::Unauthenticated(e.to_string()))
     }
 
     /// Authenticate an enforcement point by its `Authorization: Bearer` JWT-SVID.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthnError> {
-        let revoked = self.revoked().await.map_err(AuthnError::Unavailable)?;
+        let revoked = self.revoked().await?;
         self.callers.authenticate(
             authorization,
             &self.own_audiences(),
@@ -339,7 +261,7 @@ impl Access {
 
     /// The active authz policy set (this server's changes apply at once; other
     /// servers' within [`REFRESH`]). `Err` (fail closed): it cannot be read.
-    pub async fn policy(&self) -> Result<CompiledPolicies, String> {
+    pub async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
         // A `policy set` through this server updates the shared compiled cache.
         let known = self
             .shared
@@ -362,7 +284,7 @@ impl Access {
     }
 
     /// Registration facts of every SPIFFE ID with an entry.
-    async fn workloads(&self) -> Result<Arc<WorkloadIndex>, String> {
+    async fn workloads(&self) -> Result<Arc<WorkloadIndex>, Unavailable> {
         let version = *self.shared.changes.borrow();
         self.workloads
             .get_where(
@@ -387,13 +309,16 @@ impl Access {
 
     /// Facts of `id` for policy (unregistered when it has no entry). `Err` (fail
     /// closed): the entry index cannot be read.
-    pub async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
+    pub async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
         Ok(facts_of(&self.workloads().await?.1, id))
     }
 
     /// Verify a task token presented with a request (not revoked).
     pub async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
-        let revoked = self.revoked().await.map_err(TaskError::Unavailable)?;
+        let revoked = self
+            .revoked()
+            .await
+            .map_err(|e| TaskError::Unavailable(e.0))?;
         verify_task(
             self.token_key.verifier(),
             &self.issuer(),
@@ -412,8 +337,13 @@ impl Access {
         via: &str,
         q: Question,
     ) -> Result<DecisionOut, DecideError> {
-        let rec = crate::decision::decide(self, q).await?;
-        let mut ev = decision_event(&self.shared, caller, via, &rec);
+        let rec = lanyard_authz::decide(self, q).await?;
+        let mut ev = decision_event(
+            self.shared.event(EventKind::AuthzDecision, Outcome::Denied),
+            caller,
+            via,
+            &rec,
+        );
         // The decision id the caller gets is the id of its evidence.
         ev.id = rec.out.decision_id.clone();
         self.record_later(ev);
@@ -432,79 +362,18 @@ impl Access {
 
     /// A new random id (txn, jti).
     pub fn new_id() -> String {
-        crate::decision::random_id()
+        lanyard_authz::decision::random_id()
     }
 }
 
 impl Sources for Access {
-    async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
+    async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
         Access::workload(self, id).await
     }
-    async fn policy(&self) -> Result<CompiledPolicies, String> {
+    async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
         Access::policy(self).await
     }
     async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
         Access::verify_task(self, token).await
     }
-}
-
-/// Verify a task token with `key` (ES256, `typ` txntoken+jwt, `iss`, `exp`, its
-/// `jti` not `revoked`) and read what policy sees of it.
-pub fn verify_task(
-    key: &TokenVerifier,
-    issuer: &str,
-    token: &str,
-    now: i64,
-    revoked: &dyn Fn(&str) -> bool,
-) -> Result<TaskFacts, String> {
-    let c = key.verify(token, TASK_TYP, issuer, now)?;
-    let s = |k: &str| {
-        c.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    if revoked(&s("jti")) {
-        return Err(format!("it was revoked (jti {})", s("jti")));
-    }
-    let agent = c
-        .get("rctx")
-        .and_then(|r| r.get("req_wl"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let tools: Vec<String> = c
-        .get("tctx")
-        .and_then(|t| t.get("tools"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    let purpose = c
-        .get("tctx")
-        .and_then(|t| t.get("purpose"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let sub = s("sub");
-    if agent.is_empty() || s("txn").is_empty() {
-        return Err("it lacks `txn` or `rctx.req_wl`".to_string());
-    }
-    Ok(TaskFacts {
-        txn: s("txn"),
-        purpose,
-        tools,
-        acting_for: if sub == agent { String::new() } else { sub },
-        agent,
-    })
-}
-
-/// base64url of a SHA-256 (for token hashes in evidence).
-pub fn token_hash(token: &str) -> String {
-    URL_SAFE_NO_PAD
-        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
 }

@@ -37,26 +37,65 @@ pub const MAX_FORM: usize = 64 * 1024;
 /// An RFC 6749 / 8693 error answer (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
-    pub code: &'static str,
+    pub kind: OAuthErrorKind,
     pub description: String,
 }
 
+/// The RFC 6749 error codes the token endpoint answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthErrorKind {
+    /// The request is malformed or not allowed (HTTP 400).
+    InvalidRequest,
+    /// RFC 8693: the grant type is not the token exchange (HTTP 400).
+    UnsupportedGrantType,
+    /// RFC 8693: the audience or resource is not one the caller may get (HTTP 400).
+    InvalidTarget,
+    /// The requested scope is not allowed (HTTP 400).
+    InvalidScope,
+    /// What the exchange needs cannot be read: fail closed (HTTP 503).
+    TemporarilyUnavailable,
+    /// The server failed (signing, recording): HTTP 500.
+    ServerError,
+}
+
+impl OAuthErrorKind {
+    /// The `error` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidTarget => "invalid_target",
+            Self::InvalidScope => "invalid_scope",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::ServerError => "server_error",
+        }
+    }
+}
+
 impl OAuthError {
-    fn new(code: &'static str, description: impl Into<String>) -> Self {
+    fn new(kind: OAuthErrorKind, description: impl Into<String>) -> Self {
         Self {
-            code,
+            kind,
             description: description.into(),
         }
     }
     fn request(d: impl Into<String>) -> Self {
-        Self::new("invalid_request", d)
+        Self::new(OAuthErrorKind::InvalidRequest, d)
     }
     /// What the exchange needs cannot be read (fail closed, HTTP 503).
-    fn unavailable(d: impl Into<String>) -> Self {
-        Self::new("temporarily_unavailable", d)
+    fn unavailable(d: impl std::fmt::Display) -> Self {
+        Self::new(OAuthErrorKind::TemporarilyUnavailable, d.to_string())
+    }
+    /// The server failed.
+    fn server(d: impl std::fmt::Display) -> Self {
+        Self::new(OAuthErrorKind::ServerError, d.to_string())
+    }
+    /// The `error` code.
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
     }
     pub fn body(&self) -> Value {
-        json!({"error": self.code, "error_description": self.description})
+        json!({"error": self.code(), "error_description": self.description})
     }
 }
 
@@ -252,7 +291,7 @@ impl Access {
         match self.exchange_inner(&form, &mut refused).await {
             Ok(v) => Ok(v),
             Err(e) => {
-                refused.reason = Some(format!("{}: {}", e.code, e.description));
+                refused.reason = Some(format!("{}: {}", e.code(), e.description));
                 refused.decision = Some("deny".to_string());
                 if let Err(err) = self.shared.record(vec![refused]).await {
                     tracing::error!(error = %err, "cannot record a refused token exchange");
@@ -269,7 +308,7 @@ impl Access {
     ) -> Result<Value, OAuthError> {
         if form.grant_type != GRANT_TYPE {
             return Err(OAuthError::new(
-                "unsupported_grant_type",
+                OAuthErrorKind::UnsupportedGrantType,
                 format!(
                     "grant_type {:?} is not supported; use {GRANT_TYPE}",
                     form.grant_type
@@ -409,14 +448,14 @@ impl Access {
         let audience = match targets.as_slice() {
             [] => {
                 return Err(OAuthError::new(
-                    "invalid_target",
+                    OAuthErrorKind::InvalidTarget,
                     "name the service the token is for with audience (or resource)",
                 ));
             }
             [one] => one.clone(),
             _ => {
                 return Err(OAuthError::new(
-                    "invalid_target",
+                    OAuthErrorKind::InvalidTarget,
                     "one audience per exchange: ask once per service",
                 ));
             }
@@ -438,7 +477,7 @@ impl Access {
             let wider: Vec<&String> = requested.iter().filter(|s| !prior.contains(s)).collect();
             if !wider.is_empty() {
                 return Err(OAuthError::new(
-                    "invalid_scope",
+                    OAuthErrorKind::InvalidScope,
                     format!(
                         "scopes only narrow on re-exchange: {wider:?} are not in the subject token's scope {prior:?}"
                     ),
@@ -460,11 +499,11 @@ impl Access {
         if requested.is_empty() {
             let d = policy
                 .evaluate_authz(&ask(None))
-                .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+                .map_err(OAuthError::server)?;
             if !d.allowed {
                 refused.policy_ids = d.policy_ids.clone();
                 return Err(OAuthError::new(
-                    "invalid_target",
+                    OAuthErrorKind::InvalidTarget,
                     format!(
                         "{} may not obtain a token for {audience:?}: {}",
                         subject.id,
@@ -477,7 +516,7 @@ impl Access {
             for s in &requested {
                 let d = policy
                     .evaluate_authz(&ask(Some(s.clone())))
-                    .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+                    .map_err(OAuthError::server)?;
                 if d.allowed {
                     granted.push(s.clone());
                     policy_ids.extend(d.policy_ids);
@@ -487,7 +526,7 @@ impl Access {
             }
             if granted.is_empty() {
                 return Err(OAuthError::new(
-                    "invalid_scope",
+                    OAuthErrorKind::InvalidScope,
                     format!(
                         "no requested scope is allowed for {} at {audience:?}: {}",
                         subject.id,
@@ -530,7 +569,7 @@ impl Access {
         let token = self
             .token_key
             .sign(EXCHANGE_TYP, &Value::Object(claims))
-            .map_err(|e| OAuthError::new("server_error", e))?;
+            .map_err(OAuthError::server)?;
         let mut ev = self
             .shared
             .event(EventKind::TokenExchanged, Outcome::Success);
@@ -556,9 +595,10 @@ impl Access {
                 json!(denied.iter().map(|(s, _)| s).collect::<Vec<_>>()),
             );
         }
-        self.shared.record(vec![ev]).await.map_err(|e| {
-            OAuthError::new("server_error", format!("cannot record the exchange: {e}"))
-        })?;
+        self.shared
+            .record(vec![ev])
+            .await
+            .map_err(|e| OAuthError::server(format!("cannot record the exchange: {e}")))?;
         let mut out = json!({
             "access_token": token,
             "issued_token_type": TYPE_JWT,
@@ -613,7 +653,7 @@ impl Access {
             }
             let d = policy
                 .evaluate_authz(&r)
-                .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+                .map_err(OAuthError::server)?;
             if d.allowed {
                 policy_ids.extend(d.policy_ids);
             } else {
@@ -622,7 +662,7 @@ impl Access {
         }
         if !denied.is_empty() {
             return Err(OAuthError::new(
-                "invalid_scope",
+                OAuthErrorKind::InvalidScope,
                 format!(
                     "{agent} may not run a task with these tools: {}",
                     denied.join("; ")
@@ -660,7 +700,7 @@ impl Access {
         let token = self
             .token_key
             .sign(TASK_TYP, &claims)
-            .map_err(|e| OAuthError::new("server_error", e))?;
+            .map_err(OAuthError::server)?;
         let mut ev = self
             .shared
             .event(EventKind::TaskTokenIssued, Outcome::Success);
@@ -682,7 +722,7 @@ impl Access {
         self.shared
             .record(vec![ev])
             .await
-            .map_err(|e| OAuthError::new("server_error", format!("cannot record the task: {e}")))?;
+            .map_err(|e| OAuthError::server(format!("cannot record the task: {e}")))?;
         Ok(json!({
             "access_token": token,
             "issued_token_type": TYPE_TXN_TOKEN,
@@ -858,7 +898,7 @@ impl Access {
         r.chain = Some(chain);
         let d = policy
             .evaluate_authz(&r)
-            .map_err(|e| OAuthError::new("server_error", e.to_string()))?;
+            .map_err(OAuthError::server)?;
         if !d.allowed {
             refused.policy_ids = d.policy_ids.clone();
             return Err(OAuthError::request(format!(
@@ -886,7 +926,7 @@ mod tests {
         assert_eq!(f.audience, vec!["x", "y"]);
         assert_eq!(scopes_of(&f.scope), vec!["r", "w"]);
         let e = ExchangeForm::parse(b"scope=a&scope=b").err();
-        assert_eq!(e.map(|e| e.code), Some("invalid_request"));
+        assert_eq!(e.map(|e| e.code()), Some("invalid_request"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use lanyard_authz::Unavailable;
+
 /// How long the last good copy may be used while the datastore cannot be read.
 pub const MAX_STALE: Duration = Duration::from_secs(5);
 
@@ -74,7 +76,7 @@ impl<T> FreshCache<T> {
 
     /// The value, re-read with `load` when due. `Err` names what cannot be read and
     /// why, when no copy young enough is left.
-    pub async fn get<F, Fut, E>(&self, load: F) -> Result<Arc<T>, String>
+    pub async fn get<F, Fut, E>(&self, load: F) -> Result<Arc<T>, Unavailable>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -90,7 +92,7 @@ impl<T> FreshCache<T> {
         &self,
         current: impl Fn(&T) -> bool,
         load: F,
-    ) -> Result<Arc<T>, String>
+    ) -> Result<Arc<T>, Unavailable>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -119,15 +121,15 @@ impl<T> FreshCache<T> {
                     tracing::warn!(error = %e, what = self.what, "cannot re-read from the datastore; using the last copy");
                     Ok(v)
                 }
-                (_, None) => Err(format!(
+                (_, None) => Err(Unavailable(format!(
                     "the {} has not been read from the datastore yet and cannot be ({e}); no decision is made until the datastore answers",
                     self.what
-                )),
-                (_, Some(_)) => Err(format!(
+                ))),
+                (_, Some(_)) => Err(Unavailable(format!(
                     "the {} cannot be re-read from the datastore ({e}) and the last copy is older than {}s; no decision is made until the datastore answers",
                     self.what,
                     self.max_stale.as_secs()
-                )),
+                ))),
             },
         }
     }
@@ -160,7 +162,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            e.contains("deny-list") && e.contains("connection refused"),
+            e.0.contains("deny-list") && e.0.contains("connection refused"),
             "{e}"
         );
         assert_eq!(*c.get(|| async { Ok::<_, String>(7) }).await.unwrap(), 7);
@@ -185,7 +187,7 @@ mod tests {
             .get(|| async { Err::<u32, _>("down") })
             .await
             .unwrap_err();
-        assert!(e.contains("older than 0s") && e.contains("down"), "{e}");
+        assert!(e.0.contains("older than 0s") && e.0.contains("down"), "{e}");
         assert_eq!(
             *short.get(|| async { Ok::<_, String>(2) }).await.unwrap(),
             2

@@ -11,9 +11,7 @@
 
 pub mod access;
 pub mod admin;
-pub mod client;
 pub mod config;
-pub mod decision;
 pub mod exchange;
 pub mod extauthz;
 pub mod fresh;
@@ -23,7 +21,6 @@ pub mod node;
 pub mod policy;
 pub mod secrets;
 pub mod state;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +39,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 
 pub use config::{ConfigError, Overrides, ServerConfig};
+/// The runtime decision core (the shared [`lanyard_authz`] crate).
+pub use lanyard_authz::decision;
+/// SPIFFE mTLS and client channels (the shared [`lanyard_tls`] crate).
+pub use lanyard_tls::{client, tls};
 pub use state::{ServerError, Shared};
 
 /// How often the CA rotation task runs.
@@ -157,8 +158,7 @@ async fn tls_listener(
         shared.bundles.clone(),
         client_cert_mandatory,
     ));
-    let tls_cfg =
-        tls::server_config(shared.server_tls.clone(), verifier).map_err(ServerError::Other)?;
+    let tls_cfg = tls::server_config(shared.server_tls.clone(), verifier)?;
     let acceptor = TlsAcceptor::from(Arc::new(tls_cfg));
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
     tasks.spawn(async move {

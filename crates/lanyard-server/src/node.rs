@@ -28,7 +28,7 @@ use crate::tls::peer_spiffe_id;
 /// How long an x509pop agent has to answer the challenge.
 const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most SVIDs signed in one batch request.
-pub const MAX_BATCH: usize = 1000;
+pub use lanyard_proto::node::MAX_BATCH;
 
 /// The placeholder trust domain under which x509pop CA certificates are kept.
 pub fn x509pop_trust_domain() -> Result<TrustDomain, String> {
@@ -1172,7 +1172,15 @@ impl pb::node_server::Node for NodeService {
                 (d.caller.clone(), d.policy_version, d.decided_at_ms);
             let rec = agent_decision(d)
                 .map_err(|e| Status::invalid_argument(format!("decision {i}: {e}")))?;
-            let mut ev = decision_event(&self.shared, &caller, "agent", &rec);
+            let mut ev = decision_event(
+                self.shared.event(
+                    lanyard_audit::EventKind::AuthzDecision,
+                    lanyard_audit::Outcome::Denied,
+                ),
+                &caller,
+                "agent",
+                &rec,
+            );
             let e = &mut ev.evidence;
             e.insert("agent".into(), agent.clone().into());
             e.insert("decision_id".into(), rec.out.decision_id.clone().into());

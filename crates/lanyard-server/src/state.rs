@@ -2,7 +2,6 @@
 //! the change signal that drives pushed updates to agents.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,6 +29,10 @@ pub enum ServerError {
     Ca(#[from] lanyard_ca::CaError),
     #[error("{0}")]
     Io(String),
+    #[error("{0}")]
+    File(#[from] lanyard_fs::FsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] lanyard_tls::TlsError),
     #[error("{0}")]
     Other(String),
 }
@@ -93,26 +96,9 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> ServerError {
     ServerError::Io(format!("{what} {}: {e}", path.display()))
 }
 
-/// Write a file atomically with mode 0600: temp file, fsync, rename, fsync dir.
+/// Write a file atomically with mode 0600 (see [`lanyard_fs::write_private`]).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ServerError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("cannot write", &tmp, e))?;
-    f.write_all(data).map_err(|e| io("cannot write", &tmp, e))?;
-    f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("cannot replace", path, e))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(lanyard_fs::write_private(path, data)?)
 }
 
 fn load_slots(path: &Path) -> Result<Vec<CaSlot>, ServerError> {
@@ -253,9 +239,10 @@ impl Shared {
         let server_id = SpiffeId::from_parts(&config.trust_domain, SERVER_PATH)
             .map_err(|e| ServerError::Other(e.to_string()))?;
         let (server_key, minted) = mint_server_svid(&ca, &server_id, now)?;
-        let resolver = Arc::new(SvidResolver::new(
-            certified_key(&minted.chain, server_key.pkcs8_der()).map_err(ServerError::Other)?,
-        ));
+        let resolver = Arc::new(SvidResolver::new(certified_key(
+            &minted.chain,
+            server_key.pkcs8_der(),
+        )?));
         let x509pop_roots = load_x509pop_roots(&config)?;
         let federated = load_federation(&config)?;
         let audit_key = load_or_create_audit_key(&config.data_dir)?;
@@ -524,7 +511,7 @@ impl Shared {
             mint_server_svid(&ca, &self.server_id, now)?
         };
         self.server_tls
-            .set(certified_key(&minted.chain, key.pkcs8_der()).map_err(ServerError::Other)?);
+            .set(certified_key(&minted.chain, key.pkcs8_der())?);
         if let Ok(mut g) = self.server_svid_expiry.write() {
             *g = (now, minted.not_after);
         }

@@ -13,6 +13,17 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+/// Why a TLS configuration or identity could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// The private key cannot be used by the crypto provider.
+    #[error("unusable private key: {0}")]
+    Key(String),
+    /// The provider refused the protocol versions or settings.
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(String),
+}
+
 /// The trust bundles, shared with the task that rotates them.
 pub type SharedBundles = Arc<RwLock<BundleSet>>;
 
@@ -156,12 +167,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// Build a rustls certified key from a DER chain and a PKCS#8 private key.
-pub fn certified_key(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+pub fn certified_key(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
     let signing = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("unusable private key: {e}"))?;
+        .map_err(|e| TlsError::Key(e.to_string()))?;
     let certs = chain
         .iter()
         .map(|c| CertificateDer::from(c.clone()))
@@ -217,10 +228,10 @@ impl rustls::client::ResolvesClientCert for SvidResolver {
 pub fn server_config(
     resolver: Arc<SvidResolver>,
     verifier: Arc<SpiffeClientVerifier>,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -231,10 +242,10 @@ pub fn server_config(
 pub fn client_config(
     verifier: Arc<SpiffeServerVerifier>,
     identity: Option<Arc<SvidResolver>>,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut cfg = match identity {
@@ -294,10 +305,10 @@ impl ServerCertVerifier for AcceptAnyServer {
 }
 
 /// Client configuration for the insecure bootstrap (see [`AcceptAnyServer`]).
-pub fn insecure_client_config() -> Result<rustls::ClientConfig, String> {
+pub fn insecure_client_config() -> Result<rustls::ClientConfig, TlsError> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
         .with_no_client_auth();

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use lanyard_core::SpiffeId;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::tls::{SharedBundles, SpiffeServerVerifier, SvidResolver, certified_key, client_config};
+use crate::tls::{
+    SharedBundles, SpiffeServerVerifier, SvidResolver, TlsError, certified_key, client_config,
+};
 
 /// Errors while connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("bad client identity: {0}")]
-    Identity(String),
+    Identity(#[from] TlsError),
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
 }
@@ -28,9 +30,7 @@ pub async fn tls_channel(
     identity: Option<(&[Vec<u8>], &[u8])>,
 ) -> Result<Channel, ConnectError> {
     let resolver = match identity {
-        Some((chain, key)) => Some(Arc::new(SvidResolver::new(
-            certified_key(chain, key).map_err(ConnectError::Identity)?,
-        ))),
+        Some((chain, key)) => Some(Arc::new(SvidResolver::new(certified_key(chain, key)?))),
         None => None,
     };
     tls_channel_with(addr, bundles, server_id, resolver).await
@@ -44,7 +44,7 @@ pub async fn tls_channel_with(
     identity: Option<Arc<SvidResolver>>,
 ) -> Result<Channel, ConnectError> {
     let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id));
-    let cfg = Arc::new(client_config(verifier, identity).map_err(ConnectError::Identity)?);
+    let cfg = Arc::new(client_config(verifier, identity)?);
     connect_tls(addr, cfg).await
 }
 
@@ -83,7 +83,7 @@ async fn connect_tls(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Result<Chann
 /// A TLS channel that does NOT verify the server: only for an agent's explicitly
 /// requested insecure first contact, after which the bundle it receives is trusted.
 pub async fn insecure_channel(addr: &str) -> Result<Channel, ConnectError> {
-    let cfg = Arc::new(crate::tls::insecure_client_config().map_err(ConnectError::Identity)?);
+    let cfg = Arc::new(crate::tls::insecure_client_config()?);
     connect_tls(addr, cfg).await
 }
 

@@ -1,25 +1,19 @@
-//! The transport-free core of runtime authorization decisions, shared by the server
-//! (AuthZEN, Envoy ext_authz) and the agent (AuthZEN for local decisions): the
-//! question and its answer, caller authentication by JWT-SVID, one evaluation over
-//! the facts a decision point has ([`Sources`]), and the evidence-log event that
-//! records it.
-//!
-//! The server and the agent differ only in where the facts come from (the
-//! datastore, or what the server synced to the agent) and where the evidence goes
-//! (the log directly, or batched to the server with `ReportDecisions`).
+//! The transport-free core of one runtime authorization decision: the question and
+//! its answer, caller authentication by JWT-SVID, one evaluation over the facts a
+//! decision point has ([`Sources`]), and the evidence-log event that records it.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Mutex, RwLock};
 
-use lanyard_audit::{Event, EventKind, Outcome};
+use lanyard_audit::{Event, Outcome};
 use lanyard_core::{BundleSet, Clock, JwtSvid, SpiffeId};
 use lanyard_policy::{
     AuthzRequest, CompiledPolicies, PolicyKind, Target, TaskFacts, WorkloadFacts,
 };
 use serde_json::{Map, Value};
 
-use crate::state::Shared;
+use crate::token::TokenError;
 
 /// Verified caller tokens kept (by value) to skip the signature check.
 const MAX_CACHED_CALLERS: usize = 10_000;
@@ -102,19 +96,39 @@ pub enum DecideError {
 pub enum TaskError {
     /// It does not verify, expired or was revoked: the decision is a deny.
     #[error("{0}")]
-    Rejected(String),
+    Rejected(#[from] TokenError),
     /// The deny-list cannot be read: no decision.
     #[error("{0}")]
     Unavailable(String),
 }
 
-/// What a decision point decides with. `Err(reason)` from `workload` and `policy`:
-/// the facts cannot be read, so nothing is decided (fail closed).
+/// Facts a decision needs cannot be read (the datastore is unreachable, the agent
+/// has not been synced yet): nothing is decided (fail closed). The text says what
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+impl From<Unavailable> for DecideError {
+    fn from(e: Unavailable) -> Self {
+        DecideError::Unavailable(e.0)
+    }
+}
+
+impl From<Unavailable> for AuthnError {
+    fn from(e: Unavailable) -> Self {
+        AuthnError::Unavailable(e.0)
+    }
+}
+
+/// What a decision point decides with. `Err` from `workload` and `policy`: the
+/// facts cannot be read, so nothing is decided (fail closed).
 pub trait Sources: Sync {
     /// Registration facts of `id` ([`WorkloadFacts::unregistered`] when unknown).
-    fn workload(&self, id: &str) -> impl Future<Output = Result<WorkloadFacts, String>> + Send;
+    fn workload(&self, id: &str)
+    -> impl Future<Output = Result<WorkloadFacts, Unavailable>> + Send;
     /// The authz policy set in force.
-    fn policy(&self) -> impl Future<Output = Result<CompiledPolicies, String>> + Send;
+    fn policy(&self) -> impl Future<Output = Result<CompiledPolicies, Unavailable>> + Send;
     /// Verify a task token (`context.task_token`), deny-list included.
     fn verify_task(&self, token: &str)
     -> impl Future<Output = Result<TaskFacts, TaskError>> + Send;
@@ -124,7 +138,7 @@ pub trait Sources: Sync {
 pub fn random_id() -> String {
     let mut raw = [0u8; 16];
     let _ = aws_lc_rs::rand::fill(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(raw)
 }
 
 /// Decide one question. `Err` is a malformed question (the caller's fault) or facts
@@ -145,10 +159,7 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
     }
     let mut context = q.context;
     let task_token = context.remove("task_token");
-    let principal = src
-        .workload(&subject.to_string())
-        .await
-        .map_err(DecideError::Unavailable)?;
+    let principal = src.workload(&subject.to_string()).await?;
     let mut rec = DecisionRecord {
         out: DecisionOut {
             decision_id: random_id(),
@@ -187,7 +198,7 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
     let policy = src
         .policy()
         .await
-        .map_err(|e| DecideError::Unavailable(format!("authz policy: {e}")))?;
+        .map_err(|e| DecideError::Unavailable(format!("authz policy: {}", e.0)))?;
     let req = AuthzRequest {
         principal,
         action: q.action,
@@ -212,16 +223,21 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
     Ok(rec)
 }
 
-/// The evidence-log event of a decision made for `caller` (the enforcement point)
-/// and received `via` an API ("authzen", "ext_authz", "agent").
-pub fn decision_event(shared: &Shared, caller: &str, via: &str, rec: &DecisionRecord) -> Event {
-    let d = &rec.out;
-    let outcome = if d.allowed {
+/// How a decision is recorded: allowed is a success, anything else a denial.
+pub fn decision_outcome(d: &DecisionOut) -> Outcome {
+    if d.allowed {
         Outcome::Success
     } else {
         Outcome::Denied
-    };
-    let mut ev = shared.event(EventKind::AuthzDecision, outcome);
+    }
+}
+
+/// Fill `ev` (an [`lanyard_audit::EventKind::AuthzDecision`] event with its id,
+/// time and server) with a decision made for `caller` (the enforcement point) and
+/// received `via` an API ("authzen", "ext_authz", "agent").
+pub fn decision_event(mut ev: Event, caller: &str, via: &str, rec: &DecisionRecord) -> Event {
+    let d = &rec.out;
+    ev.outcome = decision_outcome(d);
     ev.actor = Some(caller.to_string());
     ev.subject = Some(rec.subject.clone());
     if !rec.owner.is_empty() {
@@ -264,18 +280,16 @@ pub fn validate_svid(
     bundles: &RwLock<BundleSet>,
     clock: &dyn Clock,
     revoked: &dyn Fn(&str) -> bool,
-) -> Result<JwtSvid, String> {
+) -> Result<JwtSvid, TokenError> {
     let refs: Vec<&str> = audiences.iter().map(String::as_str).collect();
     let svid = {
-        let set = bundles
-            .read()
-            .map_err(|_| "trust bundles unavailable".to_string())?;
-        JwtSvid::validate(token, &refs, &set, clock).map_err(|e| e.to_string())?
+        let set = bundles.read().map_err(|_| TokenError::BundlesUnavailable)?;
+        JwtSvid::validate(token, &refs, &set, clock)?
     };
     if let Some(jti) = svid.claims().get("jti").and_then(Value::as_str)
         && revoked(jti)
     {
-        return Err(format!("the JWT-SVID {jti} was revoked"));
+        return Err(TokenError::SvidRevoked(jti.to_string()));
     }
     Ok(svid)
 }
@@ -402,16 +416,16 @@ mod tests {
     }
 
     impl Fixed {
-        fn check(&self, what: &str) -> Result<(), String> {
+        fn check(&self, what: &str) -> Result<(), Unavailable> {
             match self.down {
-                Some(d) if d == what => Err(format!("the {what} cannot be read")),
+                Some(d) if d == what => Err(Unavailable(format!("the {what} cannot be read"))),
                 _ => Ok(()),
             }
         }
     }
 
     impl Sources for Fixed {
-        async fn workload(&self, id: &str) -> Result<WorkloadFacts, String> {
+        async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
             self.check("entry index")?;
             let mut index = HashMap::new();
             index_entry(
@@ -423,12 +437,13 @@ mod tests {
             );
             Ok(facts_of(&index, id))
         }
-        async fn policy(&self) -> Result<CompiledPolicies, String> {
+        async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
             self.check("policy")?;
             Ok(self.policy.clone())
         }
         async fn verify_task(&self, token: &str) -> Result<TaskFacts, TaskError> {
-            self.check("deny-list").map_err(TaskError::Unavailable)?;
+            self.check("deny-list")
+                .map_err(|e| TaskError::Unavailable(e.0))?;
             if token == "good" {
                 Ok(TaskFacts {
                     txn: "t1".into(),
@@ -437,7 +452,9 @@ mod tests {
                     ..TaskFacts::default()
                 })
             } else {
-                Err(TaskError::Rejected("bad signature".into()))
+                Err(TaskError::Rejected(TokenError::Invalid(
+                    "bad signature".into(),
+                )))
             }
         }
     }
