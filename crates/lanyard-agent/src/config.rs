@@ -68,29 +68,44 @@ pub struct AgentConfig {
     pub authz_bind: Option<std::net::SocketAddr>,
 }
 
-fn invalid(key: &str, reason: impl std::fmt::Display) -> String {
-    format!("setting `{key}`: {reason}")
+use crate::error::ConfigError;
+
+fn invalid(key: &'static str, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::invalid(key, reason)
 }
 
 /// Read a trust bundle file: a SPIFFE bundle (JSON) or PEM CA certificates.
-pub fn read_bundle(path: &Path, td: &TrustDomain) -> Result<Bundle, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Bundle::parse_json_or_pem(td.clone(), &bytes).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_bundle(path: &Path, td: &TrustDomain) -> Result<Bundle, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Bundle::parse_json_or_pem(td.clone(), &bytes).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 impl AgentConfig {
-    pub fn load(o: &Overrides) -> Result<Self, String> {
+    pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
         let f: FileConfig = match &o.config {
             None => FileConfig::default(),
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", p.display()))?
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?
             }
         };
-        let td = o.trust_domain.clone().or(f.trust_domain).ok_or(
-            "setting `trust_domain` is required (in the config file or as --trust-domain)",
-        )?;
+        let td = o
+            .trust_domain
+            .clone()
+            .or(f.trust_domain)
+            .ok_or(ConfigError::Missing("trust_domain"))?;
         let trust_domain = TrustDomain::new(&td).map_err(|e| invalid("trust_domain", e))?;
         let server_address = o
             .server_address
@@ -112,7 +127,7 @@ impl AgentConfig {
             .data_dir
             .clone()
             .or(f.data_dir)
-            .ok_or("setting `data_dir` is required (in the config file or as --data-dir)")?;
+            .ok_or(ConfigError::Missing("data_dir"))?;
         let socket_path = o
             .socket_path
             .clone()
@@ -130,10 +145,9 @@ impl AgentConfig {
         let pop_key = o.x509pop_key.clone().or(f.x509pop_key);
         let bootstrap = match (token, pop_cert, pop_key) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(
-                    "give either a join token or an x509pop certificate and key, not both"
-                        .to_string(),
-                );
+                return Err(ConfigError::Conflict(
+                    "give either a join token or an x509pop certificate and key, not both",
+                ));
             }
             (Some(t), None, None) => Bootstrap::JoinToken(t),
             (None, Some(c), Some(k)) => Bootstrap::X509Pop {
@@ -144,7 +158,9 @@ impl AgentConfig {
                 key_pem: std::fs::read_to_string(&k).map_err(|e| invalid("x509pop_key", e))?,
             },
             (None, Some(_), None) | (None, None, Some(_)) => {
-                return Err("x509pop needs both x509pop_cert and x509pop_key".to_string());
+                return Err(ConfigError::Conflict(
+                    "x509pop needs both x509pop_cert and x509pop_key",
+                ));
             }
             (None, None, None) => Bootstrap::None,
         };
@@ -157,8 +173,8 @@ impl AgentConfig {
                 )
             })?),
         };
-        let server_id =
-            SpiffeId::from_parts(&trust_domain, "/lanyard/server").map_err(|e| e.to_string())?;
+        let server_id = SpiffeId::from_parts(&trust_domain, "/lanyard/server")
+            .map_err(|e| invalid("trust_domain", e))?;
         Ok(Self {
             trust_domain,
             server_address,

@@ -7,6 +7,7 @@
 pub mod attestor;
 pub mod authz;
 pub mod config;
+pub mod error;
 pub mod evidence;
 pub mod h2shim;
 pub mod state;
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use config::{AgentConfig, Bootstrap, Overrides};
+pub use error::{AgentError, ConfigError};
 
 /// A started agent.
 #[derive(Debug)]
@@ -33,7 +35,7 @@ pub struct RunningAgent {
     pub authz_addr: Option<SocketAddr>,
     pub state: Arc<state::AgentState>,
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<Result<(), String>>,
+    tasks: JoinSet<Result<(), AgentError>>,
 }
 
 impl RunningAgent {
@@ -42,7 +44,7 @@ impl RunningAgent {
     }
 
     /// Run until stopped or a task fails.
-    pub async fn wait(mut self) -> Result<(), String> {
+    pub async fn wait(mut self) -> Result<(), AgentError> {
         while let Some(r) = self.tasks.join_next().await {
             match r {
                 Ok(Ok(())) => {}
@@ -52,7 +54,7 @@ impl RunningAgent {
                 }
                 Err(e) => {
                     let _ = self.shutdown.send(true);
-                    return Err(e.to_string());
+                    return Err(AgentError::Task(e.to_string()));
                 }
             }
         }
@@ -60,7 +62,7 @@ impl RunningAgent {
         Ok(())
     }
 
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(self) -> Result<(), AgentError> {
         let _ = self.shutdown.send(true);
         self.wait().await
     }
@@ -75,9 +77,9 @@ async fn until(mut rx: watch::Receiver<bool>) {
 }
 
 /// Start the agent.
-pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
+pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
+        .map_err(|e| AgentError::io("cannot create", &cfg.data_dir, e))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
@@ -90,10 +92,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
         None => None,
     };
     if bundle.is_none() && !cfg.insecure_bootstrap {
-        return Err(
-            "no trust bundle: give --trust-bundle (from `lanyard bundle show --format pem` on the server), or --insecure-bootstrap to trust the server on first contact"
-                .to_string(),
-        );
+        return Err(AgentError::NoTrustBundle);
     }
     let state = Arc::new(state::AgentState::new(cfg.trust_domain.clone(), bundle));
 
@@ -101,21 +100,19 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
     let path = cfg.socket_path.clone();
     if path.exists() {
         if tokio::net::UnixStream::connect(&path).await.is_ok() {
-            return Err(format!("{} is in use by another agent", path.display()));
+            return Err(AgentError::SocketInUse(path));
         }
-        std::fs::remove_file(&path)
-            .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
+        std::fs::remove_file(&path).map_err(|e| AgentError::io("cannot remove stale", &path, e))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| AgentError::io("cannot create", dir, e))?;
     }
     let listener =
-        UnixListener::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+        UnixListener::bind(&path).map_err(|e| AgentError::io("cannot bind", &path, e))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+            .map_err(|e| AgentError::io("cannot set permissions on", &path, e))?;
     }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -189,7 +186,10 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, String> {
             ))
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), until(rx))
             .await
-            .map_err(|e| format!("Workload API: {e}"))
+            .map_err(|e| AgentError::Serve {
+                what: "Workload API",
+                reason: e.to_string(),
+            })
     });
     Ok(RunningAgent {
         socket_path: path,
@@ -207,12 +207,15 @@ async fn serve_authz(
     state: Arc<state::AgentState>,
     node: sync::NodeHandle,
     shutdown_rx: watch::Receiver<bool>,
-    tasks: &mut JoinSet<Result<(), String>>,
-) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|e| format!("cannot bind authz_bind {bind}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tasks: &mut JoinSet<Result<(), AgentError>>,
+) -> Result<SocketAddr, AgentError> {
+    let bind_error = |source| AgentError::Bind {
+        what: "authz_bind",
+        addr: bind.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(bind).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let decisions = Arc::new(evidence::Outbox::default());
     {
         let (decisions, rx) = (decisions.clone(), shutdown_rx.clone());
@@ -229,7 +232,10 @@ async fn serve_authz(
         axum::serve(listener, app)
             .with_graceful_shutdown(until(shutdown_rx))
             .await
-            .map_err(|e| format!("AuthZEN listener: {e}"))
+            .map_err(|e| AgentError::Serve {
+                what: "AuthZEN listener",
+                reason: e.to_string(),
+            })
     });
     Ok(addr)
 }

@@ -16,7 +16,9 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::config::{AgentConfig, Bootstrap};
+use crate::error::KeyError;
 use crate::state::{AgentState, CachedSvid};
+use lanyard_fs::{FsError, write_private};
 
 /// The current connection to the server, shared with the Workload API (JWT minting).
 #[derive(Debug, Clone, Default)]
@@ -53,12 +55,8 @@ pub fn bundle_file(dir: &Path) -> PathBuf {
     dir.join("bundle.json")
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
-    lanyard_fs::write_private(path, data).map_err(|e| e.to_string())
-}
-
 /// Persist the agent SVID so a restart needs no new token.
-fn save_identity(dir: &Path, id: &AgentSvid) -> Result<(), String> {
+fn save_identity(dir: &Path, id: &AgentSvid) -> Result<(), FsError> {
     let pem_chain: String = id
         .chain
         .iter()
@@ -93,11 +91,11 @@ fn forget_identity(dir: &Path) {
     let _ = std::fs::remove_file(key_file(dir));
 }
 
-fn new_key_and_csr() -> Result<(Vec<u8>, Vec<u8>), String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+fn new_key_and_csr() -> Result<(Vec<u8>, Vec<u8>), KeyError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| KeyError::Generate(e.to_string()))?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| KeyError::Generate(e.to_string()))?
         .der()
         .to_vec();
     Ok((key.serialize_der(), csr))
@@ -117,13 +115,13 @@ fn rotate_at(issued: i64, expires: i64) -> i64 {
     issued + life / 2 - jitter(life / 10)
 }
 
-fn sign_pop(key_pem: &str, nonce: &[u8], algorithm: &str) -> Result<Vec<u8>, String> {
+fn sign_pop(key_pem: &str, nonce: &[u8], algorithm: &str) -> Result<Vec<u8>, KeyError> {
     use aws_lc_rs::signature::{
         ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
         RSA_PKCS1_SHA256, RsaKeyPair,
     };
     let der = pem::parse(key_pem)
-        .map_err(|e| format!("x509pop key: {e}"))?
+        .map_err(|e| KeyError::PopKey(e.to_string()))?
         .into_contents();
     let rng = aws_lc_rs::rand::SystemRandom::new();
     match algorithm {
@@ -134,23 +132,21 @@ fn sign_pop(key_pem: &str, nonce: &[u8], algorithm: &str) -> Result<Vec<u8>, Str
                 &ECDSA_P384_SHA384_ASN1_SIGNING
             };
             let kp =
-                EcdsaKeyPair::from_pkcs8(alg, &der).map_err(|e| format!("x509pop key: {e}"))?;
+                EcdsaKeyPair::from_pkcs8(alg, &der).map_err(|e| KeyError::PopKey(e.to_string()))?;
             Ok(kp
                 .sign(&rng, nonce)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| KeyError::Sign(e.to_string()))?
                 .as_ref()
                 .to_vec())
         }
         "rsa-pkcs1-sha256" => {
-            let kp = RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("x509pop key: {e}"))?;
+            let kp = RsaKeyPair::from_pkcs8(&der).map_err(|e| KeyError::PopKey(e.to_string()))?;
             let mut sig = vec![0; kp.public_modulus_len()];
             kp.sign(&RSA_PKCS1_SHA256, &rng, nonce, &mut sig)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| KeyError::Sign(e.to_string()))?;
             Ok(sig)
         }
-        other => Err(format!(
-            "the server asked for an unsupported challenge algorithm {other:?}"
-        )),
+        other => Err(KeyError::UnsupportedAlgorithm(other.to_string())),
     }
 }
 
@@ -175,7 +171,7 @@ async fn attest(
     }
     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = NodeClient::new(channel);
-    let (key_pkcs8, csr) = new_key_and_csr().map_err(tonic::Status::internal)?;
+    let (key_pkcs8, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let first = match &cfg.bootstrap {
         Bootstrap::JoinToken(token) => {
@@ -211,8 +207,8 @@ async fn attest(
                 let Bootstrap::X509Pop { key_pem, .. } = &cfg.bootstrap else {
                     return Err(tonic::Status::internal("unexpected challenge"));
                 };
-                let signature =
-                    sign_pop(key_pem, &ch.nonce, &ch.algorithm).map_err(tonic::Status::internal)?;
+                let signature = sign_pop(key_pem, &ch.nonce, &ch.algorithm)
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
                 let _ = tx
                     .send(pb::AttestRequest {
                         step: Some(pb::attest_request::Step::ChallengeResponse(
@@ -259,7 +255,7 @@ async fn reconcile(
     let mut keys = std::collections::HashMap::new();
     let mut requests = Vec::new();
     for e in due.iter().take(pb::MAX_BATCH) {
-        let (key, csr) = new_key_and_csr().map_err(tonic::Status::internal)?;
+        let (key, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
         keys.insert(e.id.clone(), key);
         requests.push(pb::X509SvidRequest {
             entry_id: e.id.clone(),
@@ -372,7 +368,8 @@ async fn session(
         None => {
             let (id, bundle) = attest(cfg, state).await?;
             tracing::info!(agent = %id.spiffe_id, "node attested");
-            save_identity(&cfg.data_dir, &id).map_err(tonic::Status::internal)?;
+            save_identity(&cfg.data_dir, &id)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
             if let Ok(doc) = bundle.to_json() {
                 let _ = write_private(&bundle_file(&cfg.data_dir), doc.as_bytes());
             }
@@ -425,7 +422,7 @@ async fn session(
                     tracing::warn!("the agent SVID was signed by a tainted CA key; renewing now");
                 }
                 if tainted || now >= identity.issued_at + (identity.expires_at - identity.issued_at) / 2 {
-                    let (key, csr) = new_key_and_csr().map_err(tonic::Status::internal)?;
+                    let (key, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
                     let r = client.renew_agent(pb::RenewRequest { csr }).await?.into_inner();
                     let svid = X509Svid::parse(r.cert_chain.clone())
                         .map_err(|e| tonic::Status::internal(e.to_string()))?;
@@ -436,7 +433,8 @@ async fn session(
                         issued_at: now,
                         expires_at: svid.not_after(),
                     };
-                    save_identity(&cfg.data_dir, &identity).map_err(tonic::Status::internal)?;
+                    save_identity(&cfg.data_dir, &identity)
+                        .map_err(|e| tonic::Status::internal(e.to_string()))?;
                     resolver.set(certified_key(&identity.chain, &identity.key_pkcs8).map_err(|e| tonic::Status::internal(e.to_string()))?);
                     tracing::info!(agent = %identity.spiffe_id, expires_at = identity.expires_at, "agent SVID renewed; reconnecting with it");
                     return Ok(SessionEnd::Renewed(Box::new(identity)));

@@ -50,30 +50,23 @@ impl TokenKey {
         let path = dir.join("token-signing.pk8");
         let key = match std::fs::read(&path) {
             Ok(der) => SigningKey::from_pkcs8(KeyAlgorithm::EcP256, &der).map_err(|e| {
-                ServerError::Other(format!(
-                    "{} is not an EC P-256 PKCS#8 key ({e}); restore it from backup or remove it to make a new one",
-                    path.display()
-                ))
+                ServerError::bad_file(
+                    "the token key",
+                    &path,
+                    format!("is not an EC P-256 PKCS#8 key ({e}); restore it from backup or remove it to make a new one"),
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let k = SigningKey::generate(KeyAlgorithm::EcP256)
-                    .map_err(|e| ServerError::Other(e.to_string()))?;
+                let k = SigningKey::generate(KeyAlgorithm::EcP256)?;
                 write_private(&path, k.pkcs8_der())?;
                 k
             }
-            Err(e) => {
-                return Err(ServerError::Io(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
-            }
+            Err(e) => return Err(ServerError::io("cannot read", &path, e)),
         };
         let spki = key.public_key_der();
-        let jwk = PublicJwk::from_spki_der(&spki)
-            .map_err(|e| ServerError::Other(format!("token key: {e}")))?;
+        let jwk = PublicJwk::from_spki_der(&spki)?;
         let kid = format!("lanyard-token-{}", &crate::node::sha256_hex(&spki)[..16]);
-        let verifier = TokenVerifier::from_jwk(&kid, &jwk_json(&jwk, &kid))
-            .map_err(|e| ServerError::Other(format!("token key: {e}")))?;
+        let verifier = TokenVerifier::from_jwk(&kid, &jwk_json(&jwk, &kid))?;
         Ok(Self { key, jwk, verifier })
     }
 
@@ -87,9 +80,9 @@ impl TokenKey {
     }
 
     /// Sign `claims` with header `typ`.
-    pub fn sign(&self, typ: &str, claims: &Value) -> Result<String, String> {
+    pub fn sign(&self, typ: &str, claims: &Value) -> Result<String, lanyard_ca::CaError> {
         let header = json!({"alg": "ES256", "kid": self.kid(), "typ": typ});
-        lanyard_ca::sign_compact(&self.key, &header, claims).map_err(|e| e.to_string())
+        lanyard_ca::sign_compact(&self.key, &header, claims)
     }
 
     /// The public half (verifies what this key signed).
@@ -145,17 +138,15 @@ impl Access {
         let token_key = TokenKey::load_or_create(&shared.config.data_dir)?;
         let mut trusted = Vec::new();
         for (issuer, path) in &shared.config.trusted_issuers {
-            let text = std::fs::read(path).map_err(|e| {
-                ServerError::Io(format!(
-                    "trusted_issuer {issuer}: cannot read jwks_file {}: {e}",
-                    path.display()
-                ))
-            })?;
+            let what = format!("trusted_issuer {issuer}: jwks_file");
+            let text = std::fs::read(path)
+                .map_err(|e| ServerError::bad_file(&what, path, format!("cannot be read: {e}")))?;
             let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&text).map_err(|e| {
-                ServerError::Other(format!(
-                    "trusted_issuer {issuer}: {} is not a JWKS ({e}); give the provider's jwks_uri document",
-                    path.display()
-                ))
+                ServerError::bad_file(
+                    &what,
+                    path,
+                    format!("is not a JWKS ({e}); give the provider's jwks_uri document"),
+                )
             })?;
             trusted.push((issuer.clone(), set));
         }

@@ -651,9 +651,7 @@ impl Access {
             if acting {
                 r.actor = Some(agent.to_string());
             }
-            let d = policy
-                .evaluate_authz(&r)
-                .map_err(OAuthError::server)?;
+            let d = policy.evaluate_authz(&r).map_err(OAuthError::server)?;
             if d.allowed {
                 policy_ids.extend(d.policy_ids);
             } else {
@@ -896,9 +894,7 @@ impl Access {
         );
         r.target = target;
         r.chain = Some(chain);
-        let d = policy
-            .evaluate_authz(&r)
-            .map_err(OAuthError::server)?;
+        let d = policy.evaluate_authz(&r).map_err(OAuthError::server)?;
         if !d.allowed {
             refused.policy_ids = d.policy_ids.clone();
             return Err(OAuthError::request(format!(

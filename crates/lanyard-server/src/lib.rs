@@ -80,7 +80,7 @@ impl RunningServer {
                 }
                 Err(e) => {
                     let _ = self.shutdown.send(true);
-                    return Err(ServerError::Other(format!("a server task failed: {e}")));
+                    return Err(ServerError::Task(e.to_string()));
                 }
             }
         }
@@ -114,24 +114,18 @@ async fn until(mut rx: watch::Receiver<bool>) {
 async fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServerError> {
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(ServerError::Other(format!(
-                "{} is in use: another lanyard server runs on this data dir",
-                path.display()
-            )));
+            return Err(ServerError::InUse(path.to_path_buf()));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| ServerError::Io(format!("cannot remove stale {}: {e}", path.display())))?;
+        std::fs::remove_file(path).map_err(|e| ServerError::io("cannot remove stale", path, e))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ServerError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| ServerError::io("cannot create", dir, e))?;
     }
-    let l = UnixListener::bind(path).map_err(|e| {
-        ServerError::Io(format!("cannot bind admin socket {}: {e}", path.display()))
-    })?;
+    let l = UnixListener::bind(path)
+        .map_err(|e| ServerError::io("cannot bind admin socket", path, e))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ServerError::Io(format!("cannot restrict {}: {e}", path.display())))?;
+        .map_err(|e| ServerError::io("cannot restrict", path, e))?;
     Ok(l)
 }
 
@@ -148,12 +142,13 @@ async fn tls_listener(
     shutdown: watch::Receiver<bool>,
     tasks: &mut JoinSet<Result<(), ServerError>>,
 ) -> Result<(SocketAddr, TlsConns), ServerError> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|e| ServerError::Io(format!("cannot bind {bind}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServerError::Io(e.to_string()))?;
+    let bind_error = |source| ServerError::Bind {
+        what: "listener",
+        addr: bind.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(bind).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let verifier = Arc::new(tls::SpiffeClientVerifier::new(
         shared.bundles.clone(),
         client_cert_mandatory,
@@ -208,7 +203,10 @@ async fn serve_grpc_tls(
             .add_routes(routes)
             .serve_with_incoming_shutdown(ReceiverStream::new(conns), until(rx))
             .await
-            .map_err(|e| ServerError::Other(format!("{what}: {e}")))
+            .map_err(|e| ServerError::Serve {
+                what,
+                reason: e.to_string(),
+            })
     });
     Ok(addr)
 }
@@ -232,7 +230,10 @@ pub async fn start(
             .add_service(admin)
             .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), until(rx))
             .await
-            .map_err(|e| ServerError::Other(format!("admin API: {e}")))
+            .map_err(|e| ServerError::Serve {
+                what: "admin API",
+                reason: e.to_string(),
+            })
     });
 
     // Agent API over TLS (client certificate optional: attestation has none yet).
@@ -268,14 +269,15 @@ pub async fn start(
     };
 
     // Health.
+    let http_bind_error = |source| ServerError::Bind {
+        what: "HTTP",
+        addr: shared.config.http_bind.to_string(),
+        source,
+    };
     let http = TcpListener::bind(shared.config.http_bind)
         .await
-        .map_err(|e| {
-            ServerError::Io(format!("cannot bind HTTP {}: {e}", shared.config.http_bind))
-        })?;
-    let http_addr = http
-        .local_addr()
-        .map_err(|e| ServerError::Io(e.to_string()))?;
+        .map_err(http_bind_error)?;
+    let http_addr = http.local_addr().map_err(http_bind_error)?;
     access.set_public_url(
         shared
             .config
@@ -314,7 +316,10 @@ pub async fn start(
         axum::serve(http, app)
             .with_graceful_shutdown(until(rx))
             .await
-            .map_err(|e| ServerError::Other(format!("HTTP: {e}")))
+            .map_err(|e| ServerError::Serve {
+                what: "HTTP",
+                reason: e.to_string(),
+            })
     });
 
     // Envoy ext_authz over mTLS (the enforcement point presents its SVID).

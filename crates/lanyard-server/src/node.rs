@@ -31,8 +31,25 @@ const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
 pub use lanyard_proto::node::MAX_BATCH;
 
 /// The placeholder trust domain under which x509pop CA certificates are kept.
-pub fn x509pop_trust_domain() -> Result<TrustDomain, String> {
-    TrustDomain::new("x509pop").map_err(|e| e.to_string())
+pub fn x509pop_trust_domain() -> Result<TrustDomain, lanyard_core::IdError> {
+    TrustDomain::new("x509pop")
+}
+
+/// A field an agent sent that is malformed or out of bounds; the text names the
+/// field and what is allowed. Answered as `InvalidArgument`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadReport(pub String);
+
+/// Why an x509pop proof of possession was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PopError {
+    #[error("bad public key: {0}")]
+    Key(String),
+    #[error("unsupported key {0}")]
+    Unsupported(String),
+    #[error("the challenge signature does not verify")]
+    Signature,
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -85,24 +102,36 @@ fn recipient_evidence(ev: &mut lanyard_audit::Event, who: &pb::Delivery) {
 pub const MAX_DELIVERIES: usize = 1000;
 
 /// Check a reported delivery's fields before anything is recorded.
-fn validate_delivery(d: &pb::Delivery) -> Result<(), String> {
-    SpiffeId::new(&d.spiffe_id).map_err(|e| format!("spiffe_id {:?}: {e}", d.spiffe_id))?;
+fn validate_delivery(d: &pb::Delivery) -> Result<(), BadReport> {
+    let bad = |m: String| BadReport(m);
+    SpiffeId::new(&d.spiffe_id).map_err(|e| bad(format!("spiffe_id {:?}: {e}", d.spiffe_id)))?;
     let hex_ok = |s: &str, max: usize| s.len() <= max && s.bytes().all(|b| b.is_ascii_hexdigit());
     match d.svid_type.as_str() {
         "x509" if !d.serial.is_empty() && hex_ok(&d.serial, 64) => {}
-        "x509" => return Err(format!("serial {:?} must be 1 to 64 hex digits", d.serial)),
+        "x509" => {
+            return Err(bad(format!(
+                "serial {:?} must be 1 to 64 hex digits",
+                d.serial
+            )));
+        }
         "jwt" if !d.jti.is_empty() && d.jti.len() <= 128 => {}
-        "jwt" => return Err("jti must be 1 to 128 characters".to_string()),
-        other => return Err(format!("svid_type {other:?} must be \"x509\" or \"jwt\"")),
+        "jwt" => return Err(bad("jti must be 1 to 128 characters".to_string())),
+        other => {
+            return Err(bad(format!(
+                "svid_type {other:?} must be \"x509\" or \"jwt\""
+            )));
+        }
     }
     if d.pid <= 0 {
-        return Err(format!("pid {} must be positive", d.pid));
+        return Err(bad(format!("pid {} must be positive", d.pid)));
     }
     if !(d.sha256.is_empty() || d.sha256.len() == 64 && hex_ok(&d.sha256, 64)) {
-        return Err("sha256 must be 64 hex digits".to_string());
+        return Err(bad("sha256 must be 64 hex digits".to_string()));
     }
     if d.path.len() > 4096 || d.issuance_event_id.len() > 64 || d.audience.len() > 32 {
-        return Err("path, issuance_event_id or audience is too long".to_string());
+        return Err(bad(
+            "path, issuance_event_id or audience is too long".to_string()
+        ));
     }
     Ok(())
 }
@@ -454,24 +483,24 @@ pub fn join_token_agent_id(
     SpiffeId::from_parts(td, &format!("/lanyard/agent/join_token/{prefix}"))
 }
 
-fn verify_pop_signature(spki_der: &[u8], nonce: &[u8], sig: &[u8]) -> Result<(), String> {
+fn verify_pop_signature(spki_der: &[u8], nonce: &[u8], sig: &[u8]) -> Result<(), PopError> {
     use aws_lc_rs::signature::{
         ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, RSA_PKCS1_2048_8192_SHA256,
         UnparsedPublicKey, VerificationAlgorithm,
     };
     use x509_parser::prelude::FromDer;
     let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
-        .map_err(|e| format!("bad public key: {e}"))?;
+        .map_err(|e| PopError::Key(e.to_string()))?;
     let alg: &'static dyn VerificationAlgorithm =
-        match PublicJwk::from_spki_der(spki_der).map_err(|e| e.to_string())? {
+        match PublicJwk::from_spki_der(spki_der).map_err(|e| PopError::Key(e.to_string()))? {
             PublicJwk::Ec { crv, .. } if crv == "P-256" => &ECDSA_P256_SHA256_ASN1,
             PublicJwk::Ec { crv, .. } if crv == "P-384" => &ECDSA_P384_SHA384_ASN1,
             PublicJwk::Rsa { .. } => &RSA_PKCS1_2048_8192_SHA256,
-            other => return Err(format!("unsupported key {}", other.describe())),
+            other => return Err(PopError::Unsupported(other.describe())),
         };
     UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
         .verify(nonce, sig)
-        .map_err(|_| "the challenge signature does not verify".to_string())
+        .map_err(|_| PopError::Signature)
 }
 
 fn challenge_algorithm(spki_der: &[u8]) -> String {
@@ -582,14 +611,15 @@ pub const MAX_DECISIONS: usize = 1000;
 
 /// Check a reported agent decision and read it as a record. Sizes are bounded so
 /// that an agent cannot flood the evidence log with large events.
-fn agent_decision(d: pb::AuthzDecision) -> Result<DecisionRecord, String> {
-    SpiffeId::new(&d.subject).map_err(|e| format!("subject {:?}: {e}", d.subject))?;
-    SpiffeId::new(&d.caller).map_err(|e| format!("caller {:?}: {e}", d.caller))?;
+fn agent_decision(d: pb::AuthzDecision) -> Result<DecisionRecord, BadReport> {
+    let bad = |m: String| BadReport(m);
+    SpiffeId::new(&d.subject).map_err(|e| bad(format!("subject {:?}: {e}", d.subject)))?;
+    SpiffeId::new(&d.caller).map_err(|e| bad(format!("caller {:?}: {e}", d.caller)))?;
     if d.decision_id.is_empty() || d.decision_id.len() > 64 {
-        return Err("decision_id must be 1 to 64 characters".to_string());
+        return Err(bad("decision_id must be 1 to 64 characters".to_string()));
     }
     if d.action.is_empty() || d.resource_id.is_empty() {
-        return Err("action and resource_id are required".to_string());
+        return Err(bad("action and resource_id are required".to_string()));
     }
     let long = [
         &d.owner,
@@ -604,9 +634,9 @@ fn agent_decision(d: pb::AuthzDecision) -> Result<DecisionRecord, String> {
     .iter()
     .any(|s| s.len() > 2048);
     if long || d.reason.len() > 8192 || d.policy_ids.len() > 64 {
-        return Err(
+        return Err(bad(
             "a field is too long (2048 bytes; reason 8192; at most 64 policy ids)".to_string(),
-        );
+        ));
     }
     let task = (!d.task_txn.is_empty()).then(|| lanyard_policy::TaskFacts {
         txn: d.task_txn,
@@ -1086,7 +1116,7 @@ impl pb::node_server::Node for NodeService {
                     .shared
                     .secrets
                     .open(&exc.name, &exc.sealed)
-                    .map_err(|e| refuse(Status::internal(e), owner))?;
+                    .map_err(|e| refuse(Status::internal(e.to_string()), owner))?;
                 Ok((secret, exc))
             }
             .await;

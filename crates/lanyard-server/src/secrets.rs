@@ -11,6 +11,25 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::state::{ServerError, write_private};
 
+/// Why a secret could not be sealed or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretsError {
+    #[error("the secrets key must be 32 bytes, found {0}; restore it from backup")]
+    KeyLength(usize),
+    #[error("the system random source failed")]
+    Random,
+    #[error("AES-256-GCM: {0}")]
+    Crypto(String),
+    #[error("sealed secret of {name:?} is corrupt: {reason}")]
+    Corrupt { name: String, reason: String },
+    #[error("sealed secret of {0:?} is truncated")]
+    Truncated(String),
+    #[error(
+        "the secret of {0:?} does not open with this server's secrets.key (wrong key or altered data)"
+    )]
+    WrongKey(String),
+}
+
 /// Longest secret accepted.
 pub const MAX_SECRET: usize = 64 * 1024;
 
@@ -33,37 +52,31 @@ impl SecretBox {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut b = vec![0u8; 32];
-                aws_lc_rs::rand::fill(&mut b).map_err(|e| ServerError::Other(e.to_string()))?;
+                aws_lc_rs::rand::fill(&mut b)
+                    .map_err(|_| ServerError::Random("the secrets key"))?;
                 write_private(&path, &b)?;
                 b
             }
-            Err(e) => {
-                return Err(ServerError::Io(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
-            }
+            Err(e) => return Err(ServerError::io("cannot read", &path, e)),
         };
-        Self::from_bytes(&raw).map_err(|e| ServerError::Other(format!("{}: {e}", path.display())))
+        Self::from_bytes(&raw).map_err(|e| ServerError::bad_file("the secrets key", &path, e))
     }
 
-    pub fn from_bytes(raw: &[u8]) -> Result<Self, String> {
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, SecretsError> {
         if raw.len() != 32 {
-            return Err(format!(
-                "the secrets key must be 32 bytes, found {}; restore it from backup",
-                raw.len()
-            ));
+            return Err(SecretsError::KeyLength(raw.len()));
         }
-        let key = UnboundKey::new(&AES_256_GCM, raw).map_err(|e| e.to_string())?;
+        let key =
+            UnboundKey::new(&AES_256_GCM, raw).map_err(|e| SecretsError::Crypto(e.to_string()))?;
         Ok(Self {
             key: LessSafeKey::new(key),
         })
     }
 
     /// Seal `secret` for the exception `name`: base64url(nonce || ciphertext || tag).
-    pub fn seal(&self, name: &str, secret: &[u8]) -> Result<String, String> {
+    pub fn seal(&self, name: &str, secret: &[u8]) -> Result<String, SecretsError> {
         let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|e| e.to_string())?;
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SecretsError::Random)?;
         let mut buf = secret.to_vec();
         self.key
             .seal_in_place_append_tag(
@@ -71,31 +84,31 @@ impl SecretBox {
                 Aad::from(name.as_bytes()),
                 &mut buf,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SecretsError::Crypto(e.to_string()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
         Ok(URL_SAFE_NO_PAD.encode(out))
     }
 
     /// Open a sealed secret of the exception `name`.
-    pub fn open(&self, name: &str, sealed: &str) -> Result<Vec<u8>, String> {
+    pub fn open(&self, name: &str, sealed: &str) -> Result<Vec<u8>, SecretsError> {
         let raw = URL_SAFE_NO_PAD
             .decode(sealed)
-            .map_err(|e| format!("sealed secret of {name:?} is corrupt: {e}"))?;
+            .map_err(|e| SecretsError::Corrupt {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         if raw.len() < NONCE_LEN + 16 {
-            return Err(format!("sealed secret of {name:?} is truncated"));
+            return Err(SecretsError::Truncated(name.to_string()));
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|e| e.to_string())?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|e| SecretsError::Crypto(e.to_string()))?;
         let mut buf = ct.to_vec();
         let plain = self
             .key
             .open_in_place(nonce, Aad::from(name.as_bytes()), &mut buf)
-            .map_err(|_| {
-                format!(
-                    "the secret of {name:?} does not open with this server's secrets.key (wrong key or altered data)"
-                )
-            })?;
+            .map_err(|_| SecretsError::WrongKey(name.to_string()))?;
         Ok(plain.to_vec())
     }
 }
@@ -123,6 +136,7 @@ mod tests {
             other
                 .open("db", &sealed)
                 .unwrap_err()
+                .to_string()
                 .contains("secrets.key")
         );
         let mut tampered = URL_SAFE_NO_PAD.decode(&sealed).unwrap();

@@ -27,14 +27,79 @@ pub enum ServerError {
     Store(#[from] lanyard_store::StoreError),
     #[error("CA: {0}")]
     Ca(#[from] lanyard_ca::CaError),
-    #[error("{0}")]
-    Io(String),
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     File(#[from] lanyard_fs::FsError),
     #[error("TLS: {0}")]
     Tls(#[from] lanyard_tls::TlsError),
+    /// A listener could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file the server needs exists but cannot be used; `reason` says how to fix it.
+    #[error("{what} {}: {reason}", path.display())]
+    BadFile {
+        what: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot generate {0}: the system random source failed")]
+    Random(&'static str),
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+    #[error("{0} lock poisoned")]
+    Poisoned(&'static str),
+    #[error("{} is in use: another lanyard server runs on this data dir", .0.display())]
+    InUse(PathBuf),
+    /// A listener stopped with an error.
+    #[error("{what}: {reason}")]
+    Serve { what: &'static str, reason: String },
+    /// A task of the server panicked or was cancelled.
+    #[error("a server task failed: {0}")]
+    Task(String),
     #[error("{0}")]
-    Other(String),
+    Audit(#[from] lanyard_audit::AuditError),
+    #[error("{0}")]
+    Secrets(#[from] crate::secrets::SecretsError),
+    #[error("token key: {0}")]
+    Token(#[from] lanyard_authz::TokenError),
+    #[error("trust bundle: {0}")]
+    Bundle(#[from] lanyard_core::BundleError),
+    #[error("{0}")]
+    Id(#[from] lanyard_core::IdError),
+}
+
+impl ServerError {
+    /// A file operation on `path` failed.
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn bad_file(
+        what: impl std::fmt::Display,
+        path: &Path,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        Self::BadFile {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// The path under which the server's own SVID lives.
@@ -92,8 +157,8 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-fn io(what: &str, path: &Path, e: std::io::Error) -> ServerError {
-    ServerError::Io(format!("{what} {}: {e}", path.display()))
+fn io(action: &'static str, path: &Path, e: std::io::Error) -> ServerError {
+    ServerError::io(action, path, e)
 }
 
 /// Write a file atomically with mode 0600 (see [`lanyard_fs::write_private`]).
@@ -108,10 +173,11 @@ fn load_slots(path: &Path) -> Result<Vec<CaSlot>, ServerError> {
         Err(e) => return Err(io("cannot read", path, e)),
     };
     let records: Vec<SlotRecord> = serde_json::from_str(&text).map_err(|e| {
-        ServerError::Other(format!(
-            "the CA key file {} is corrupt: {e}; restore it from backup (removing it makes a new CA)",
-            path.display()
-        ))
+        ServerError::bad_file(
+            "the CA key file",
+            path,
+            format!("is corrupt: {e}; restore it from backup (removing it makes a new CA)"),
+        )
     })?;
     records
         .iter()
@@ -124,10 +190,10 @@ fn load_upstream(cfg: &ServerConfig) -> Result<Option<UpstreamCa>, ServerError> 
         return Ok(None);
     };
     let certs = pem_certificates(&std::fs::read(cert).map_err(|e| io("cannot read", cert, e))?)
-        .map_err(|e| ServerError::Other(format!("ca.upstream_cert {}: {e}", cert.display())))?;
+        .map_err(|e| ServerError::bad_file("ca.upstream_cert", cert, e))?;
     let key_pem = std::fs::read_to_string(key).map_err(|e| io("cannot read", key, e))?;
     let key = SigningKey::from_pkcs8_pem(&key_pem)
-        .map_err(|e| ServerError::Other(format!("ca.upstream_key {}: {e}", key.display())))?;
+        .map_err(|e| ServerError::bad_file("ca.upstream_key", key, e))?;
     Ok(Some(UpstreamCa::new(certs, key)?))
 }
 
@@ -135,10 +201,10 @@ fn load_x509pop_roots(cfg: &ServerConfig) -> Result<Option<BundleSet>, ServerErr
     let Some(path) = &cfg.x509pop_ca_bundle else {
         return Ok(None);
     };
-    let td = crate::node::x509pop_trust_domain().map_err(ServerError::Other)?;
+    let td = crate::node::x509pop_trust_domain()?;
     let bytes = std::fs::read(path).map_err(|e| io("cannot read", path, e))?;
     let b = Bundle::from_pem(td, &bytes)
-        .map_err(|e| ServerError::Other(format!("x509pop.ca_bundle {}: {e}", path.display())))?;
+        .map_err(|e| ServerError::bad_file("x509pop.ca_bundle", path, e))?;
     Ok(Some([b].into_iter().collect()))
 }
 
@@ -147,21 +213,21 @@ fn load_x509pop_roots(cfg: &ServerConfig) -> Result<Option<BundleSet>, ServerErr
 fn load_or_create_audit_key(dir: &Path) -> Result<lanyard_audit::AuditKey, ServerError> {
     let path = dir.join("audit-key.pk8");
     let key = match std::fs::read(&path) {
-        Ok(der) => lanyard_audit::AuditKey::from_pkcs8(&der)
-            .map_err(|e| ServerError::Other(format!("{}: {e}", path.display())))?,
+        Ok(der) => lanyard_audit::AuditKey::from_pkcs8(&der).map_err(|e| {
+            ServerError::bad_file(
+                "the audit key",
+                &path,
+                format!("{e}; restore it from backup"),
+            )
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (key, der) = lanyard_audit::AuditKey::generate()
-                .map_err(|e| ServerError::Other(e.to_string()))?;
+            let (key, der) = lanyard_audit::AuditKey::generate()?;
             write_private(&path, &der)?;
             key
         }
         Err(e) => return Err(io("cannot read", &path, e)),
     };
-    let public: String = key
-        .public_key()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let public = hex::encode(key.public_key());
     let pub_path = dir.join("audit-key.pub");
     if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(public.as_str()) {
         std::fs::write(&pub_path, &public).map_err(|e| io("cannot write", &pub_path, e))?;
@@ -175,8 +241,8 @@ fn load_or_create_server_name(dir: &Path) -> Result<String, ServerError> {
         return Ok(s.trim().to_string());
     }
     let mut raw = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut raw).map_err(|e| ServerError::Other(e.to_string()))?;
-    let name: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| ServerError::Random("the server name"))?;
+    let name = hex::encode(raw);
     std::fs::write(&path, &name).map_err(|e| io("cannot write", &path, e))?;
     Ok(name)
 }
@@ -188,10 +254,8 @@ fn load_federation(
     for (td, path) in &cfg.federation {
         let bytes = std::fs::read(path).map_err(|e| io("cannot read", path, e))?;
         let bundle = Bundle::parse_json_or_pem(td.clone(), &bytes)
-            .map_err(|e| ServerError::Other(format!("federation {td}: {}: {e}", path.display())))?;
-        let doc = bundle
-            .to_json()
-            .map_err(|e| ServerError::Other(e.to_string()))?;
+            .map_err(|e| ServerError::bad_file(format!("federation {td}:"), path, e))?;
+        let doc = bundle.to_json()?;
         out.insert(td.name().to_string(), doc);
     }
     Ok(out)
@@ -236,8 +300,7 @@ impl Shared {
         let mut ca = CertificateAuthority::new(ca_cfg, upstream, slots)?;
         let now = clock.unix_seconds();
         let initial_events = ca.tick(now)?;
-        let server_id = SpiffeId::from_parts(&config.trust_domain, SERVER_PATH)
-            .map_err(|e| ServerError::Other(e.to_string()))?;
+        let server_id = SpiffeId::from_parts(&config.trust_domain, SERVER_PATH)?;
         let (server_key, minted) = mint_server_svid(&ca, &server_id, now)?;
         let resolver = Arc::new(SvidResolver::new(certified_key(
             &minted.chain,
@@ -283,26 +346,24 @@ impl Shared {
             let ca = self.ca_read()?;
             ca.slots().iter().map(CaSlot::to_record).collect()
         };
-        let json =
-            serde_json::to_vec_pretty(&records).map_err(|e| ServerError::Other(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&records).map_err(|e| ServerError::Encode {
+            what: "the CA key file",
+            reason: e.to_string(),
+        })?;
         write_private(&self.keystore, &json)
     }
 
     pub fn ca_read(
         &self,
     ) -> Result<std::sync::RwLockReadGuard<'_, CertificateAuthority>, ServerError> {
-        self.ca
-            .read()
-            .map_err(|_| ServerError::Other("CA lock poisoned".to_string()))
+        self.ca.read().map_err(|_| ServerError::Poisoned("CA"))
     }
 
     /// Publish the CA's bundle if it differs from the stored one (the sequence then
     /// increases); always refresh the in-memory copies.
     pub async fn publish_bundle(&self) -> Result<(), ServerError> {
         let bundle = self.ca_read()?.bundle()?;
-        let doc = bundle
-            .to_json()
-            .map_err(|e| ServerError::Other(e.to_string()))?;
+        let doc = bundle.to_json()?;
         let td = self.config.trust_domain.name().to_string();
         let stored = self.store.get_bundle(&td).await?;
         let sequence = match stored {
@@ -328,9 +389,7 @@ impl Shared {
         let mut with_seq = bundle.clone();
         with_seq.set_sequence(sequence);
         with_seq.set_refresh_hint(300);
-        let document = with_seq
-            .to_json()
-            .map_err(|e| ServerError::Other(e.to_string()))?;
+        let document = with_seq.to_json()?;
         if let Ok(mut b) = self.bundles.write() {
             b.insert(bundle);
         }
@@ -338,7 +397,7 @@ impl Shared {
             let mut p = self
                 .bundle
                 .write()
-                .map_err(|_| ServerError::Other("bundle lock poisoned".to_string()))?;
+                .map_err(|_| ServerError::Poisoned("bundle"))?;
             let changed = p.sequence != sequence;
             *p = PublishedBundle {
                 sequence,
@@ -401,10 +460,7 @@ impl Shared {
     ) -> Result<(), ServerError> {
         let now = self.clock.unix_seconds();
         let events = {
-            let mut ca = self
-                .ca
-                .write()
-                .map_err(|_| ServerError::Other("CA lock poisoned".to_string()))?;
+            let mut ca = self.ca.write().map_err(|_| ServerError::Poisoned("CA"))?;
             ca.taint(slot, now)?
         };
         let audit = events
@@ -481,7 +537,7 @@ impl Shared {
                 let ev = self
                     .ca
                     .write()
-                    .map_err(|_| ServerError::Other("CA lock poisoned".to_string()))?
+                    .map_err(|_| ServerError::Poisoned("CA"))?
                     .remove_tainted(&slot);
                 if let Some(ev) = ev {
                     tracing::warn!(slot = %slot, "tainted CA key removed from the bundle: nothing depends on it");
@@ -554,12 +610,14 @@ impl Shared {
         }
         let cp = self
             .audit_key
-            .checkpoint(&chain, self.clock.unix_seconds())
-            .map_err(|e| ServerError::Other(e.to_string()))?;
+            .checkpoint(&chain, self.clock.unix_seconds())?;
         self.store.put_audit_checkpoint(&cp).await?;
         if let Some(path) = &self.config.audit_checkpoint_file {
             use std::io::Write as _;
-            let line = serde_json::to_string(&cp).map_err(|e| ServerError::Other(e.to_string()))?;
+            let line = serde_json::to_string(&cp).map_err(|e| ServerError::Encode {
+                what: "the audit checkpoint",
+                reason: e.to_string(),
+            })?;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -583,10 +641,7 @@ impl Shared {
     pub async fn tick(&self) -> Result<(), ServerError> {
         let now = self.clock.unix_seconds();
         let events = {
-            let mut ca = self
-                .ca
-                .write()
-                .map_err(|_| ServerError::Other("CA lock poisoned".to_string()))?;
+            let mut ca = self.ca.write().map_err(|_| ServerError::Poisoned("CA"))?;
             ca.tick(now)?
         };
         if !events.is_empty() {

@@ -58,9 +58,10 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
         x509pop_cert: a.x509pop_cert,
         x509pop_key: a.x509pop_key,
         authz_bind: a.authz_bind,
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     crate::cmd::server::init_tracing(&cfg.log_level);
-    let agent = lanyard_agent::start(cfg).await?;
+    let agent = lanyard_agent::start(cfg).await.map_err(|e| e.to_string())?;
     let authzen = agent
         .authz_addr
         .map(|a| format!(" authzen=http://{a}/access/v1/evaluation"))
@@ -74,7 +75,7 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
         crate::cmd::server::wait_for_signal().await;
         let _ = stop.send(true);
     });
-    agent.wait().await?;
+    agent.wait().await.map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -182,9 +183,10 @@ pub async fn start_dev_stack_with(
         join_token: Some(token),
         authz_bind: Some("127.0.0.1:0".to_string()),
         ..Default::default()
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     cfg.trust_bundle = Some(bundle);
-    let agent = lanyard_agent::start(cfg).await?;
+    let agent = lanyard_agent::start(cfg).await.map_err(|e| e.to_string())?;
     // Ready when the workload's SVID is in the cache.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -258,7 +260,7 @@ pub async fn dev(
         let _ = stop_agent.send(true);
         let _ = stop_server.send(true);
     });
-    let a = agent.wait().await;
+    let a = agent.wait().await.map_err(|e| e.to_string());
     let s = server.shutdown().await.map_err(|e| e.to_string());
     a?;
     s?;
