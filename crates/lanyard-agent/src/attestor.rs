@@ -115,12 +115,7 @@ impl UnixAttestor {
             }
             ctx.update(&buf[..n]);
         }
-        let hex: String = ctx
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = hex::encode(ctx.finish());
         if let Ok(mut cache) = self.hashes.lock() {
             if cache.len() > 4096 {
                 cache.clear();

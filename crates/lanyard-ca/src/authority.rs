@@ -314,7 +314,7 @@ pub struct CertificateAuthority {
 fn random_hex(n: usize) -> Result<String, CaError> {
     let mut b = vec![0u8; n];
     aws_lc_rs::rand::fill(&mut b).map_err(|e| CaError::Signing(format!("random: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(hex::encode(b))
 }
 
 fn random_serial() -> Result<(SerialNumber, String), CaError> {
@@ -322,7 +322,7 @@ fn random_serial() -> Result<(SerialNumber, String), CaError> {
     aws_lc_rs::rand::fill(&mut b).map_err(|e| CaError::Signing(format!("random: {e}")))?;
     b[0] &= 0x7f; // positive
     b[0] |= 0x01; // no leading zero byte, so DER keeps all 16 bytes
-    let hex = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = hex::encode(b);
     Ok((SerialNumber::from_slice(&b), hex))
 }
 

@@ -338,7 +338,7 @@ fn hex_serial(raw: &[u8]) -> String {
         Some(i) => &raw[i..],
         None => &raw[raw.len().saturating_sub(1)..],
     };
-    trimmed.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(trimmed)
 }
 
 /// Split concatenated DER certificates.
@@ -901,7 +901,7 @@ pub fn subject_key_id(der: &[u8]) -> Option<String> {
     c.extensions()
         .iter()
         .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(hex_lower(k.0)),
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(hex::encode(k.0)),
             _ => None,
         })
 }
@@ -914,12 +914,9 @@ pub fn authority_key_id(der: &[u8]) -> Option<String> {
         .iter()
         .find_map(|e| match e.parsed_extension() {
             ParsedExtension::AuthorityKeyIdentifier(a) => {
-                a.key_identifier.as_ref().map(|k| hex_lower(k.0))
+                a.key_identifier.as_ref().map(|k| hex::encode(k.0))
             }
             _ => None,
         })
 }
 
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}

@@ -53,11 +53,7 @@ pub enum PopError {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    digest::digest(&digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(digest::digest(&digest::SHA256, data))
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

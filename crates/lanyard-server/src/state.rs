@@ -432,7 +432,7 @@ impl Shared {
             .unwrap_or(0);
         lanyard_audit::Event {
             version: lanyard_audit::SCHEMA_VERSION,
-            id: raw.iter().map(|b| format!("{b:02x}")).collect(),
+            id: hex::encode(raw),
             time: millis,
             kind,
             actor: None,

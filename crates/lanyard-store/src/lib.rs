@@ -397,5 +397,5 @@ pub trait Store: Send + Sync {
 pub fn new_id() -> Result<String> {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).map_err(|e| StoreError::Database(format!("random: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(hex::encode(b))
 }
