@@ -1,5 +1,12 @@
-//! Workload attestation from Unix peer credentials.
+//! Workload attestation: the agent-side seam ([`WorkloadAttestor`], run in turn by
+//! [`WorkloadAttestors`] within a time bound) and the `unix` attestor.
 //!
+//! Every attestor gets the caller's kernel credentials ([`PeerCredentials`]) and
+//! adds selectors; the Workload API serves the identities whose entries' selectors
+//! are all among them. An attestor that cannot attest fails the call with its
+//! reason (`Unavailable`), never with a partial set of selectors.
+//!
+//! `unix`:
 //! The kernel tells us the caller's pid, uid and gid (SO_PEERCRED). From /proc we add
 //! the binary's path and SHA-256, and from /etc/passwd and /etc/group the user and
 //! group names. The process start time is read before and after: if the pid was
@@ -9,7 +16,8 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lanyard_core::Selector;
 
@@ -22,6 +30,74 @@ pub enum AttestError {
     ProcessChanged(i32),
     #[error("cannot inspect process {pid}: {reason}")]
     Proc { pid: i32, reason: String },
+    #[error("the {attestor} attestor did not answer within {}ms", .bound.as_millis())]
+    Timeout {
+        attestor: &'static str,
+        bound: Duration,
+    },
+    /// An attestor's source (a runtime socket, the kubelet) refused or is away.
+    #[error("the {attestor} attestor: {reason}")]
+    Source {
+        attestor: &'static str,
+        reason: String,
+    },
+}
+
+/// What the kernel says about a Workload API caller (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One workload attestor: the caller's credentials in, selectors out.
+#[tonic::async_trait]
+pub trait WorkloadAttestor: Send + Sync + std::fmt::Debug {
+    /// The attestor's name (the prefix of its selectors).
+    fn name(&self) -> &'static str;
+    async fn attest(&self, peer: &PeerCredentials) -> Result<Vec<Selector>, AttestError>;
+}
+
+/// Longest a caller waits for one attestor before the call fails.
+pub const ATTEST_BOUND: Duration = Duration::from_secs(5);
+
+/// The enabled workload attestors, run in order; their selectors add up.
+#[derive(Debug, Clone)]
+pub struct WorkloadAttestors {
+    attestors: Vec<Arc<dyn WorkloadAttestor>>,
+    bound: Duration,
+}
+
+impl WorkloadAttestors {
+    pub fn new(attestors: Vec<Arc<dyn WorkloadAttestor>>, bound: Duration) -> Self {
+        Self { attestors, bound }
+    }
+
+    /// Only the `unix` attestor (the default).
+    pub fn unix() -> Self {
+        Self::new(vec![Arc::new(UnixAttestor::default())], ATTEST_BOUND)
+    }
+
+    /// All selectors of the caller; the first attestor that fails or exceeds the
+    /// bound fails the attestation.
+    pub async fn attest(&self, peer: &PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+        let mut out = Vec::new();
+        for a in &self.attestors {
+            let found = tokio::time::timeout(self.bound, a.attest(peer))
+                .await
+                .map_err(|_| AttestError::Timeout {
+                    attestor: a.name(),
+                    bound: self.bound,
+                })??;
+            for s in found {
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// File identity used to cache binary hashes.
@@ -163,10 +239,96 @@ impl UnixAttestor {
     }
 }
 
+#[tonic::async_trait]
+impl WorkloadAttestor for UnixAttestor {
+    fn name(&self) -> &'static str {
+        "unix"
+    }
+    async fn attest(&self, peer: &PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+        UnixAttestor::attest(self, peer.pid, peer.uid, peer.gid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[derive(Debug)]
+    struct Fixed(&'static str, Vec<&'static str>, Duration);
+
+    #[tonic::async_trait]
+    impl WorkloadAttestor for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        async fn attest(&self, _: &PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+            tokio::time::sleep(self.2).await;
+            if self.1.is_empty() {
+                return Err(AttestError::Source {
+                    attestor: self.0,
+                    reason: "runtime socket unreachable".into(),
+                });
+            }
+            Ok(self.1.iter().map(|s| Selector::new(s).unwrap()).collect())
+        }
+    }
+
+    fn peer() -> PeerCredentials {
+        PeerCredentials {
+            pid: 1,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn selectors_of_all_attestors_add_up_without_duplicates() {
+        let a = WorkloadAttestors::new(
+            vec![
+                Arc::new(Fixed("a", vec!["a:x:1", "b:y:2"], Duration::ZERO)),
+                Arc::new(Fixed("b", vec!["b:y:2", "b:z:3"], Duration::ZERO)),
+            ],
+            ATTEST_BOUND,
+        );
+        let s: Vec<String> = a
+            .attest(&peer())
+            .await
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(s, ["a:x:1", "b:y:2", "b:z:3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_or_slow_attestor_fails_the_attestation_with_its_reason() {
+        let failing = WorkloadAttestors::new(
+            vec![
+                Arc::new(Fixed("a", vec!["a:x:1"], Duration::ZERO)),
+                Arc::new(Fixed("docker", vec![], Duration::ZERO)),
+            ],
+            ATTEST_BOUND,
+        );
+        let e = failing.attest(&peer()).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the docker attestor: runtime socket unreachable"
+        );
+        let slow = WorkloadAttestors::new(
+            vec![Arc::new(Fixed(
+                "k8s",
+                vec!["k8s:ns:x"],
+                Duration::from_secs(60),
+            ))],
+            Duration::from_millis(500),
+        );
+        let e = slow.attest(&peer()).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the k8s attestor did not answer within 500ms"
+        );
+    }
 
     #[test]
     fn attests_this_process() {

@@ -83,4 +83,6 @@ pub enum KeyError {
     Sign(String),
     #[error("the server asked for an unsupported challenge algorithm {0:?}")]
     UnsupportedAlgorithm(String),
+    #[error("the server sent a challenge, but {0} attestation has none")]
+    UnexpectedChallenge(&'static str),
 }

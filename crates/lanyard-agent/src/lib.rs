@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod evidence;
 pub mod h2shim;
+pub mod node_attest;
 pub mod state;
 pub mod sync;
 pub mod workload;
@@ -154,7 +155,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     };
     let svc = workload::WorkloadService::new(
         state.clone(),
-        Arc::new(attestor::UnixAttestor::default()),
+        Arc::new(attestor::WorkloadAttestors::unix()),
         node,
         deliveries,
     );

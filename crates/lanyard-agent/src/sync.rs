@@ -15,8 +15,9 @@ use tokio::sync::{RwLock, watch};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::config::{AgentConfig, Bootstrap};
+use crate::config::AgentConfig;
 use crate::error::KeyError;
+use crate::node_attest::evidence_source;
 use crate::state::{AgentState, CachedSvid};
 use lanyard_fs::{FsError, write_private};
 
@@ -115,41 +116,6 @@ fn rotate_at(issued: i64, expires: i64) -> i64 {
     issued + life / 2 - jitter(life / 10)
 }
 
-fn sign_pop(key_pem: &str, nonce: &[u8], algorithm: &str) -> Result<Vec<u8>, KeyError> {
-    use aws_lc_rs::signature::{
-        ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
-        RSA_PKCS1_SHA256, RsaKeyPair,
-    };
-    let der = pem::parse(key_pem)
-        .map_err(|e| KeyError::PopKey(e.to_string()))?
-        .into_contents();
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    match algorithm {
-        "ecdsa-p256-sha256" | "ecdsa-p384-sha384" => {
-            let alg = if algorithm == "ecdsa-p256-sha256" {
-                &ECDSA_P256_SHA256_ASN1_SIGNING
-            } else {
-                &ECDSA_P384_SHA384_ASN1_SIGNING
-            };
-            let kp =
-                EcdsaKeyPair::from_pkcs8(alg, &der).map_err(|e| KeyError::PopKey(e.to_string()))?;
-            Ok(kp
-                .sign(&rng, nonce)
-                .map_err(|e| KeyError::Sign(e.to_string()))?
-                .as_ref()
-                .to_vec())
-        }
-        "rsa-pkcs1-sha256" => {
-            let kp = RsaKeyPair::from_pkcs8(&der).map_err(|e| KeyError::PopKey(e.to_string()))?;
-            let mut sig = vec![0; kp.public_modulus_len()];
-            kp.sign(&RSA_PKCS1_SHA256, &rng, nonce, &mut sig)
-                .map_err(|e| KeyError::Sign(e.to_string()))?;
-            Ok(sig)
-        }
-        other => Err(KeyError::UnsupportedAlgorithm(other.to_string())),
-    }
-}
-
 /// Run node attestation; returns the agent SVID and the server's bundle.
 async fn attest(
     cfg: &AgentConfig,
@@ -173,25 +139,15 @@ async fn attest(
     let mut client = NodeClient::new(channel);
     let (key_pkcs8, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let first = match &cfg.bootstrap {
-        Bootstrap::JoinToken(token) => {
-            pb::attest_request::Step::JoinToken(pb::JoinTokenAttestation {
-                token: token.clone(),
-                csr,
-            })
-        }
-        Bootstrap::X509Pop { cert_chain, .. } => {
-            pb::attest_request::Step::X509pop(pb::X509PopAttestation {
-                cert_chain: cert_chain.clone(),
-                csr,
-            })
-        }
-        Bootstrap::None => {
-            return Err(tonic::Status::failed_precondition(
-                "no stored agent SVID and no join token or x509pop key: give --join-token or --x509pop-cert/--x509pop-key",
-            ));
-        }
+    let Some(source) = evidence_source(&cfg.bootstrap) else {
+        return Err(tonic::Status::failed_precondition(
+            "no stored agent SVID and no join token or x509pop key: give --join-token or --x509pop-cert/--x509pop-key",
+        ));
     };
+    let first = source
+        .first_step(csr)
+        .await
+        .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
     let _ = tx.send(pb::AttestRequest { step: Some(first) }).await;
     let mut stream = client
         .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -204,10 +160,8 @@ async fn attest(
             .ok_or_else(|| tonic::Status::unavailable("attestation stream ended early"))??;
         match msg.step {
             Some(pb::attest_response::Step::Challenge(ch)) => {
-                let Bootstrap::X509Pop { key_pem, .. } = &cfg.bootstrap else {
-                    return Err(tonic::Status::internal("unexpected challenge"));
-                };
-                let signature = sign_pop(key_pem, &ch.nonce, &ch.algorithm)
+                let signature = source
+                    .answer(&ch.nonce, &ch.algorithm)
                     .map_err(|e| tonic::Status::internal(e.to_string()))?;
                 let _ = tx
                     .send(pb::AttestRequest {

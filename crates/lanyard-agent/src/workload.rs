@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::attestor::UnixAttestor;
+use crate::attestor::{PeerCredentials, WorkloadAttestors};
 use crate::evidence::{Deliveries, Recipient};
 use crate::h2shim::PeerInfo;
 use crate::state::{AgentState, CachedJwt};
@@ -33,7 +33,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[derive(Clone)]
 pub struct WorkloadService {
     state: Arc<AgentState>,
-    attestor: Arc<UnixAttestor>,
+    attestors: Arc<WorkloadAttestors>,
     node: NodeHandle,
     deliveries: Arc<Deliveries>,
 }
@@ -47,20 +47,20 @@ impl std::fmt::Debug for WorkloadService {
 impl WorkloadService {
     pub fn new(
         state: Arc<AgentState>,
-        attestor: Arc<UnixAttestor>,
+        attestors: Arc<WorkloadAttestors>,
         node: NodeHandle,
         deliveries: Arc<Deliveries>,
     ) -> Self {
         Self {
             state,
-            attestor,
+            attestors,
             node,
             deliveries,
         }
     }
 
     /// Header check and attestation: the caller's selectors and who it is.
-    fn caller<T>(&self, req: &Request<T>) -> Result<(Vec<Selector>, Recipient), Status> {
+    async fn caller<T>(&self, req: &Request<T>) -> Result<(Vec<Selector>, Recipient), Status> {
         match req.metadata().get("workload.spiffe.io") {
             Some(v) if v.as_bytes() == b"true" => {}
             _ => {
@@ -75,7 +75,12 @@ impl WorkloadService {
         let pid = cred.pid.ok_or_else(|| {
             Status::unavailable("workload attestation failed: the caller's pid is unknown")
         })?;
-        let selectors = self.attestor.attest(pid, cred.uid, cred.gid).map_err(|e| {
+        let peer = PeerCredentials {
+            pid,
+            uid: cred.uid,
+            gid: cred.gid,
+        };
+        let selectors = self.attestors.attest(&peer).await.map_err(|e| {
             tracing::warn!(pid, error = %e, "workload attestation failed");
             Status::unavailable(format!("workload attestation failed: {e}"))
         })?;
@@ -85,8 +90,11 @@ impl WorkloadService {
 
     /// Header check, attestation, and at least one identity; streams refuse a caller
     /// with none at once rather than inside the stream.
-    fn entitled_caller<T>(&self, req: &Request<T>) -> Result<(Vec<Selector>, Recipient), Status> {
-        let (selectors, who) = self.caller(req)?;
+    async fn entitled_caller<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(Vec<Selector>, Recipient), Status> {
+        let (selectors, who) = self.caller(req).await?;
         if self
             .state
             .identities(&selectors, SystemClock.unix_seconds())
@@ -272,7 +280,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let (selectors, who) = self.entitled_caller(&req)?;
+        let (selectors, who) = self.entitled_caller(&req).await?;
         let this = self.clone();
         Ok(Response::new(watch_stream(self.state.clone(), move || {
             this.x509_response(&selectors, &who)
@@ -283,7 +291,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        self.entitled_caller(&req)?;
+        self.entitled_caller(&req).await?;
         let state = self.state.clone();
         Ok(Response::new(watch_stream(self.state.clone(), move || {
             let b = state
@@ -306,7 +314,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        let (selectors, who) = self.caller(&req)?;
+        let (selectors, who) = self.caller(&req).await?;
         let r = req.into_inner();
         if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument(
@@ -379,7 +387,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.entitled_caller(&req)?;
+        self.entitled_caller(&req).await?;
         let state = self.state.clone();
         Ok(Response::new(watch_stream(self.state.clone(), move || {
             let b = state
@@ -397,7 +405,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        self.caller(&req)?;
+        self.caller(&req).await?;
         let r = req.into_inner();
         if r.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -454,7 +462,7 @@ impl lanyard_proto::secrets::secrets_server::Secrets for WorkloadService {
         &self,
         req: Request<lanyard_proto::secrets::FetchSecretRequest>,
     ) -> Result<Response<lanyard_proto::secrets::FetchSecretResponse>, Status> {
-        let (selectors, who) = self.caller(&req)?;
+        let (selectors, who) = self.caller(&req).await?;
         let r = req.into_inner();
         if r.name.is_empty() || r.name.len() > 64 {
             return Err(Status::invalid_argument(

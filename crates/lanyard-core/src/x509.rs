@@ -919,4 +919,3 @@ pub fn authority_key_id(der: &[u8]) -> Option<String> {
             _ => None,
         })
 }
-

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod attest;
 pub mod config;
 pub mod exchange;
 pub mod extauthz;

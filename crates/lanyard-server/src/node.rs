@@ -12,15 +12,18 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use futures_util::Stream;
 use lanyard_ca::SubjectKey;
-use lanyard_core::{PublicJwk, Selector, SpiffeId, TrustDomain};
+use lanyard_core::{Selector, SpiffeId};
 use lanyard_proto::node as pb;
-use lanyard_store::{Entry, JoinToken, Node, Store};
+use lanyard_store::{Entry, Node, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::Access;
+use crate::attest::join_token::JoinTokenAttestor;
+use crate::attest::x509pop::X509PopAttestor;
+use crate::attest::{AttestError, Challenger, NodeAttestors, NodeEvidence};
 use crate::decision::{DecisionOut, DecisionRecord, decision_event};
 use crate::state::Shared;
 use crate::tls::peer_spiffe_id;
@@ -30,27 +33,14 @@ const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most SVIDs signed in one batch request.
 pub use lanyard_proto::node::MAX_BATCH;
 
-/// The placeholder trust domain under which x509pop CA certificates are kept.
-pub fn x509pop_trust_domain() -> Result<TrustDomain, lanyard_core::IdError> {
-    TrustDomain::new("x509pop")
-}
-
 /// A field an agent sent that is malformed or out of bounds; the text names the
 /// field and what is allowed. Answered as `InvalidArgument`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadReport(pub String);
 
-/// Why an x509pop proof of possession was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PopError {
-    #[error("bad public key: {0}")]
-    Key(String),
-    #[error("unsupported key {0}")]
-    Unsupported(String),
-    #[error("the challenge signature does not verify")]
-    Signature,
-}
+pub use crate::attest::join_token::join_token_agent_id;
+pub use crate::attest::x509pop::x509pop_trust_domain;
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data))
@@ -65,17 +55,44 @@ fn internal(e: impl std::fmt::Display) -> Status {
 #[derive(Debug, Clone)]
 pub struct NodeService {
     shared: Arc<Shared>,
+    /// The node attestation methods this server offers.
+    attestors: Arc<NodeAttestors>,
     /// Runtime authorization: the token key and issuer agents decide with.
     access: Arc<Access>,
 }
 
 impl NodeService {
     pub fn new(access: Arc<Access>) -> Self {
+        let shared = access.shared.clone();
         Self {
-            shared: access.shared.clone(),
+            attestors: Arc::new(node_attestors(&shared)),
+            shared,
             access,
         }
     }
+}
+
+/// The node attestors of a server's configuration.
+pub fn node_attestors(shared: &Shared) -> NodeAttestors {
+    let td = shared.config.trust_domain.clone();
+    let mut a = NodeAttestors::default();
+    a.add(Arc::new(JoinTokenAttestor::new(
+        shared.store.clone(),
+        shared.clock.clone(),
+        td.clone(),
+    )));
+    match &shared.x509pop_roots {
+        Some(roots) => a.add(Arc::new(X509PopAttestor::new(
+            roots.clone(),
+            shared.clock.clone(),
+            td,
+        ))),
+        None => a.disable(
+            crate::attest::x509pop::NAME,
+            crate::attest::x509pop::HOW_TO_ENABLE,
+        ),
+    }
+    a
 }
 
 /// Who asked, as evidence (bounded sizes; unknown fields left out).
@@ -431,156 +448,90 @@ async fn admit(
     Ok(agent_svid(shared, &id, &minted))
 }
 
-async fn attest_join_token(
+/// Challenges over the attestation stream, each answered within
+/// [`CHALLENGE_TIMEOUT`].
+struct StreamChallenger<'a> {
+    inbound: &'a mut Streaming<pb::AttestRequest>,
+    tx: &'a mpsc::Sender<Result<pb::AttestResponse, Status>>,
+    method: &'static str,
+}
+
+#[tonic::async_trait]
+impl Challenger for StreamChallenger<'_> {
+    async fn challenge(
+        &mut self,
+        nonce: Vec<u8>,
+        algorithm: String,
+    ) -> Result<Vec<u8>, AttestError> {
+        let method = self.method;
+        self.tx
+            .send(Ok(pb::AttestResponse {
+                step: Some(pb::attest_response::Step::Challenge(pb::Challenge {
+                    nonce,
+                    algorithm,
+                })),
+            }))
+            .await
+            .map_err(|_| AttestError::Gone)?;
+        let answer = tokio::time::timeout(CHALLENGE_TIMEOUT, self.inbound.message())
+            .await
+            .map_err(|_| {
+                AttestError::Timeout(format!("{method}: no answer to the challenge within 30s"))
+            })?
+            .map_err(|e| AttestError::Malformed(format!("{method}: {}", e.message())))?
+            .ok_or_else(|| {
+                AttestError::Malformed(format!(
+                    "{method}: the stream ended before the challenge answer"
+                ))
+            })?;
+        match answer.step {
+            Some(pb::attest_request::Step::ChallengeResponse(r)) => Ok(r.signature),
+            _ => Err(AttestError::Malformed(format!(
+                "{method}: expected a challenge_response message"
+            ))),
+        }
+    }
+}
+
+/// The node's evidence and CSR from the first attestation message (the protobuf
+/// edge).
+fn evidence_of(step: Option<pb::attest_request::Step>) -> Result<(NodeEvidence, Vec<u8>), Status> {
+    match step {
+        Some(pb::attest_request::Step::JoinToken(j)) => {
+            Ok((NodeEvidence::JoinToken { token: j.token }, j.csr))
+        }
+        Some(pb::attest_request::Step::X509pop(x)) => Ok((
+            NodeEvidence::X509Pop {
+                cert_chain: x.cert_chain,
+            },
+            x.csr,
+        )),
+        _ => Err(Status::invalid_argument(
+            "the first attestation message must be join_token or x509pop",
+        )),
+    }
+}
+
+/// Attest a node with the method its evidence names and admit it.
+async fn attest_node(
     shared: &Shared,
-    j: pb::JoinTokenAttestation,
-) -> Result<pb::AgentSvid, Status> {
-    if j.token.is_empty() {
-        return Err(Status::invalid_argument("the join token is empty"));
-    }
-    // Check the request before spending the single-use token on it.
-    lanyard_ca::verify_csr(&j.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let hash = sha256_hex(j.token.as_bytes());
-    let token: JoinToken = shared
-        .store
-        .consume_join_token(&hash)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| {
-            tracing::warn!("node attestation refused: unknown or used join token");
-            Status::permission_denied(
-                "the join token is unknown or was already used; generate a new one with `lanyard token generate`",
-            )
-        })?;
-    let now = shared.clock.unix_seconds();
-    if token.expires_at <= now {
-        tracing::warn!("node attestation refused: expired join token");
-        return Err(Status::permission_denied(format!(
-            "the join token expired {}s ago; generate a new one with `lanyard token generate`",
-            now - token.expires_at
-        )));
-    }
-    let id = match token.spiffe_id {
-        Some(id) => id,
-        None => join_token_agent_id(&shared.config.trust_domain, &hash).map_err(internal)?,
-    };
-    let selectors = Selector::from_parts("join_token", &hash[..32])
-        .map(|s| vec![s])
-        .unwrap_or_default();
-    admit(shared, id, "join_token", selectors, &j.csr).await
-}
-
-/// The agent ID of a join token created without `--spiffe-id`.
-pub fn join_token_agent_id(
-    td: &TrustDomain,
-    token_hash: &str,
-) -> Result<SpiffeId, lanyard_core::IdError> {
-    let prefix = token_hash.get(..32).unwrap_or(token_hash);
-    SpiffeId::from_parts(td, &format!("/lanyard/agent/join_token/{prefix}"))
-}
-
-fn verify_pop_signature(spki_der: &[u8], nonce: &[u8], sig: &[u8]) -> Result<(), PopError> {
-    use aws_lc_rs::signature::{
-        ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, RSA_PKCS1_2048_8192_SHA256,
-        UnparsedPublicKey, VerificationAlgorithm,
-    };
-    use x509_parser::prelude::FromDer;
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
-        .map_err(|e| PopError::Key(e.to_string()))?;
-    let alg: &'static dyn VerificationAlgorithm =
-        match PublicJwk::from_spki_der(spki_der).map_err(|e| PopError::Key(e.to_string()))? {
-            PublicJwk::Ec { crv, .. } if crv == "P-256" => &ECDSA_P256_SHA256_ASN1,
-            PublicJwk::Ec { crv, .. } if crv == "P-384" => &ECDSA_P384_SHA384_ASN1,
-            PublicJwk::Rsa { .. } => &RSA_PKCS1_2048_8192_SHA256,
-            other => return Err(PopError::Unsupported(other.describe())),
-        };
-    UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
-        .verify(nonce, sig)
-        .map_err(|_| PopError::Signature)
-}
-
-fn challenge_algorithm(spki_der: &[u8]) -> String {
-    match PublicJwk::from_spki_der(spki_der) {
-        Ok(PublicJwk::Ec { crv, .. }) if crv == "P-384" => "ecdsa-p384-sha384".to_string(),
-        Ok(PublicJwk::Ec { .. }) => "ecdsa-p256-sha256".to_string(),
-        Ok(PublicJwk::Rsa { .. }) => "rsa-pkcs1-sha256".to_string(),
-        Err(_) => "unsupported".to_string(),
-    }
-}
-
-async fn attest_x509pop(
-    shared: &Shared,
-    x: pb::X509PopAttestation,
+    attestors: &NodeAttestors,
+    first: pb::AttestRequest,
     inbound: &mut Streaming<pb::AttestRequest>,
     tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
 ) -> Result<pb::AgentSvid, Status> {
-    let roots = shared.x509pop_roots.as_ref().ok_or_else(|| {
-        Status::failed_precondition(
-            "x509pop attestation is not enabled on this server; set x509pop.ca_bundle in the server config",
-        )
-    })?;
-    if x.cert_chain.is_empty() {
-        return Err(Status::invalid_argument("x509pop: no certificate given"));
-    }
-    lanyard_ca::verify_csr(&x.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let td = x509pop_trust_domain().map_err(internal)?;
-    lanyard_core::x509::verify_path(&x.cert_chain, &td, roots, shared.clock.as_ref()).map_err(
-        |e| {
-            tracing::warn!(reason = %e, "x509pop attestation refused");
-            Status::permission_denied(format!("x509pop: the node certificate is not trusted: {e}"))
-        },
-    )?;
-    let leaf = &x.cert_chain[0];
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| Status::invalid_argument(format!("x509pop: bad certificate: {e}")))?;
-    let spki = cert.public_key().raw.to_vec();
-    let mut nonce = vec![0u8; 32];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(internal)?;
-    tx.send(Ok(pb::AttestResponse {
-        step: Some(pb::attest_response::Step::Challenge(pb::Challenge {
-            nonce: nonce.clone(),
-            algorithm: challenge_algorithm(&spki),
-        })),
-    }))
-    .await
-    .map_err(|_| Status::cancelled("the agent went away"))?;
-    let answer = tokio::time::timeout(CHALLENGE_TIMEOUT, inbound.message())
-        .await
-        .map_err(|_| Status::deadline_exceeded("x509pop: no answer to the challenge within 30s"))??
-        .ok_or_else(|| {
-            Status::invalid_argument("x509pop: the stream ended before the challenge answer")
-        })?;
-    let Some(pb::attest_request::Step::ChallengeResponse(resp)) = answer.step else {
-        return Err(Status::invalid_argument(
-            "x509pop: expected a challenge_response message",
-        ));
+    let (evidence, csr) = evidence_of(first.step)?;
+    let method = evidence.method();
+    let attestor = attestors.get(method)?;
+    // Check the request before spending a single-use credential on it.
+    lanyard_ca::verify_csr(&csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut challenger = StreamChallenger {
+        inbound,
+        tx,
+        method,
     };
-    verify_pop_signature(&spki, &nonce, &resp.signature).map_err(|e| {
-        tracing::warn!(reason = %e, "x509pop attestation refused");
-        Status::permission_denied(format!(
-            "x509pop: {e}; the agent does not hold the certificate's key"
-        ))
-    })?;
-    let fingerprint = sha256_hex(leaf);
-    let id = SpiffeId::from_parts(
-        &shared.config.trust_domain,
-        &format!("/lanyard/agent/x509pop/{fingerprint}"),
-    )
-    .map_err(internal)?;
-    let mut selectors = Vec::new();
-    if let Some(cn) = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        && let Ok(s) = Selector::from_parts("x509pop", &format!("subject:cn:{cn}"))
-    {
-        selectors.push(s);
-    }
-    if let Ok(s) = Selector::from_parts("x509pop", &format!("fingerprint:{fingerprint}")) {
-        selectors.push(s);
-    }
-    admit(shared, id, "x509pop", selectors, &x.csr).await
+    let node = attestor.attest(evidence, &mut challenger).await?;
+    admit(shared, node.agent_id, method, node.selectors, &csr).await
 }
 
 fn to_pb_entry(e: &Entry) -> pb::RegistrationEntry {
@@ -675,16 +626,9 @@ impl pb::node_server::Node for NodeService {
             .ok_or_else(|| Status::invalid_argument("empty attestation request"))?;
         let (tx, rx) = mpsc::channel(4);
         let shared = self.shared.clone();
+        let attestors = self.attestors.clone();
         tokio::spawn(async move {
-            let result = match first.step {
-                Some(pb::attest_request::Step::JoinToken(j)) => attest_join_token(&shared, j).await,
-                Some(pb::attest_request::Step::X509pop(x)) => {
-                    attest_x509pop(&shared, x, &mut inbound, &tx).await
-                }
-                _ => Err(Status::invalid_argument(
-                    "the first attestation message must be join_token or x509pop",
-                )),
-            };
+            let result = attest_node(&shared, &attestors, first, &mut inbound, &tx).await;
             if let Err(status) = &result
                 && matches!(
                     status.code(),
