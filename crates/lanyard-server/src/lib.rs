@@ -13,6 +13,7 @@ pub mod access;
 pub mod admin;
 pub mod attest;
 pub mod config;
+pub mod entries;
 pub mod exchange;
 pub mod extauthz;
 pub mod fresh;

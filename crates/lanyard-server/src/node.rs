@@ -46,6 +46,18 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data))
 }
 
+/// A server error as the agent sees it: `Unavailable` when the datastore cannot
+/// be read (the agent retries), else `Internal`.
+fn server_status(e: crate::state::ServerError) -> Status {
+    match e {
+        crate::state::ServerError::Unavailable(m) => Status::unavailable(m),
+        crate::state::ServerError::Store(lanyard_store::StoreError::Unavailable(m)) => {
+            Status::unavailable(m)
+        }
+        other => internal(other),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "internal error");
     Status::internal(e.to_string())
@@ -811,7 +823,7 @@ impl pb::node_server::Node for NodeService {
             .shared
             .authorized_entries(&node)
             .await
-            .map_err(internal)?
+            .map_err(server_status)?
             .into_iter()
             .map(|e| (e.id.clone(), e))
             .collect();
@@ -899,7 +911,7 @@ impl pb::node_server::Node for NodeService {
             .shared
             .authorized_entries(&node)
             .await
-            .map_err(internal)?
+            .map_err(server_status)?
             .into_iter()
             .find(|e| e.id == r.entry_id)
             .ok_or_else(|| {
@@ -985,7 +997,7 @@ impl pb::node_server::Node for NodeService {
             .shared
             .authorized_entries(&node)
             .await
-            .map_err(internal)?
+            .map_err(server_status)?
             .into_iter()
             .find(|e| e.id == r.entry_id)
             .ok_or_else(|| {
@@ -1106,7 +1118,7 @@ impl pb::node_server::Node for NodeService {
             .shared
             .authorized_entries(&node)
             .await
-            .map_err(internal)?
+            .map_err(server_status)?
             .into_iter()
             .map(|e| e.spec.spiffe_id.to_string())
             .collect();

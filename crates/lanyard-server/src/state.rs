@@ -1,7 +1,6 @@
 //! The server's shared state: configuration, datastore, CA, the published bundle, and
 //! the change signal that drives pushed updates to agents.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -67,6 +66,9 @@ pub enum ServerError {
     /// A task of the server panicked or was cancelled.
     #[error("a server task failed: {0}")]
     Task(String),
+    /// What the request needs cannot be read now (fail closed).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Audit(#[from] lanyard_audit::AuditError),
     #[error("{0}")]
@@ -114,6 +116,8 @@ pub struct Shared {
     /// The published bundle document (with its sequence).
     pub bundle: RwLock<PublishedBundle>,
     pub changes: watch::Sender<u64>,
+    /// The registration entries, indexed (see [`crate::entries`]).
+    pub entries: crate::entries::EntryCache,
     pub server_id: SpiffeId,
     pub server_tls: Arc<SvidResolver>,
     server_svid_expiry: RwLock<(i64, i64)>,
@@ -322,6 +326,7 @@ impl Shared {
             bundles: Arc::new(RwLock::new(BundleSet::new())),
             bundle: RwLock::new(PublishedBundle::default()),
             changes,
+            entries: crate::entries::EntryCache::default(),
             server_id,
             server_tls: resolver,
             server_svid_expiry: RwLock::new((now, minted.not_after)),
@@ -665,23 +670,15 @@ impl Shared {
     /// node alias (an entry parented to the server) whose selectors the agent has.
     /// Expired entries issue nothing and are left out.
     pub async fn authorized_entries(&self, node: &Node) -> Result<Vec<Entry>, ServerError> {
-        let now = self.clock.unix_seconds();
-        let all = self.store.list_entries().await?;
-        let node_selectors: HashSet<_> = node.selectors.iter().collect();
-        let mut parents: HashSet<SpiffeId> = HashSet::from([node.spiffe_id.clone()]);
-        for e in &all {
-            if e.spec.parent_id == self.server_id
-                && !e.spec.selectors.is_empty()
-                && e.spec.selectors.iter().all(|s| node_selectors.contains(s))
-            {
-                parents.insert(e.spec.spiffe_id.clone());
-            }
-        }
-        Ok(all
-            .into_iter()
-            .filter(|e| parents.contains(&e.spec.parent_id))
-            .filter(|e| e.spec.expires_at.is_none_or(|t| t > now))
-            .collect())
+        let version = *self.changes.borrow();
+        let index = self
+            .entries
+            .get(&self.store, &self.server_id, version)
+            .await
+            .map_err(|e| ServerError::Unavailable(e.0))?;
+        Ok(index
+            .1
+            .authorized(&node.spiffe_id, &node.selectors, self.clock.unix_seconds()))
     }
 }
 
