@@ -23,6 +23,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod evidence;
+pub use evidence::{Evidence, EvidenceError, EvidenceOf, EvidenceView};
+
 /// Version of the event schema (docs/audit.md when the log is wired in).
 pub const SCHEMA_VERSION: u32 = 1;
 const DOMAIN: &[u8] = b"lanyard-audit-v1";
@@ -96,7 +99,9 @@ pub struct Event {
     /// The identity the event is about.
     pub subject: Option<String>,
     /// Attestation type and selectors, certificate serial and public-key hash, JWT
-    /// `jti` and audience, ...
+    /// `jti` and audience, ...: per kind, the keys and JSON types of a type in
+    /// [`evidence`] (write with [`Event::set_evidence`], read with
+    /// [`Event::evidence_as`]).
     pub evidence: BTreeMap<String, Value>,
     pub policy_ids: Vec<String>,
     pub decision: Option<String>,
@@ -477,5 +482,7 @@ pub fn verify(
     })
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;
