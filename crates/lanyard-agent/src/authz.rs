@@ -34,6 +34,7 @@ use lanyard_proto::node as pb;
 
 use crate::evidence::{Outbox, now_ms};
 use crate::state::AgentState;
+use crate::sync_update::SyncState;
 
 /// Everything one decision is made with, as last synced.
 #[derive(Debug)]
@@ -91,39 +92,41 @@ impl SyncedAuthz {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
-    /// Take what a sync update carries. A server that sends no issuer (older than
-    /// agent-local decisions) leaves the state as it is.
-    pub fn apply(&self, u: &pb::SyncUpdate) {
-        if u.jwt_issuer.is_empty() {
+    /// Take what a sync update carries: the authz state with the entries this
+    /// agent serves and the JWT deny-list of the same update. A server that sends
+    /// no issuer (older than agent-local decisions) leaves the state as it is.
+    pub fn apply(&self, u: &SyncState) {
+        let Some(a) = &u.authz else {
             return;
-        }
+        };
+        let (entries, revoked) = (&u.entries, &u.revoked_jtis);
         let previous = self.snapshot();
         let same_policy = previous
             .as_ref()
-            .filter(|p| p.version == u.authz_policy_version && p.policy.text() == u.authz_policy);
+            .filter(|p| p.version == a.policy_version && p.policy.text() == a.policy);
         let (version, policy) = match same_policy {
             Some(p) => (p.version, p.policy.clone()),
-            None => match CompiledPolicies::compile(PolicyKind::Authz, &u.authz_policy) {
+            None => match CompiledPolicies::compile(PolicyKind::Authz, &a.policy) {
                 Ok(p) => {
                     tracing::info!(
-                        version = u.authz_policy_version,
+                        version = a.policy_version,
                         "authz policy applied for local decisions"
                     );
-                    (u.authz_policy_version, p)
+                    (a.policy_version, p)
                 }
                 Err(e) => match &previous {
                     Some(p) => {
-                        tracing::error!(version = u.authz_policy_version, error = %e, kept = p.version, "the synced authz policy does not compile here; keeping the previous one");
+                        tracing::error!(version = a.policy_version, error = %e, kept = p.version, "the synced authz policy does not compile here; keeping the previous one");
                         (p.version, p.policy.clone())
                     }
                     None => {
-                        tracing::error!(version = u.authz_policy_version, error = %e, "the synced authz policy does not compile here; no local decisions until one does");
+                        tracing::error!(version = a.policy_version, error = %e, "the synced authz policy does not compile here; no local decisions until one does");
                         return;
                     }
                 },
             },
         };
-        let token_key = u.token_key.as_ref().and_then(|k| {
+        let token_key = a.token_key.as_ref().and_then(|k| {
             serde_json::from_str(&k.jwk)
                 .map_err(|e| TokenError::Key {
                     kid: k.kid.clone(),
@@ -136,22 +139,22 @@ impl SyncedAuthz {
                 .ok()
         });
         let mut workloads = HashMap::new();
-        for e in &u.entries {
+        for e in entries {
             index_entry(
                 &mut workloads,
-                &e.spiffe_id,
+                &e.spiffe_id.to_string(),
                 &e.owner,
                 &e.environment,
-                e.selectors.iter().cloned(),
+                e.selectors.iter().map(ToString::to_string),
             );
         }
         let snapshot = Arc::new(AuthzSnapshot {
             version,
             policy,
-            issuer: u.jwt_issuer.clone(),
+            issuer: a.issuer.clone(),
             token_key,
             workloads,
-            revoked: u.revoked_jtis.iter().cloned().collect(),
+            revoked: revoked.clone(),
         });
         if let Ok(mut g) = self.current.write() {
             *g = Some(snapshot);
@@ -250,8 +253,9 @@ impl Pdp for LocalPdp {
 mod tests {
     use super::*;
 
-    fn update(policy: &str, version: i64) -> pb::SyncUpdate {
-        pb::SyncUpdate {
+    fn update(policy: &str, version: i64) -> SyncState {
+        let td = lanyard_core::TrustDomain::new("example.org").unwrap();
+        let u = pb::SyncUpdate {
             authz_policy: policy.to_string(),
             authz_policy_version: version,
             jwt_issuer: "https://example.org".to_string(),
@@ -263,7 +267,8 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
-        }
+        };
+        SyncState::from_pb(&u, &td)
     }
 
     const READ: &str = "permit (principal, action == Action::\"read\", resource) when { principal.environment == \"prod\" };";

@@ -13,6 +13,7 @@ pub mod h2shim;
 pub mod node_attest;
 pub mod state;
 pub mod sync;
+pub mod sync_update;
 pub mod workload;
 
 use std::net::SocketAddr;

@@ -9,6 +9,8 @@ use lanyard_core::{Bundle, BundleSet, Selector, SpiffeId, TrustDomain};
 use lanyard_proto::node as pb;
 use tokio::sync::watch;
 
+use crate::sync_update::SyncState;
+
 /// An entry as the agent serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedEntry {
@@ -20,28 +22,12 @@ pub struct CachedEntry {
     pub jwt_ttl: u64,
     pub expires_at: i64,
     pub revision: i64,
+    /// For agent-local authorization facts.
+    pub owner: String,
+    pub environment: String,
 }
 
 impl CachedEntry {
-    /// Convert at the edge; entries the server should never send are skipped.
-    pub fn from_pb(e: &pb::RegistrationEntry) -> Option<Self> {
-        Some(Self {
-            id: e.id.clone(),
-            spiffe_id: SpiffeId::new(&e.spiffe_id).ok()?,
-            selectors: e
-                .selectors
-                .iter()
-                .map(|s| Selector::new(s))
-                .collect::<Result<_, _>>()
-                .ok()?,
-            hint: e.hint.clone(),
-            x509_ttl: e.x509_ttl_seconds,
-            jwt_ttl: e.jwt_ttl_seconds,
-            expires_at: e.expires_at,
-            revision: e.revision,
-        })
-    }
-
     /// A workload matches when it has every selector of the entry.
     pub fn matches(&self, workload: &[Selector], now: i64) -> bool {
         (self.expires_at == 0 || self.expires_at > now)
@@ -130,28 +116,28 @@ impl AgentState {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Apply a pushed update from the server. Returns true if anything changed.
+    /// Apply a pushed update from the server (see [`SyncState::from_pb`]); parts
+    /// it rejected are logged. Returns true if anything changed.
     pub fn apply_sync(&self, update: &pb::SyncUpdate) -> bool {
-        self.authz.apply(update);
-        let entries: Vec<CachedEntry> = update
-            .entries
-            .iter()
-            .filter_map(CachedEntry::from_pb)
-            .collect();
-        let bundle = Bundle::parse(self.trust_domain.clone(), update.bundle.as_bytes()).ok();
-        let mut federated: Vec<Bundle> = update
-            .federated_bundles
-            .iter()
-            .filter_map(|(td, doc)| {
-                let td = TrustDomain::new(td).ok()?;
-                Bundle::parse(td, doc.as_bytes()).ok()
-            })
-            .collect();
-        federated.sort_by(|a, b| a.trust_domain().cmp(b.trust_domain()));
-        let revoked: std::collections::HashSet<String> =
-            update.revoked_jtis.iter().cloned().collect();
-        let tainted: std::collections::HashSet<String> =
-            update.tainted_authorities.iter().cloned().collect();
+        let state = SyncState::from_pb(update, &self.trust_domain);
+        for r in &state.rejected {
+            tracing::error!(rejected = %r, "the server sent something unusable; it is left out");
+        }
+        self.apply(state)
+    }
+
+    /// Apply an update in domain form. Returns true if anything changed.
+    pub fn apply(&self, update: SyncState) -> bool {
+        self.authz.apply(&update);
+        let SyncState {
+            entries,
+            bundle,
+            bundle_sequence,
+            federated,
+            revoked_jtis: revoked,
+            tainted_authorities: tainted,
+            ..
+        } = update;
         let mut changed = false;
         if let Ok(mut inner) = self.inner.write() {
             if inner.revoked_jtis != revoked {
@@ -193,14 +179,13 @@ impl AgentState {
                 changed = true;
             }
             if let Some(b) = bundle
-                && (inner.bundle.as_ref() != Some(&b)
-                    || inner.bundle_sequence != update.bundle_sequence)
+                && (inner.bundle.as_ref() != Some(&b) || inner.bundle_sequence != bundle_sequence)
             {
                 if let Ok(mut set) = self.bundles.write() {
                     set.insert(b.clone());
                 }
                 inner.bundle = Some(b);
-                inner.bundle_sequence = update.bundle_sequence;
+                inner.bundle_sequence = bundle_sequence;
                 changed = true;
             }
         }
