@@ -115,6 +115,8 @@ struct FileId {
 pub struct UnixAttestor {
     proc_root: PathBuf,
     hashes: Mutex<HashMap<FileId, String>>,
+    users: NameFile,
+    groups: NameFile,
 }
 
 impl Default for UnixAttestor {
@@ -143,16 +145,65 @@ fn start_time(proc_root: &Path, pid: i32) -> Result<u64, AttestError> {
         })
 }
 
-/// Name of `id` in an /etc/passwd- or /etc/group-style file.
-fn lookup_name(file: &str, id: u32) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| {
+/// User or group names by id.
+type Names = HashMap<u32, String>;
+
+/// Names by id from an /etc/passwd- or /etc/group-style text.
+fn parse_names(text: &str) -> HashMap<u32, String> {
+    let mut out = HashMap::new();
+    for l in text.lines() {
         let mut f = l.split(':');
-        let name = f.next()?;
-        let _pw = f.next()?;
-        let n: u32 = f.next()?.parse().ok()?;
-        (n == id).then(|| name.to_string())
-    })
+        let (Some(name), Some(_pw), Some(id)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if let Ok(n) = id.parse::<u32>() {
+            // The first line for an id wins, as getpwuid does.
+            out.entry(n).or_insert_with(|| name.to_string());
+        }
+    }
+    out
+}
+
+/// An /etc/passwd- or /etc/group-style file, parsed once and re-read when the
+/// file changes (its inode, size or modification time), so that attesting a
+/// caller costs one `stat` instead of reading and parsing the file.
+#[derive(Debug)]
+struct NameFile {
+    path: PathBuf,
+    cached: Mutex<Option<(FileId, Arc<Names>)>>,
+}
+
+impl NameFile {
+    fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Name of `id` (`None`: no such id, or the file cannot be read).
+    fn lookup(&self, id: u32) -> Option<String> {
+        let meta = std::fs::metadata(&self.path).ok()?;
+        let stamp = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        if let Ok(g) = self.cached.lock()
+            && let Some((s, names)) = g.as_ref()
+            && *s == stamp
+        {
+            return names.get(&id).cloned();
+        }
+        let names = Arc::new(parse_names(&std::fs::read_to_string(&self.path).ok()?));
+        let found = names.get(&id).cloned();
+        if let Ok(mut g) = self.cached.lock() {
+            *g = Some((stamp, names));
+        }
+        found
+    }
 }
 
 impl UnixAttestor {
@@ -160,6 +211,8 @@ impl UnixAttestor {
         Self {
             proc_root,
             hashes: Mutex::new(HashMap::new()),
+            users: NameFile::new("/etc/passwd"),
+            groups: NameFile::new("/etc/group"),
         }
     }
 
@@ -212,10 +265,10 @@ impl UnixAttestor {
         };
         push("uid", uid.to_string());
         push("gid", gid.to_string());
-        if let Some(u) = lookup_name("/etc/passwd", uid) {
+        if let Some(u) = self.users.lookup(uid) {
             push("user", u);
         }
-        if let Some(g) = lookup_name("/etc/group", gid) {
+        if let Some(g) = self.groups.lookup(gid) {
             push("group", g);
         }
         // The binary: /proc/<pid>/exe opens exactly the running file, even if the
@@ -344,6 +397,29 @@ mod tests {
         // The hash is cached by file identity and stays the same.
         let again = a.attest(pid, meta.uid(), meta.gid()).unwrap();
         assert_eq!(sel, again);
+    }
+
+    #[test]
+    fn user_and_group_names_are_reread_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("passwd");
+        std::fs::write(
+            &p,
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/:/bin/false\nbad line\ndup:x:1000:1\n",
+        )
+        .unwrap();
+        let f = NameFile::new(&p);
+        assert_eq!(f.lookup(1000).as_deref(), Some("web"));
+        assert_eq!(f.lookup(0).as_deref(), Some("root"));
+        assert_eq!(f.lookup(7), None);
+        std::fs::write(&p, "svc:x:1000:1000::/:/bin/false\n").unwrap();
+        assert_eq!(
+            f.lookup(1000).as_deref(),
+            Some("svc"),
+            "a changed file is read again"
+        );
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(f.lookup(1000), None, "an unreadable file names nobody");
     }
 
     #[test]
