@@ -521,3 +521,140 @@ impl lanyard_proto::secrets::secrets_server::Secrets for WorkloadService {
         Err(Status::permission_denied(last.message().to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attestor::{AttestError, WorkloadAttestor};
+    use crate::state::CachedEntry;
+    use crate::sync_update::SyncState;
+    use lanyard_core::TrustDomain;
+    use pb::spiffe_workload_api_server::SpiffeWorkloadApi;
+
+    /// Attests every caller with fixed selectors, or fails.
+    #[derive(Debug)]
+    struct Fixed(Option<Vec<&'static str>>);
+
+    #[tonic::async_trait]
+    impl WorkloadAttestor for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        async fn attest(&self, _: &PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+            match &self.0 {
+                Some(s) => Ok(s.iter().map(|x| Selector::new(x).unwrap()).collect()),
+                None => Err(AttestError::Source {
+                    attestor: "fixed",
+                    reason: "kubelet refused".into(),
+                }),
+            }
+        }
+    }
+
+    fn service(selectors: Option<Vec<&'static str>>) -> WorkloadService {
+        let td = TrustDomain::new("example.org").unwrap();
+        let state = Arc::new(AgentState::new(td, None));
+        state.apply(SyncState {
+            entries: vec![CachedEntry {
+                id: "e1".into(),
+                spiffe_id: lanyard_core::SpiffeId::new("spiffe://example.org/web").unwrap(),
+                selectors: vec![Selector::new("unix:uid:1000").unwrap()],
+                hint: String::new(),
+                x509_ttl: 0,
+                jwt_ttl: 0,
+                expires_at: 0,
+                revision: 1,
+                owner: "team-a".into(),
+                environment: String::new(),
+            }],
+            ..SyncState::default()
+        });
+        WorkloadService::new(
+            state,
+            Arc::new(WorkloadAttestors::new(
+                vec![Arc::new(Fixed(selectors))],
+                crate::attestor::ATTEST_BOUND,
+            )),
+            NodeHandle::default(),
+            Arc::new(Deliveries::default()),
+        )
+    }
+
+    fn request<T>(msg: T, header: bool, peer: Option<PeerInfo>) -> Request<T> {
+        let mut r = Request::new(msg);
+        if header {
+            r.metadata_mut()
+                .insert("workload.spiffe.io", "true".parse().unwrap());
+        }
+        if let Some(p) = peer {
+            r.extensions_mut().insert(p);
+        }
+        r
+    }
+
+    const PEER: PeerInfo = PeerInfo {
+        pid: Some(42),
+        uid: 1000,
+        gid: 1000,
+    };
+
+    #[tokio::test]
+    async fn callers_without_the_header_or_credentials_are_refused() {
+        let s = service(Some(vec!["unix:uid:1000"]));
+        let e = s
+            .fetch_x509svid(request(pb::X509svidRequest {}, false, Some(PEER)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("workload.spiffe.io"));
+        let e = s
+            .fetch_x509svid(request(pb::X509svidRequest {}, true, None))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        let no_pid = PeerInfo { pid: None, ..PEER };
+        let e = s
+            .fetch_x509svid(request(pb::X509svidRequest {}, true, Some(no_pid)))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message().contains("pid is unknown"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_attestor_is_unavailable_with_its_reason() {
+        let s = service(None);
+        let e = s
+            .fetch_x509svid(request(pb::X509svidRequest {}, true, Some(PEER)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            e.message(),
+            "workload attestation failed: the fixed attestor: kubelet refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn entitlement_follows_the_selectors() {
+        let stranger = service(Some(vec!["unix:uid:7"]));
+        let e = stranger
+            .fetch_x509svid(request(pb::X509svidRequest {}, true, Some(PEER)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let web = service(Some(vec!["unix:uid:1000", "unix:gid:1000"]));
+        let (selectors, who) = web
+            .entitled_caller(&request((), true, Some(PEER)))
+            .await
+            .unwrap();
+        // The entry matches, but without a trust bundle nothing is served yet.
+        let e = web.x509_response(&selectors, &who).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("no trust bundle yet"), "{e:?}");
+    }
+}
