@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Mutex, RwLock};
 
+use lanyard_audit::evidence::AuthzDecision;
 use lanyard_audit::{Event, Outcome};
 use lanyard_core::{BundleSet, Clock, JwtSvid, SpiffeId};
 use lanyard_policy::{
@@ -243,23 +244,28 @@ pub fn decision_event(mut ev: Event, caller: &str, via: &str, rec: &DecisionReco
     if !rec.owner.is_empty() {
         ev.owner = Some(rec.owner.clone());
     }
-    let e = &mut ev.evidence;
-    e.insert("via".into(), via.into());
-    e.insert("action".into(), rec.action.clone().into());
-    e.insert("resource_type".into(), rec.resource_type.clone().into());
-    e.insert("resource_id".into(), rec.resource_id.clone().into());
-    if let Some(t) = &rec.task {
-        e.insert("task_txn".into(), t.txn.clone().into());
-        e.insert("task_agent".into(), t.agent.clone().into());
-        if !t.acting_for.is_empty() {
-            e.insert("acting_for".into(), t.acting_for.clone().into());
-        }
-    }
+    ev.set_evidence(decision_evidence(via, rec));
     ev.trace_id = rec.trace_id.clone();
     ev.policy_ids = d.policy_ids.clone();
     ev.decision = Some(if d.allowed { "allow" } else { "deny" }.to_string());
     ev.reason = Some(d.reason.clone());
     ev
+}
+
+/// The evidence of a decision received `via` an API ("authzen", "ext_authz",
+/// "agent"): the question and, when one was presented, the task token. A decision
+/// an agent reported adds [`AuthzDecision::reported`].
+pub fn decision_evidence(via: &str, rec: &DecisionRecord) -> AuthzDecision {
+    let e = AuthzDecision::new(
+        via,
+        rec.action.clone(),
+        rec.resource_type.clone(),
+        rec.resource_id.clone(),
+    );
+    match &rec.task {
+        Some(t) => e.task(t.txn.clone(), t.agent.clone(), &t.acting_for),
+        None => e,
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

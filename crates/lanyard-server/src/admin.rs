@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanyard_audit::evidence::{AgentRemoved, EntryChanged, TokenCreated};
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_proto::admin as pb;
 use lanyard_store::{Entry, EntrySpec, JoinToken, Node, Store, StoreError};
@@ -77,20 +78,12 @@ impl AdminService {
         ev.decision = Some("allow".to_string());
         ev.subject = Some(e.spec.spiffe_id.to_string());
         ev.owner = Some(e.spec.owner.clone());
-        ev.evidence.insert("entry_id".into(), e.id.clone().into());
-        ev.evidence
-            .insert("parent_id".into(), e.spec.parent_id.to_string().into());
-        ev.evidence.insert(
-            "selectors".into(),
-            serde_json::Value::from(
-                e.spec
-                    .selectors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-            ),
-        );
-        ev.evidence.insert("revision".into(), e.revision.into());
+        ev.set_evidence(EntryChanged::new(
+            &e.id,
+            e.spec.parent_id.to_string(),
+            e.spec.selectors.iter().map(ToString::to_string).collect(),
+            e.revision,
+        ));
         vec![ev]
     }
 
@@ -107,8 +100,7 @@ impl AdminService {
         ev.policy_ids = policy_ids.to_vec();
         ev.decision = Some("allow".to_string());
         ev.subject = Some(n.spiffe_id.to_string());
-        ev.evidence
-            .insert("attestation_type".into(), n.attestation_type.clone().into());
+        ev.set_evidence(AgentRemoved::new(&n.attestation_type));
         vec![ev]
     }
 
@@ -605,11 +597,7 @@ impl pb::admin_server::Admin for AdminService {
             ev.subject = Some(agent_id.to_string());
             ev.policy_ids = policy_ids.clone();
             ev.decision = Some("allow".to_string());
-            ev.evidence.insert(
-                "token_hash_prefix".into(),
-                token_hash[..16].to_string().into(),
-            );
-            ev.evidence.insert("expires_at".into(), expires_at.into());
+            ev.set_evidence(TokenCreated::new(&token_hash[..16], expires_at));
             vec![ev]
         };
         self.shared

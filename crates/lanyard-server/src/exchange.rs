@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 
+use lanyard_audit::evidence::{TokenExchangeRefused, TokenExchanged};
 use lanyard_audit::{EventKind, Outcome};
 use lanyard_core::SpiffeId;
 use lanyard_policy::{AuthzRequest, PolicyKind, Target};
@@ -338,17 +339,13 @@ impl Access {
         }
         let subject = self.party(&form.subject_token, "subject", true).await?;
         refused.subject = Some(subject.id.to_string());
-        refused
-            .evidence
-            .insert("subject_jti".into(), subject.jti.clone().into());
+        refused.merge_evidence(TokenExchangeRefused::subject_jti(&subject.jti));
         let actor = if form.actor_token.is_empty() {
             None
         } else {
             let a = self.party(&form.actor_token, "actor", false).await?;
             refused.actor = Some(a.id.to_string());
-            refused
-                .evidence
-                .insert("actor_jti".into(), a.jti.clone().into());
+            refused.merge_evidence(TokenExchangeRefused::actor_jti(&a.jti));
             Some(a)
         };
         let task = match form.requested_token_type.as_str() {
@@ -460,9 +457,7 @@ impl Access {
                 ));
             }
         };
-        refused
-            .evidence
-            .insert("audience".into(), audience.clone().into());
+        refused.merge_evidence(TokenExchangeRefused::audience(&audience));
         // Scopes: requested ones (or the prior token's), each granted by policy,
         // never wider than the prior token's.
         let prior_scopes: Option<Vec<String>> = subject
@@ -584,17 +579,18 @@ impl Access {
         }
         ev.policy_ids = policy_ids;
         ev.decision = Some("allow".to_string());
-        ev.evidence = refused.evidence.clone();
-        ev.evidence.insert("jti".into(), jti.into());
-        ev.evidence.insert("scope".into(), granted.join(" ").into());
-        ev.evidence.insert("expires_at".into(), exp.into());
-        ev.evidence.insert("chain".into(), json!(chain));
-        if !denied.is_empty() {
-            ev.evidence.insert(
-                "scopes_not_granted".into(),
-                json!(denied.iter().map(|(s, _)| s).collect::<Vec<_>>()),
-            );
-        }
+        // The tokens and audience gathered in `refused`, and the new token.
+        ev.set_evidence(TokenExchanged {
+            subject_jti: subject.jti.clone(),
+            actor_jti: actor.as_ref().map(|a| a.jti.clone()),
+            audience,
+            jti,
+            scope: granted.join(" "),
+            expires_at: exp,
+            chain,
+            scopes_not_granted: (!denied.is_empty())
+                .then(|| denied.iter().map(|(s, _)| s.clone()).collect()),
+        });
         self.shared
             .record(vec![ev])
             .await
@@ -635,10 +631,7 @@ impl Access {
                 "name the tools the task may call with tools (space-separated)",
             ));
         }
-        refused
-            .evidence
-            .insert("purpose".into(), purpose.clone().into());
-        refused.evidence.insert("tools".into(), json!(tools));
+        refused.merge_evidence(TokenExchangeRefused::task(&purpose, tools.clone()));
         let agent_facts = self
             .workload(&agent.to_string())
             .await
@@ -705,18 +698,17 @@ impl Access {
         ev.actor = Some(agent.to_string());
         ev.subject = Some(task.sub.to_string());
         ev.trace_id = Some(txn.clone());
-        if let Some(iss) = task.person_issuer {
-            ev.evidence.insert("person_issuer".into(), iss.into());
-        }
         if !agent_facts.owner.is_empty() {
             ev.owner = Some(agent_facts.owner.clone());
         }
         ev.policy_ids = policy_ids;
         ev.decision = Some("allow".to_string());
-        ev.evidence = refused.evidence.clone();
-        ev.evidence.insert("txn".into(), txn.into());
-        ev.evidence.insert("jti".into(), jti.into());
-        ev.evidence.insert("expires_at".into(), exp.into());
+        // The tokens (or the person's issuer) and the task gathered in `refused`,
+        // and the new token.
+        let gathered = refused
+            .evidence_as::<TokenExchangeRefused>()
+            .map_err(OAuthError::server)?;
+        ev.set_evidence(gathered.task_token_issued(txn, jti, exp));
         self.shared
             .record(vec![ev])
             .await
@@ -822,9 +814,7 @@ impl Access {
         refused: &mut lanyard_audit::Event,
     ) -> Result<Value, OAuthError> {
         refused.subject = Some(person.sub.clone());
-        refused
-            .evidence
-            .insert("person_issuer".into(), person.issuer.clone().into());
+        refused.merge_evidence(TokenExchangeRefused::person_issuer(&person.issuer));
         if form.requested_token_type != TYPE_TXN_TOKEN {
             return Err(OAuthError::request(format!(
                 "a person's token (from {}) can only be exchanged for a task token (requested_token_type={TYPE_TXN_TOKEN}) by the agent acting for them",

@@ -4,6 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use lanyard_audit::evidence::{
+    ExceptionCreated, ExceptionRevoked, IssuedToken, JwtRevoked, Process,
+};
 use lanyard_audit::{EventKind, Outcome};
 use lanyard_core::{JwtSvid, SpiffeId};
 use lanyard_proto::admin as pb;
@@ -56,16 +59,14 @@ pub async fn revoke_jwt(
             return Err(bad("jti is longer than 128 characters"));
         }
         let records = shared.store.audit_records().await.map_err(store_status)?;
-        let issued = records
+        // The newest event issuing a token with this jti (`jwt_svid_issued`,
+        // `token_exchanged`, `task_token_issued`).
+        let (issued, token) = records
             .iter()
             .rev()
-            .find(|rec| {
-                matches!(
-                    rec.event.kind,
-                    EventKind::JwtSvidIssued
-                        | EventKind::TokenExchanged
-                        | EventKind::TaskTokenIssued
-                ) && rec.event.evidence.get("jti").and_then(|v| v.as_str()) == Some(&r.jti)
+            .find_map(|rec| {
+                let token = rec.event.evidence_as::<IssuedToken>().ok()?;
+                (token.jti == r.jti).then_some((rec, token))
             })
             .ok_or_else(|| {
                 Status::not_found(format!(
@@ -73,12 +74,7 @@ pub async fn revoke_jwt(
                     r.jti
                 ))
             })?;
-        let exp = issued
-            .event
-            .evidence
-            .get("expires_at")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(now + 86_400);
+        let exp = token.expires_at.unwrap_or(now + 86_400);
         (r.jti.clone(), issued.event.subject.clone(), exp)
     } else {
         return Err(bad(
@@ -121,8 +117,7 @@ pub async fn revoke_jwt(
             ev.policy_ids = policy_ids.clone();
             ev.subject = r.spiffe_id.clone();
             ev.reason = Some(r.reason.clone());
-            ev.evidence.insert("jti".into(), r.jti.clone().into());
-            ev.evidence.insert("expires_at".into(), r.expires_at.into());
+            ev.set_evidence(JwtRevoked::new(&r.jti, r.expires_at));
             vec![ev]
         })
         .await
@@ -249,18 +244,11 @@ pub async fn create_exception(
             ev.owner = Some(e.owner.clone());
             ev.policy_ids = policy_ids.clone();
             ev.reason = Some(e.justification.clone());
-            ev.evidence
-                .insert("exception".into(), e.name.clone().into());
-            ev.evidence.insert("expires_at".into(), e.expires_at.into());
-            ev.evidence.insert(
-                "allowed".into(),
-                serde_json::Value::from(
-                    e.allowed
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>(),
-                ),
-            );
+            ev.set_evidence(ExceptionCreated::new(
+                &e.name,
+                e.expires_at,
+                e.allowed.iter().map(ToString::to_string).collect(),
+            ));
             vec![ev]
         })
         .await
@@ -303,8 +291,7 @@ pub async fn revoke_exception(
             ev.actor = Some(actor.to_string());
             ev.policy_ids = policy_ids.clone();
             ev.owner = Some(e.owner.clone());
-            ev.evidence
-                .insert("exception".into(), e.name.clone().into());
+            ev.set_evidence(ExceptionRevoked::new(&e.name));
             vec![ev]
         })
         .await
@@ -447,15 +434,17 @@ pub async fn inventory(shared: &Shared, r: &pb::InventoryRequest) -> Result<pb::
             let (seen_ms, seen) = act
                 .and_then(|a| a.last_delivery.as_ref())
                 .map(|d| {
-                    let g = |k: &str| d.evidence.get(k).cloned().unwrap_or_default();
-                    let path = g("path");
+                    // The receiving process, as far as it is recorded ("null" for
+                    // a part that is not).
+                    let p: Process = d.evidence_as().unwrap_or_default();
+                    let or_null = |v: Option<String>| v.unwrap_or_else(|| "null".to_string());
                     (
                         d.time,
                         format!(
                             "pid {} uid {} {}",
-                            g("pid"),
-                            g("uid"),
-                            path.as_str().unwrap_or("")
+                            or_null(p.pid.map(|v| v.to_string())),
+                            or_null(p.uid.map(|v| v.to_string())),
+                            p.path.as_deref().unwrap_or("")
                         )
                         .trim()
                         .to_string(),

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use futures_util::Stream;
+use lanyard_audit::evidence::{
+    AgentCloneSuspected, AgentSvid, JwtSvidIssued, NodeAttested, NodeRefused, Process,
+    ReportsDropped, SecretRefused, SecretReleased, WorkloadSvidDelivered, X509SvidIssued,
+};
 use lanyard_ca::SubjectKey;
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_proto::node as pb;
@@ -24,7 +28,7 @@ use crate::access::Access;
 use crate::attest::join_token::JoinTokenAttestor;
 use crate::attest::x509pop::X509PopAttestor;
 use crate::attest::{AttestError, Challenger, NodeAttestors, NodeEvidence};
-use crate::decision::{DecisionOut, DecisionRecord, decision_event};
+use crate::decision::{DecisionOut, DecisionRecord, decision_event, decision_evidence};
 use crate::state::Shared;
 use crate::tls::peer_spiffe_id;
 
@@ -107,22 +111,6 @@ pub fn node_attestors(shared: &Shared) -> NodeAttestors {
     a
 }
 
-/// Who asked, as evidence (bounded sizes; unknown fields left out).
-fn recipient_evidence(ev: &mut lanyard_audit::Event, who: &pb::Delivery) {
-    let e = &mut ev.evidence;
-    if who.pid > 0 {
-        e.insert("pid".into(), who.pid.into());
-        e.insert("uid".into(), who.uid.into());
-        e.insert("gid".into(), who.gid.into());
-    }
-    if !who.path.is_empty() && who.path.len() <= 4096 {
-        e.insert("path".into(), who.path.clone().into());
-    }
-    if who.sha256.len() == 64 && who.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        e.insert("sha256".into(), who.sha256.clone().into());
-    }
-}
-
 /// Most deliveries accepted in one report.
 pub const MAX_DELIVERIES: usize = 1000;
 
@@ -172,21 +160,21 @@ fn check_report_size(n: usize, max: usize, what: &str) -> Result<(), Status> {
 }
 
 impl NodeService {
-    /// The event recording that an agent dropped `dropped` reports of `what`.
+    /// The event recording that an agent dropped `dropped.dropped` reports of `what`.
     fn dropped_event(
         &self,
         node: &Node,
         kind: lanyard_audit::EventKind,
-        dropped: u64,
+        dropped: ReportsDropped,
         what: &str,
     ) -> lanyard_audit::Event {
         let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Failure);
         ev.actor = Some(node.spiffe_id.to_string());
         ev.reason = Some(format!(
-            "the agent dropped {dropped} {what} reports (buffer full while the server was unreachable)"
+            "the agent dropped {} {what} reports (buffer full while the server was unreachable)",
+            dropped.dropped
         ));
-        ev.evidence.insert("dropped".into(), dropped.into());
-        ev
+        ev.with(dropped)
     }
 
     /// The evidence-log event for one reported delivery. An identity the agent does
@@ -211,27 +199,20 @@ impl NodeService {
         if !d.issuance_event_id.is_empty() {
             ev.parent_id = Some(d.issuance_event_id.clone());
         }
-        let e = &mut ev.evidence;
-        e.insert("svid_type".into(), d.svid_type.clone().into());
-        if d.svid_type == "x509" {
-            e.insert("serial".into(), d.serial.clone().into());
+        // `svid_type` is "x509" or "jwt" (see `validate_delivery`).
+        let delivered = if d.svid_type == "x509" {
+            WorkloadSvidDelivered::x509(&d.serial, d.pid, d.uid, d.gid, d.delivered_at_ms)
         } else {
-            e.insert("jti".into(), d.jti.clone().into());
-            e.insert(
-                "audience".into(),
-                serde_json::Value::from(d.audience.clone()),
-            );
-        }
-        e.insert("pid".into(), d.pid.into());
-        e.insert("uid".into(), d.uid.into());
-        e.insert("gid".into(), d.gid.into());
-        if !d.path.is_empty() {
-            e.insert("path".into(), d.path.clone().into());
-        }
-        if !d.sha256.is_empty() {
-            e.insert("sha256".into(), d.sha256.clone().into());
-        }
-        e.insert("delivered_at_ms".into(), d.delivered_at_ms.into());
+            WorkloadSvidDelivered::jwt(
+                &d.jti,
+                d.audience.clone(),
+                d.pid,
+                d.uid,
+                d.gid,
+                d.delivered_at_ms,
+            )
+        };
+        ev.set_evidence(delivered.binary(&d.path, &d.sha256));
         ev
     }
 }
@@ -332,12 +313,11 @@ async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, S
                         "an agent SVID that a renewal superseded was presented: a copy of the agent's key and SVID is in use"
                             .to_string(),
                     );
-                    ev.evidence
-                        .insert("presented_serial".into(), peer.serial.clone().into());
-                    ev.evidence
-                        .insert("current_serial".into(), n.serial.clone().into());
-                    ev.evidence
-                        .insert("superseded_count".into(), n.superseded_count.into());
+                    ev.set_evidence(AgentCloneSuspected::new(
+                        &peer.serial,
+                        &n.serial,
+                        n.superseded_count,
+                    ));
                     vec![ev]
                 })
                 .await;
@@ -381,8 +361,7 @@ async fn admit(
         );
         ev.subject = Some(id.to_string());
         ev.reason = Some(e.to_string());
-        ev.evidence
-            .insert("attestation_type".into(), attestation_type.into());
+        ev.set_evidence(NodeRefused::of(attestation_type));
         shared.record(vec![ev]).await.map_err(internal)?;
         return Err(Status::permission_denied(format!(
             "{attestation_type} attestation refused: {e}"
@@ -428,33 +407,19 @@ async fn admit(
         lanyard_audit::Outcome::Success,
     );
     ev.subject = Some(id.to_string());
-    ev.evidence
-        .insert("attestation_type".into(), attestation_type.into());
-    ev.evidence.insert(
-        "selectors".into(),
-        serde_json::Value::from(
-            node.selectors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
-        ),
-    );
-    ev.evidence
-        .insert("serial".into(), minted.serial.clone().into());
-    ev.evidence
-        .insert("expires_at".into(), minted.not_after.into());
+    ev.set_evidence(NodeAttested::new(
+        attestation_type,
+        node.selectors.iter().map(ToString::to_string).collect(),
+        &minted.serial,
+        minted.not_after,
+    ));
     let mut issued = shared.event(
         lanyard_audit::EventKind::AgentSvidIssued,
         lanyard_audit::Outcome::Success,
     );
     issued.subject = Some(id.to_string());
     issued.parent_id = Some(ev.id.clone());
-    issued
-        .evidence
-        .insert("serial".into(), minted.serial.clone().into());
-    issued
-        .evidence
-        .insert("expires_at".into(), minted.not_after.into());
+    issued.set_evidence(AgentSvid::new(&minted.serial, minted.not_after));
     shared.record(vec![ev, issued]).await.map_err(internal)?;
     shared.notify();
     Ok(agent_svid(shared, &id, &minted))
@@ -702,10 +667,7 @@ impl pb::node_server::Node for NodeService {
         );
         ev.actor = Some(node.spiffe_id.to_string());
         ev.subject = Some(node.spiffe_id.to_string());
-        ev.evidence
-            .insert("serial".into(), minted.serial.clone().into());
-        ev.evidence
-            .insert("expires_at".into(), minted.not_after.into());
+        ev.set_evidence(AgentSvid::new(&minted.serial, minted.not_after));
         self.shared.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(agent_svid(
             &self.shared,
@@ -861,21 +823,18 @@ impl pb::node_server::Node for NodeService {
                         ev.actor = Some(node.spiffe_id.to_string());
                         ev.subject = Some(entry.spec.spiffe_id.to_string());
                         ev.owner = Some(entry.spec.owner.clone());
-                        ev.evidence.insert("entry_id".into(), entry.id.clone().into());
-                        ev.evidence.insert("serial".into(), m.serial.clone().into());
-                        ev.evidence.insert("expires_at".into(), m.not_after.into());
-                        if let Some(leaf) = m.chain.first()
-                            && let Ok((_, c)) = x509_parser::parse_x509_certificate(leaf)
-                        {
-                            ev.evidence
-                                .insert("public_key_sha256".into(), sha256_hex(c.public_key().raw).into());
-                        }
-                        ev.evidence.insert(
-                            "selectors".into(),
-                            serde_json::Value::from(
-                                entry.spec.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                            ),
-                        );
+                        let public_key_sha256 = m
+                            .chain
+                            .first()
+                            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+                            .map(|(_, c)| sha256_hex(c.public_key().raw));
+                        ev.set_evidence(X509SvidIssued::new(
+                            &entry.id,
+                            &m.serial,
+                            m.not_after,
+                            public_key_sha256,
+                            entry.spec.selectors.iter().map(ToString::to_string).collect(),
+                        ));
                         let event_id = ev.id.clone();
                         issued.push(ev);
                         pb::X509SvidResult {
@@ -940,14 +899,12 @@ impl pb::node_server::Node for NodeService {
         ev.actor = Some(node.spiffe_id.to_string());
         ev.subject = Some(entry.spec.spiffe_id.to_string());
         ev.owner = Some(entry.spec.owner.clone());
-        ev.evidence.insert("jti".into(), minted.jti.clone().into());
-        ev.evidence.insert(
-            "audience".into(),
-            serde_json::Value::from(r.audience.clone()),
-        );
-        ev.evidence.insert("kid".into(), minted.kid.clone().into());
-        ev.evidence
-            .insert("expires_at".into(), minted.expiry.into());
+        ev.set_evidence(JwtSvidIssued::new(
+            &minted.jti,
+            r.audience.clone(),
+            &minted.kid,
+            minted.expiry,
+        ));
         let event_id = ev.id.clone();
         self.shared.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(pb::JwtSvidResponse {
@@ -1016,9 +973,10 @@ impl pb::node_server::Node for NodeService {
             ev.subject = Some(entry.spec.spiffe_id.to_string());
             ev.owner = owner;
             ev.reason = Some(status.message().to_string());
-            ev.evidence
-                .insert("exception".into(), r.name.clone().into());
-            recipient_evidence(&mut ev, &who);
+            ev.set_evidence(SecretRefused::new(
+                &r.name,
+                Process::bounded(who.pid, who.uid, who.gid, &who.path, &who.sha256),
+            ));
             (ev, status)
         };
         let decision: Result<(Vec<u8>, lanyard_store::Exception), (lanyard_audit::Event, Status)> =
@@ -1081,11 +1039,11 @@ impl pb::node_server::Node for NodeService {
                 ev.actor = Some(node.spiffe_id.to_string());
                 ev.subject = Some(entry.spec.spiffe_id.to_string());
                 ev.owner = Some(exc.owner.clone());
-                ev.evidence
-                    .insert("exception".into(), exc.name.clone().into());
-                ev.evidence
-                    .insert("expires_at".into(), exc.expires_at.into());
-                recipient_evidence(&mut ev, &who);
+                ev.set_evidence(SecretReleased::new(
+                    &exc.name,
+                    exc.expires_at,
+                    Process::bounded(who.pid, who.uid, who.gid, &who.path, &who.sha256),
+                ));
                 // On record before it is handed out.
                 self.shared.record(vec![ev]).await.map_err(internal)?;
                 tracing::info!(exception = %exc.name, spiffe_id = %entry.spec.spiffe_id, "secret released");
@@ -1130,7 +1088,7 @@ impl pb::node_server::Node for NodeService {
             events.push(self.dropped_event(
                 &node,
                 lanyard_audit::EventKind::WorkloadSvidDelivered,
-                report.dropped,
+                ReportsDropped::new(report.dropped),
                 "delivery",
             ));
         }
@@ -1163,23 +1121,21 @@ impl pb::node_server::Node for NodeService {
                 "agent",
                 &rec,
             );
-            let e = &mut ev.evidence;
-            e.insert("agent".into(), agent.clone().into());
-            e.insert("decision_id".into(), rec.out.decision_id.clone().into());
-            e.insert("policy_version".into(), policy_version.into());
-            e.insert("decided_at_ms".into(), decided_at_ms.into());
+            ev.set_evidence(decision_evidence("agent", &rec).reported(
+                &agent,
+                &rec.out.decision_id,
+                policy_version,
+                decided_at_ms,
+            ));
             events.push(ev);
         }
         if report.dropped > 0 {
-            let mut ev = self.dropped_event(
+            events.push(self.dropped_event(
                 &node,
                 lanyard_audit::EventKind::AuthzDecision,
-                report.dropped,
+                ReportsDropped::new(report.dropped).by_agent(agent),
                 "decision",
-            );
-            ev.evidence.insert("via".into(), "agent".into());
-            ev.evidence.insert("agent".into(), agent.into());
-            events.push(ev);
+            ));
         }
         self.shared.record(events).await.map_err(internal)?;
         Ok(Response::new(pb::DecisionAck { recorded }))

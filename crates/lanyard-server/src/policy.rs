@@ -3,6 +3,7 @@
 //! on every entry create, update and delete and every exception; decisions are
 //! audited.
 
+use lanyard_audit::evidence::{AdminCallRefused, EntryRefused, PolicyChanged};
 use lanyard_audit::{EventKind, Outcome};
 use lanyard_core::SpiffeId;
 use lanyard_policy::{
@@ -133,11 +134,12 @@ pub async fn set_policy(
                 ev.actor = Some(actor.to_string());
                 ev.policy_ids = ids.clone();
                 ev.decision = Some("allow".to_string());
-                ev.evidence
-                    .insert("allowed_by".into(), allowed_by.clone().into());
-                ev.evidence.insert("kind".into(), kind.name().into());
-                ev.evidence.insert("version".into(), p.version.into());
-                ev.evidence.insert("sha256".into(), sha.clone().into());
+                ev.set_evidence(PolicyChanged::new(
+                    allowed_by.clone(),
+                    kind.name(),
+                    p.version,
+                    &sha,
+                ));
                 vec![ev]
             },
         )
@@ -219,7 +221,11 @@ async fn refuse(
     ev.policy_ids = d.policy_ids.clone();
     ev.decision = Some("deny".to_string());
     ev.reason = Some(explain.clone());
-    ev.evidence.insert("action".into(), what.into());
+    if kind == EventKind::EntryRefused {
+        ev.set_evidence(EntryRefused::new(what));
+    } else {
+        ev.set_evidence(AdminCallRefused::action(what));
+    }
     if let Err(e) = shared.record(vec![ev]).await {
         return Status::internal(format!("evidence log: {e}"));
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use lanyard_audit::evidence::{BundleChanged, CaKeyStep};
 use lanyard_ca::{
     CaConfig, CaSlot, CertificateAuthority, KeyAlgorithm, SigningKey, SlotRecord, SubjectKey,
     UpstreamCa,
@@ -382,8 +383,7 @@ impl Shared {
                             lanyard_audit::Outcome::Success,
                         );
                         ev.subject = Some(self.config.trust_domain.id_string());
-                        ev.evidence
-                            .insert("sequence".into(), serde_json::Value::from(*seq));
+                        ev.set_evidence(BundleChanged::new(*seq));
                         vec![ev]
                     })
                     .await?;
@@ -435,23 +435,13 @@ impl Shared {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        lanyard_audit::Event {
-            version: lanyard_audit::SCHEMA_VERSION,
-            id: hex::encode(raw),
-            time: millis,
+        lanyard_audit::Event::new(
+            hex::encode(raw),
+            millis,
             kind,
-            actor: None,
-            subject: None,
-            evidence: Default::default(),
-            policy_ids: Vec::new(),
-            decision: None,
             outcome,
-            reason: None,
-            owner: None,
-            trace_id: None,
-            parent_id: None,
-            server_id: self.server_name.clone(),
-        }
+            self.server_name.clone(),
+        )
     }
 
     /// Taint a CA slot (`lanyard ca taint`): a new key signs from now on, agents
@@ -591,10 +581,8 @@ impl Shared {
             }
             CaEvent::Tainted { slot } => (EventKind::CaKeyTainted, slot),
         };
-        let mut ev = self.event(kind, lanyard_audit::Outcome::Success);
-        ev.evidence
-            .insert("slot".into(), serde_json::Value::String(slot.clone()));
-        ev
+        self.event(kind, lanyard_audit::Outcome::Success)
+            .with(CaKeyStep::new(slot))
     }
 
     /// Append events to the evidence log (group commit: concurrent callers share one
