@@ -18,11 +18,15 @@ use cedar_policy::{
 mod authz;
 #[cfg(test)]
 mod authz_tests;
+#[cfg(test)]
+mod authz_typed_tests;
 mod registration;
 #[cfg(test)]
 mod tests;
 
-pub use authz::{AuthzRequest, BUILTIN_ACTIONS, Target, TaskFacts, WorkloadFacts};
+pub use authz::{
+    AuthzRequest, BUILTIN_ACTIONS, PreparedWorkload, RawBaseline, Target, TaskFacts, WorkloadFacts,
+};
 pub use registration::{
     AdminOperation, AgentFacts, Caller, EntryFacts, ExceptionFacts, RegistrationAction,
     RegistrationRequest,
@@ -157,6 +161,29 @@ struct Inner {
     schema: Schema,
     /// Action names the policies declare (authz: user-defined actions).
     actions: std::collections::BTreeSet<String>,
+    /// Cedar names of authz requests, built once (empty actions for registration).
+    names: authz::AuthzNames,
+    /// What a decision quotes of each policy, computed once.
+    meta: std::collections::HashMap<cedar_policy::PolicyId, PolicyMeta>,
+}
+
+/// What a decision quotes of one policy.
+struct PolicyMeta {
+    /// Text order (Cedar's `policyN`), for sorting the policies that decided.
+    order: usize,
+    /// `@id`, or Cedar's own id.
+    display: String,
+    /// `@reason`, or "".
+    reason: String,
+    forbid: bool,
+}
+
+/// The text order of a Cedar policy id (`policy3` → 3).
+fn policy_order(id: &cedar_policy::PolicyId) -> usize {
+    id.to_string()
+        .trim_start_matches("policy")
+        .parse::<usize>()
+        .unwrap_or(usize::MAX)
 }
 
 /// A parsed and validated policy set. Cheap to clone.
@@ -255,6 +282,25 @@ impl CompiledPolicies {
                 return Err(PolicyError::DuplicateId(id.to_string()));
             }
         }
+        let names = match kind {
+            PolicyKind::Registration => authz::AuthzNames::new(&Default::default()),
+            PolicyKind::Authz => authz::AuthzNames::new(&actions),
+        }
+        .map_err(|e| PolicyError::Schema(kind, e))?;
+        let meta = set
+            .policies()
+            .map(|p| {
+                let meta = PolicyMeta {
+                    order: policy_order(p.id()),
+                    display: p
+                        .annotation("id")
+                        .map_or_else(|| p.id().to_string(), str::to_string),
+                    reason: p.annotation("reason").unwrap_or("").to_string(),
+                    forbid: p.effect() == cedar_policy::Effect::Forbid,
+                };
+                (p.id().clone(), meta)
+            })
+            .collect();
         let compiled = Self {
             inner: Arc::new(Inner {
                 kind,
@@ -262,6 +308,8 @@ impl CompiledPolicies {
                 set,
                 schema,
                 actions,
+                names,
+                meta,
             }),
         };
         let result = Validator::new(compiled.inner.schema.clone())
@@ -355,28 +403,60 @@ impl CompiledPolicies {
         context: serde_json::Value,
         entities: serde_json::Value,
     ) -> Result<Decision, PolicyError> {
+        let (request, entities) = self.json_parts(
+            principal,
+            action,
+            resource,
+            context,
+            entities,
+            self.check_schema(),
+        )?;
+        Ok(self.decide(&request, &entities))
+    }
+
+    /// The schema requests and entities are checked against: none in release
+    /// builds. Requests and entities are built by this crate from typed facts, so
+    /// their conformance to the schema holds by construction; checking it costs
+    /// more than the evaluation itself. Debug builds (the tests) still check it.
+    fn check_schema(&self) -> Option<&Schema> {
+        cfg!(debug_assertions).then_some(&self.inner.schema)
+    }
+
+    /// A Cedar request and its entities from their JSON form, checked against
+    /// `check` when given.
+    fn json_parts(
+        &self,
+        principal: &str,
+        action: &str,
+        resource: &str,
+        context: serde_json::Value,
+        entities: serde_json::Value,
+        check: Option<&Schema>,
+    ) -> Result<(Request, Entities), PolicyError> {
         let uid =
             |s: &str| EntityUid::from_str(s).map_err(|e| PolicyError::Request(format!("{s}: {e}")));
         let (p, a, r) = (uid(principal)?, uid(action)?, uid(resource)?);
-        // Requests and entities are built by this crate from typed facts, so their
-        // conformance to the schema holds by construction; checking it costs more
-        // than the evaluation itself. Debug builds (the tests) still check it.
-        let schema = &self.inner.schema;
-        let check = cfg!(debug_assertions).then_some(schema);
         let context = Context::from_json_value(context, check.map(|s| (s, &a)))
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let request = Request::new(p, a, r, context, check)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let entities = Entities::from_json_value(entities, check)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let response = Authorizer::new().is_authorized(&request, &self.inner.set, &entities);
-        let mut ids: Vec<&cedar_policy::PolicyId> = response.diagnostics().reason().collect();
-        ids.sort_by_key(|id| {
-            id.to_string()
-                .trim_start_matches("policy")
-                .parse::<usize>()
-                .unwrap_or(usize::MAX)
-        });
+        Ok((request, entities))
+    }
+
+    /// Run Cedar on a built request and turn its answer into a [`Decision`]. A
+    /// forbid policy that fails to evaluate denies (fail closed); a failing permit
+    /// is skipped.
+    fn decide(&self, request: &Request, entities: &Entities) -> Decision {
+        let response = Authorizer::new().is_authorized(request, &self.inner.set, entities);
+        let meta = |id: &cedar_policy::PolicyId| self.inner.meta.get(id);
+        let display = |id: &cedar_policy::PolicyId| {
+            meta(id).map_or_else(|| self.display_id(id), |m| m.display.clone())
+        };
+        let reason = |id: &cedar_policy::PolicyId| {
+            meta(id).map_or_else(|| self.reason_of(id), |m| m.reason.clone())
+        };
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -388,37 +468,38 @@ impl CompiledPolicies {
             .map(|e| match e {
                 cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id(),
             })
-            .filter(|id| {
-                self.inner
+            .filter(|id| match meta(id) {
+                Some(m) => m.forbid,
+                None => self
+                    .inner
                     .set
                     .policy(id)
-                    .is_some_and(|p| p.effect() == cedar_policy::Effect::Forbid)
+                    .is_some_and(|p| p.effect() == cedar_policy::Effect::Forbid),
             })
             .collect();
         if !failed_forbids.is_empty() {
-            return Ok(Decision {
+            return Decision {
                 allowed: false,
-                policy_ids: failed_forbids
-                    .iter()
-                    .map(|id| self.display_id(id))
-                    .collect(),
+                policy_ids: failed_forbids.iter().map(|id| display(id)).collect(),
                 reasons: failed_forbids
                     .iter()
                     .map(|id| {
                         format!(
                             "{} (this forbid policy failed to evaluate, so it denies)",
-                            self.reason_of(id)
+                            reason(id)
                         )
                     })
                     .collect(),
                 errors,
-            });
+            };
         }
-        Ok(Decision {
+        let mut ids: Vec<&cedar_policy::PolicyId> = response.diagnostics().reason().collect();
+        ids.sort_by_key(|id| meta(id).map_or_else(|| policy_order(id), |m| m.order));
+        Decision {
             allowed: response.decision() == CedarDecision::Allow,
-            policy_ids: ids.iter().map(|id| self.display_id(id)).collect(),
-            reasons: ids.iter().map(|id| self.reason_of(id)).collect(),
+            policy_ids: ids.iter().map(|id| display(id)).collect(),
+            reasons: ids.iter().map(|id| reason(id)).collect(),
             errors,
-        })
+        }
     }
 }
