@@ -10,36 +10,14 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use lanyard_policy::{
     AuthzRequest, CompiledPolicies, PolicyKind, PreparedWorkload, Target, WorkloadFacts,
+    bench_authz_policy,
 };
 
 const WORKLOAD: &str = "spiffe://bench.example/workload";
 
-fn policy() -> String {
-    let mut text = PolicyKind::Authz.default_policy().to_string();
-    for (i, (action, rtype)) in [
-        ("read", "orders"),
-        ("write", "orders"),
-        ("read", "payments"),
-        ("read", "inventory"),
-        ("write", "inventory"),
-        ("delete", "orders"),
-        ("read", "reports"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        text.push_str(&format!(
-            "\n@id(\"rule-{i}\")\npermit (principal, action == Action::\"{action}\", resource)\nwhen {{ principal.owner == \"dev\" && resource.type == \"{rtype}\" && context.request.hasTag(\"ip\") && context.request.getTag(\"ip\") like \"10.*\" }};\n"
-        ));
-    }
-    text.push_str(&format!(
-        "\n@id(\"bench-exchange\")\npermit (principal == Workload::\"{WORKLOAD}\", action == Action::\"token_exchange\", resource);\n"
-    ));
-    text
-}
-
 fn bench(c: &mut Criterion) {
-    let compiled = CompiledPolicies::compile(PolicyKind::Authz, &policy()).unwrap();
+    let compiled =
+        CompiledPolicies::compile(PolicyKind::Authz, &bench_authz_policy(WORKLOAD)).unwrap();
     assert_eq!(compiled.policy_ids().len(), 10);
     let facts = WorkloadFacts {
         spiffe_id: WORKLOAD.to_string(),

@@ -323,6 +323,33 @@ impl PreparedWorkload {
     }
 }
 
+/// For benchmarks (`lanyard bench authz`, `cargo bench -p lanyard-policy --bench
+/// authz`): a ten-policy authz set — the shipped two forbids and eight permits,
+/// one of them letting `workload` exchange tokens — as a realistic mid-size set.
+pub fn bench_authz_policy(workload: &str) -> String {
+    let mut text = PolicyKind::Authz.default_policy().to_string();
+    for (i, (action, rtype)) in [
+        ("read", "orders"),
+        ("write", "orders"),
+        ("read", "payments"),
+        ("read", "inventory"),
+        ("write", "inventory"),
+        ("delete", "orders"),
+        ("read", "reports"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&format!(
+            "\n@id(\"rule-{i}\")\npermit (principal, action == Action::\"{action}\", resource)\nwhen {{ principal.owner == \"dev\" && resource.type == \"{rtype}\" && context.request.hasTag(\"ip\") && context.request.getTag(\"ip\") like \"10.*\" }};\n"
+        ));
+    }
+    text.push_str(&format!(
+        "\n@id(\"bench-exchange\")\npermit (principal == Workload::\"{workload}\", action == Action::\"token_exchange\", resource);\n"
+    ));
+    text
+}
+
 /// For benchmarks only: Cedar's own `Authorizer::is_authorized` on a request and
 /// entities built once, against a compiled set — the floor an in-process decision
 /// is compared with. From [`CompiledPolicies::raw_baseline`].

@@ -26,6 +26,7 @@ mod tests;
 
 pub use authz::{
     AuthzRequest, BUILTIN_ACTIONS, PreparedWorkload, RawBaseline, Target, TaskFacts, WorkloadFacts,
+    bench_authz_policy,
 };
 pub use registration::{
     AdminOperation, AgentFacts, Caller, EntryFacts, ExceptionFacts, RegistrationAction,

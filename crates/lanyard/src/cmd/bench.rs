@@ -753,34 +753,6 @@ pub struct AuthzArgs {
     pub clients: usize,
 }
 
-/// The benchmark's authz policy set: ten policies (the shipped two and eight
-/// permits), as a realistic mid-size set.
-fn bench_authz_policy(workload: &str) -> String {
-    let mut text = lanyard_policy::PolicyKind::Authz
-        .default_policy()
-        .to_string();
-    for (i, (action, rtype)) in [
-        ("read", "orders"),
-        ("write", "orders"),
-        ("read", "payments"),
-        ("read", "inventory"),
-        ("write", "inventory"),
-        ("delete", "orders"),
-        ("read", "reports"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        text.push_str(&format!(
-            "\n@id(\"rule-{i}\")\npermit (principal, action == Action::\"{action}\", resource)\nwhen {{ principal.owner == \"dev\" && resource.type == \"{rtype}\" && context.request.hasTag(\"ip\") && context.request.getTag(\"ip\") like \"10.*\" }};\n"
-        ));
-    }
-    text.push_str(&format!(
-        "\n@id(\"bench-exchange\")\npermit (principal == Workload::\"{workload}\", action == Action::\"token_exchange\", resource);\n"
-    ));
-    text
-}
-
 /// One HTTP/1.1 request on a kept-alive connection; returns the status and body.
 async fn http_roundtrip(
     conn: &mut tokio::io::BufStream<tokio::net::TcpStream>,
@@ -849,7 +821,7 @@ pub async fn authz(args: AuthzArgs) -> Result<ExitCode, String> {
     let stack = crate::cmd::agent::start_dev_stack(dir.clone(), "bench.example", uid).await?;
     let endpoint = format!("unix://{}", stack.socket.display());
     let workload = stack.workload_id.clone();
-    let text = bench_authz_policy(&workload);
+    let text = lanyard_policy::bench_authz_policy(&workload);
     let mut admin = apb::admin_client::AdminClient::new(
         lanyard_server::client::unix_channel(&stack.server.admin_socket)
             .await
