@@ -281,9 +281,15 @@ impl Access {
             .get_where(
                 |(v, _)| *v == version,
                 || async {
-                    let entries = self.shared.store.list_entries().await?;
+                    // The entries as the agent API's index last read them: one
+                    // datastore read per change serves both.
+                    let index = self
+                        .shared
+                        .entries
+                        .get(&self.shared.store, &self.shared.server_id, version)
+                        .await?;
                     let mut map: HashMap<String, WorkloadFacts> = HashMap::new();
-                    for e in entries {
+                    for e in index.1.entries() {
                         index_entry(
                             &mut map,
                             &e.spec.spiffe_id.to_string(),
@@ -292,7 +298,7 @@ impl Access {
                             e.spec.selectors.iter().map(ToString::to_string),
                         );
                     }
-                    Ok::<_, lanyard_store::StoreError>((version, map))
+                    Ok::<_, Unavailable>((version, map))
                 },
             )
             .await

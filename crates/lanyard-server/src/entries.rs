@@ -52,6 +52,11 @@ impl EntryIndex {
         }
     }
 
+    /// Every indexed entry, in the order it was read.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
     /// How many entries the index holds.
     pub fn len(&self) -> usize {
         self.entries.len()
