@@ -10,11 +10,11 @@ use lanyard_proto::admin as pb;
 use lanyard_store::{Entry, EntrySpec, JoinToken, Node, Store, StoreError};
 use tonic::{Request, Response, Status};
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-
+use crate::caller::Caller;
+use crate::entries::EntryIndex;
+use crate::node::server_status;
 use crate::node::sha256_hex;
 use crate::state::Shared;
-use crate::tls::peer_spiffe_id;
 
 /// Longest owner / environment / hint accepted.
 const MAX_LABEL: usize = 256;
@@ -41,26 +41,6 @@ impl AdminService {
         Self {
             shared,
             require_admin_svid: true,
-        }
-    }
-
-    /// Who is calling: the admin SVID on mTLS, the peer uid on the local socket.
-    fn actor<T>(&self, req: &Request<T>) -> String {
-        if let Some(id) = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|c| peer_spiffe_id(&c))
-        {
-            return id.to_string();
-        }
-        match req
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-        {
-            Some(c) => format!("uid:{}", c.uid()),
-            None => "local".to_string(),
         }
     }
 
@@ -105,18 +85,17 @@ impl AdminService {
     }
 
     /// Decide a ban or eviction of agent `id` by registration policy.
-    async fn check_agent_op<T>(
+    async fn check_agent_op(
         &self,
-        req: &Request<T>,
+        who: &AdminCaller,
         id: &SpiffeId,
-        actor: &str,
         op: fn(lanyard_policy::AgentFacts) -> lanyard_policy::AdminOperation,
     ) -> Result<Vec<String>, Status> {
         let facts = self.agent_facts(id).await?;
         crate::policy::check_admin(
             &self.shared,
-            &self.caller(req),
-            actor,
+            &who.facts,
+            &who.actor,
             &op(facts),
             Some(id.to_string()),
         )
@@ -145,42 +124,96 @@ impl AdminService {
         })
     }
 
-    async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if !self.require_admin_svid {
-            return Ok(());
-        }
-        let peer = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|c| peer_spiffe_id(&c))
-            .ok_or_else(|| {
-                tracing::warn!("admin call refused: no client SVID");
-                Status::unauthenticated("the admin API over TLS requires an admin X509-SVID")
-            })?;
-        let now = self.shared.clock.unix_seconds();
-        let entries = self
-            .shared
-            .store
-            .list_entries()
-            .await
-            .map_err(store_status)?;
-        if entries.iter().any(|e| {
-            e.spec.spiffe_id == peer && e.spec.admin && e.spec.expires_at.is_none_or(|t| t > now)
-        }) {
-            Ok(())
+    /// The admin caller of `req`, through the admin gate ([`admit_admin`]); a
+    /// refusal over mTLS is recorded in the evidence log.
+    async fn admin<T>(&self, req: &Request<T>) -> Result<AdminCaller, Status> {
+        let caller = Caller::of(req)?;
+        let index = if self.require_admin_svid {
+            Some(self.shared.entry_index().await.map_err(server_status)?)
         } else {
-            tracing::warn!(caller = %peer, "admin call refused: not an admin identity");
-            let mut ev = self.shared.event(
-                lanyard_audit::EventKind::AdminCallRefused,
-                lanyard_audit::Outcome::Denied,
-            );
-            ev.actor = Some(peer.to_string());
-            ev.reason = Some("not an admin identity".to_string());
-            let _ = self.shared.record(vec![ev]).await;
-            Err(Status::permission_denied(format!(
+            None
+        };
+        let now = self.shared.clock.unix_seconds();
+        let gate = match &index {
+            None => AdminGate::LocalSocket,
+            Some(i) => AdminGate::AdminSvid(&i.1),
+        };
+        match admit_admin(gate, caller, now) {
+            Ok(who) => Ok(who),
+            Err(refusal) => {
+                tracing::warn!(caller = %caller.actor(), reason = %refusal, "admin call refused");
+                if let AdminRefusal::NotAdmin(peer) = &refusal {
+                    let mut ev = self.shared.event(
+                        lanyard_audit::EventKind::AdminCallRefused,
+                        lanyard_audit::Outcome::Denied,
+                    );
+                    ev.actor = Some(peer.to_string());
+                    ev.reason = Some("not an admin identity".to_string());
+                    let _ = self.shared.record(vec![ev]).await;
+                }
+                Err(refusal.into())
+            }
+        }
+    }
+}
+
+/// An admin caller the gate let through, as policy and evidence see it.
+#[derive(Debug, Clone)]
+pub struct AdminCaller {
+    pub facts: crate::policy::CallerFacts,
+    pub actor: String,
+}
+
+/// Which proof an admin listener demands.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminGate<'a> {
+    /// The local Unix socket: file permissions are the gate.
+    LocalSocket,
+    /// The mTLS listener: the X509-SVID of an unexpired admin entry in `index`.
+    AdminSvid(&'a EntryIndex),
+}
+
+/// Why the admin gate refused a caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    #[error("no client SVID")]
+    NoSvid,
+    #[error("{0} is not an admin identity")]
+    NotAdmin(SpiffeId),
+}
+
+impl From<AdminRefusal> for Status {
+    fn from(r: AdminRefusal) -> Self {
+        match r {
+            AdminRefusal::NoSvid => {
+                Status::unauthenticated("the admin API over TLS requires an admin X509-SVID")
+            }
+            AdminRefusal::NotAdmin(peer) => Status::permission_denied(format!(
                 "{peer} is not an admin identity; only SVIDs of entries created with --admin may use the admin API"
-            )))
+            )),
+        }
+    }
+}
+
+/// The admin gate (pure): who may call the admin API through `gate` at `now`.
+pub fn admit_admin(
+    gate: AdminGate<'_>,
+    caller: &Caller,
+    now: i64,
+) -> Result<AdminCaller, AdminRefusal> {
+    let who = AdminCaller {
+        facts: caller.policy_facts(),
+        actor: caller.actor(),
+    };
+    match gate {
+        AdminGate::LocalSocket => Ok(who),
+        AdminGate::AdminSvid(index) => {
+            let id = caller.spiffe_id().ok_or(AdminRefusal::NoSvid)?;
+            if index.is_admin(id, now) {
+                Ok(who)
+            } else {
+                Err(AdminRefusal::NotAdmin(id.clone()))
+            }
         }
     }
 }
@@ -365,12 +398,12 @@ fn entry_id(s: &str) -> Result<&str, Status> {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn create_entry(&self, req: Request<pb::Entry>) -> Result<Response<pb::Entry>, Status> {
-        self.authorize(&req).await?;
+        let who = self.admin(&req).await?;
         let spec = validate_entry(&self.shared, req.get_ref())?;
-        let actor = self.actor(&req);
+        let actor = who.actor.clone();
         let policy_ids = crate::policy::check_entry(
             &self.shared,
-            &self.caller(&req),
+            &who.facts,
             &actor,
             lanyard_policy::RegistrationAction::Create,
             &spec,
@@ -398,9 +431,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UpdateEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
-        self.authorize(&req).await?;
-        let actor = self.actor(&req);
-        let caller = self.caller(&req);
+        let AdminCaller {
+            facts: caller,
+            actor,
+        } = self.admin(&req).await?;
         let r = req.into_inner();
         let e = r.entry.ok_or_else(|| bad("entry is required"))?;
         let id = entry_id(&e.id)?;
@@ -456,9 +490,9 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn delete_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {
-        self.authorize(&req).await?;
+        let who = self.admin(&req).await?;
         let id = entry_id(&req.get_ref().id)?;
-        let actor = self.actor(&req);
+        let actor = who.actor.clone();
         let current = self
             .shared
             .store
@@ -468,7 +502,7 @@ impl pb::admin_server::Admin for AdminService {
             .ok_or_else(|| Status::not_found(format!("no entry with id {id:?}")))?;
         let policy_ids = crate::policy::check_entry(
             &self.shared,
-            &self.caller(&req),
+            &who.facts,
             &actor,
             lanyard_policy::RegistrationAction::Delete,
             &current.spec,
@@ -493,7 +527,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let id = entry_id(&req.get_ref().id)?;
         let e = self
             .shared
@@ -509,7 +543,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::EntryList>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let f = req.into_inner();
         let spiffe = (!f.spiffe_id.is_empty())
             .then(|| SpiffeId::new(&f.spiffe_id).map_err(|e| bad(format!("spiffe_id filter: {e}"))))
@@ -544,9 +578,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
-        self.authorize(&req).await?;
-        let actor = self.actor(&req);
-        let caller = self.caller(&req);
+        let AdminCaller {
+            facts: caller,
+            actor,
+        } = self.admin(&req).await?;
         let r = req.into_inner();
         let ttl = if r.ttl_seconds == 0 {
             self.shared.config.join_token_ttl
@@ -625,7 +660,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::Empty>,
     ) -> Result<Response<pb::AgentList>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let nodes = self.shared.store.list_nodes().await.map_err(store_status)?;
         Ok(Response::new(pb::AgentList {
             agents: nodes.iter().map(to_pb_agent).collect(),
@@ -633,7 +668,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
         let n = self
             .shared
@@ -646,11 +681,11 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn ban_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
-        self.authorize(&req).await?;
+        let who = self.admin(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
-        let actor = self.actor(&req);
+        let actor = who.actor.clone();
         let policy_ids = self
-            .check_agent_op(&req, &id, &actor, lanyard_policy::AdminOperation::BanAgent)
+            .check_agent_op(&who, &id, lanyard_policy::AdminOperation::BanAgent)
             .await?;
         let n = self
             .shared
@@ -671,16 +706,11 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn evict_agent(&self, req: Request<pb::AgentId>) -> Result<Response<pb::Agent>, Status> {
-        self.authorize(&req).await?;
+        let who = self.admin(&req).await?;
         let id = agent_id(&req.get_ref().spiffe_id)?;
-        let actor = self.actor(&req);
+        let actor = who.actor.clone();
         let policy_ids = self
-            .check_agent_op(
-                &req,
-                &id,
-                &actor,
-                lanyard_policy::AdminOperation::EvictAgent,
-            )
+            .check_agent_op(&who, &id, lanyard_policy::AdminOperation::EvictAgent)
             .await?;
         let n = self
             .shared
@@ -704,7 +734,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::Empty>,
     ) -> Result<Response<pb::BundleResponse>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let p = self.shared.published();
         let pem = p
             .bundle
@@ -723,9 +753,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RevokeJwtRequest>,
     ) -> Result<Response<pb::RevokedJwt>, Status> {
-        self.authorize(&req).await?;
-        let actor = self.actor(&req);
-        let caller = self.caller(&req);
+        let AdminCaller {
+            facts: caller,
+            actor,
+        } = self.admin(&req).await?;
         let r =
             crate::governance::revoke_jwt(&self.shared, &caller, &actor, req.into_inner()).await?;
         Ok(Response::new(r))
@@ -735,7 +766,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::Empty>,
     ) -> Result<Response<pb::RevokedJwtList>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let list = self
             .shared
             .store
@@ -751,9 +782,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
-        self.authorize(&req).await?;
-        let actor = self.actor(&req);
-        let caller = self.caller(&req);
+        let AdminCaller {
+            facts: caller,
+            actor,
+        } = self.admin(&req).await?;
         let r = req.into_inner();
         let p = crate::policy::set_policy(&self.shared, &caller, &actor, &r.kind, &r.body).await?;
         Ok(Response::new(p))
@@ -763,7 +795,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::PolicyKind>,
     ) -> Result<Response<pb::Policy>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let p = crate::policy::get_policy(&self.shared, &req.get_ref().kind).await?;
         Ok(Response::new(p))
     }
@@ -772,9 +804,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::CreateExceptionRequest>,
     ) -> Result<Response<pb::ExceptionInfo>, Status> {
-        self.authorize(&req).await?;
-        let actor = self.actor(&req);
-        let caller = self.caller(&req);
+        let AdminCaller {
+            facts: caller,
+            actor,
+        } = self.admin(&req).await?;
         let r = req.into_inner();
         let policy_ids = crate::policy::check_exception(&self.shared, &caller, &actor, &r).await?;
         let e = crate::governance::create_exception(&self.shared, &actor, &r, policy_ids).await?;
@@ -785,7 +818,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::Empty>,
     ) -> Result<Response<pb::ExceptionList>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let now = self.shared.clock.unix_seconds();
         let list = self
             .shared
@@ -805,7 +838,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ExceptionName>,
     ) -> Result<Response<pb::ExceptionInfo>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let name = &req.get_ref().name;
         let e = self
             .shared
@@ -824,9 +857,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ExceptionName>,
     ) -> Result<Response<pb::ExceptionInfo>, Status> {
-        self.authorize(&req).await?;
-        let actor = self.actor(&req);
-        let caller = self.caller(&req);
+        let AdminCaller {
+            facts: caller,
+            actor,
+        } = self.admin(&req).await?;
         let e =
             crate::governance::revoke_exception(&self.shared, &caller, &actor, &req.get_ref().name)
                 .await?;
@@ -837,7 +871,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::InventoryRequest>,
     ) -> Result<Response<pb::Inventory>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         let inv = crate::governance::inventory(&self.shared, req.get_ref()).await?;
         Ok(Response::new(inv))
     }
@@ -846,7 +880,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::Empty>,
     ) -> Result<Response<pb::CaSlots>, Status> {
-        self.authorize(&req).await?;
+        self.admin(&req).await?;
         Ok(Response::new(self.ca_slots()?))
     }
 
@@ -854,8 +888,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::TaintRequest>,
     ) -> Result<Response<pb::CaSlots>, Status> {
-        self.authorize(&req).await?;
-        let actor = self.actor(&req);
+        let who = self.admin(&req).await?;
+        let actor = who.actor.clone();
         let slot = req.get_ref().slot.clone();
         let state = self
             .ca_slots()?
@@ -867,7 +901,7 @@ impl pb::admin_server::Admin for AdminService {
             .unwrap_or_default();
         let policy_ids = crate::policy::check_admin(
             &self.shared,
-            &self.caller(&req),
+            &who.facts,
             &actor,
             &lanyard_policy::AdminOperation::TaintCa {
                 slot: slot.clone(),
@@ -913,22 +947,113 @@ impl AdminService {
                 .collect(),
         })
     }
+}
 
-    /// The caller as registration policy sees it.
-    pub(crate) fn caller<T>(&self, req: &Request<T>) -> crate::policy::CallerFacts {
-        if let Some(id) = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|c| peer_spiffe_id(&c))
-        {
-            return crate::policy::CallerFacts::Spiffe(id);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(p: &str) -> SpiffeId {
+        SpiffeId::new(&format!("spiffe://example.org{p}")).unwrap()
+    }
+
+    fn entry(n: &str, spiffe: &str, admin: bool, expires_at: Option<i64>) -> Entry {
+        Entry {
+            id: n.to_string(),
+            spec: EntrySpec {
+                spiffe_id: id(spiffe),
+                parent_id: id("/agent"),
+                selectors: vec![Selector::new("unix:uid:0").unwrap()],
+                owner: String::new(),
+                environment: None,
+                x509_ttl: 0,
+                jwt_ttl: 0,
+                dns_names: vec![],
+                hint: None,
+                admin,
+                downstream: false,
+                expires_at,
+            },
+            revision: 1,
+            created_at: 0,
+            updated_at: 0,
         }
-        let uid = req
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-            .map_or(u32::MAX, |c| c.uid());
-        crate::policy::CallerFacts::Local { uid }
+    }
+
+    fn index() -> EntryIndex {
+        EntryIndex::build(
+            vec![
+                entry("ops", "/ops", true, None),
+                entry("old-ops", "/old-ops", true, Some(100)),
+                entry("web", "/web", false, None),
+            ],
+            &id("/lanyard/server"),
+        )
+    }
+
+    fn svid(p: &str) -> Caller {
+        Caller::Svid {
+            id: id(p),
+            serial: "01".into(),
+        }
+    }
+
+    #[test]
+    fn the_local_socket_admits_any_local_caller_and_names_it_by_uid() {
+        let who = admit_admin(
+            AdminGate::LocalSocket,
+            &Caller::Local { uid: Some(1000) },
+            0,
+        )
+        .unwrap();
+        assert_eq!(who.actor, "uid:1000");
+        assert_eq!(who.facts, crate::policy::CallerFacts::Local { uid: 1000 });
+    }
+
+    #[test]
+    fn the_tls_listener_admits_only_unexpired_admin_entries() {
+        let idx = index();
+        let gate = AdminGate::AdminSvid(&idx);
+        let ok = admit_admin(gate, &svid("/ops"), 50).unwrap();
+        assert_eq!(ok.actor, "spiffe://example.org/ops");
+        assert_eq!(ok.facts, crate::policy::CallerFacts::Spiffe(id("/ops")));
+        // An admin entry that expired no longer admits.
+        assert!(admit_admin(gate, &svid("/old-ops"), 99).is_ok());
+        assert_eq!(
+            admit_admin(gate, &svid("/old-ops"), 100).unwrap_err(),
+            AdminRefusal::NotAdmin(id("/old-ops"))
+        );
+        // A workload entry is not an admin, nor is an unknown ID.
+        assert_eq!(
+            admit_admin(gate, &svid("/web"), 0).unwrap_err(),
+            AdminRefusal::NotAdmin(id("/web"))
+        );
+        assert!(admit_admin(gate, &svid("/nobody"), 0).is_err());
+    }
+
+    #[test]
+    fn the_tls_listener_refuses_callers_without_an_svid() {
+        let idx = index();
+        let gate = AdminGate::AdminSvid(&idx);
+        assert_eq!(
+            admit_admin(gate, &Caller::Anonymous, 0).unwrap_err(),
+            AdminRefusal::NoSvid
+        );
+        // A local caller cannot reach the TLS gate, and would be refused if it did.
+        assert_eq!(
+            admit_admin(gate, &Caller::Local { uid: Some(0) }, 0).unwrap_err(),
+            AdminRefusal::NoSvid
+        );
+    }
+
+    #[test]
+    fn refusals_map_to_unauthenticated_and_permission_denied() {
+        assert_eq!(
+            Status::from(AdminRefusal::NoSvid).code(),
+            tonic::Code::Unauthenticated
+        );
+        let s = Status::from(AdminRefusal::NotAdmin(id("/web")));
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(s.message().contains("--admin"), "{}", s.message());
     }
 }

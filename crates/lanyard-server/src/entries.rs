@@ -29,6 +29,8 @@ pub struct EntryIndex {
     by_parent: HashMap<SpiffeId, Vec<usize>>,
     /// Entries parented by the server with selectors: node aliases.
     aliases: Vec<usize>,
+    /// Entries created with `--admin`: their SVIDs may use the admin API.
+    admins: Vec<usize>,
 }
 
 impl EntryIndex {
@@ -36,7 +38,11 @@ impl EntryIndex {
     pub fn build(entries: Vec<Entry>, server_id: &SpiffeId) -> Self {
         let mut by_parent: HashMap<SpiffeId, Vec<usize>> = HashMap::new();
         let mut aliases = Vec::new();
+        let mut admins = Vec::new();
         for (i, e) in entries.iter().enumerate() {
+            if e.spec.admin {
+                admins.push(i);
+            }
             by_parent
                 .entry(e.spec.parent_id.clone())
                 .or_default()
@@ -49,6 +55,7 @@ impl EntryIndex {
             entries,
             by_parent,
             aliases,
+            admins,
         }
     }
 
@@ -64,6 +71,14 @@ impl EntryIndex {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether `id` is the SPIFFE ID of an admin entry that has not expired at `now`.
+    pub fn is_admin(&self, id: &SpiffeId, now: i64) -> bool {
+        self.admins.iter().any(|&i| {
+            let e = &self.entries[i];
+            &e.spec.spiffe_id == id && e.spec.expires_at.is_none_or(|t| t > now)
+        })
     }
 
     /// The entries the agent `node` (with node selectors `selectors`) may serve at

@@ -15,16 +15,26 @@
 //!   tool allowed by the authz policy (`start_task`); they live at most 5 minutes.
 //!
 //! Every issued token and every refusal is audited before the answer is sent.
+//!
+//! What a request gets is decided by the pure functions of `plan` (over the
+//! verified tokens, the policy and the registrations as read); this module parses
+//! the form, verifies the tokens, reads those facts, and signs and records what
+//! was decided.
 
 use std::collections::BTreeSet;
 
-use lanyard_audit::evidence::{TokenExchangeRefused, TokenExchanged};
 use lanyard_audit::{EventKind, Outcome};
 use lanyard_core::SpiffeId;
-use lanyard_policy::{AuthzRequest, PolicyKind, Target};
 use serde_json::{Map, Value, json};
 
 use crate::access::{Access, EXCHANGE_TYP, TASK_TYP};
+
+mod plan;
+
+use plan::{
+    ExchangeAuthz, ExchangeFacts, ExchangePlan, Issuing, Known, PersonAuthz, PersonFacts, Refused,
+    TaskPlan, TokenPlan, check_person_request, check_request, plan_exchange, plan_person_task,
+};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -156,18 +166,6 @@ impl ExchangeForm {
     }
 }
 
-/// Whom a task token is for, and the agent that runs the task.
-struct TaskFor<'a> {
-    sub: &'a str,
-    sub_exp: i64,
-    /// `Some` when `sub` is a person at a trusted identity provider.
-    person_issuer: Option<&'a str>,
-    agent: &'a SpiffeId,
-    agent_exp: i64,
-    /// The agent acts for someone other than itself.
-    acting: bool,
-}
-
 /// A person, from a verified token of a trusted identity provider.
 #[derive(Debug, Clone)]
 pub struct PersonToken {
@@ -185,29 +183,6 @@ struct Party {
     jti: String,
     /// Claims of a token this endpoint issued (re-exchange).
     issued: Option<Map<String, Value>>,
-}
-
-fn scopes_of(s: &str) -> Vec<String> {
-    let mut v: Vec<String> = s.split_whitespace().map(str::to_string).collect();
-    v.dedup();
-    v
-}
-
-/// Actors already in an `act` chain, nearest first.
-fn chain_of(act: Option<&Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = act;
-    while let Some(a) = cur {
-        match a.get("sub").and_then(Value::as_str) {
-            Some(s) => out.push(s.to_string()),
-            None => break,
-        }
-        cur = a.get("act");
-        if out.len() > 64 {
-            break;
-        }
-    }
-    out
 }
 
 impl Access {
@@ -286,440 +261,156 @@ impl Access {
 
     /// Handle one token request. The caller answers 400 with the error body.
     pub async fn exchange(&self, form: ExchangeForm) -> Result<Value, OAuthError> {
-        let mut refused = self
-            .shared
-            .event(EventKind::TokenExchangeRefused, Outcome::Denied);
-        match self.exchange_inner(&form, &mut refused).await {
+        match self.exchange_inner(&form).await {
             Ok(v) => Ok(v),
-            Err(e) => {
-                refused.reason = Some(format!("{}: {}", e.code(), e.description));
-                refused.decision = Some("deny".to_string());
-                if let Err(err) = self.shared.record(vec![refused]).await {
+            Err(refused) => {
+                let mut ev = self
+                    .shared
+                    .event(EventKind::TokenExchangeRefused, Outcome::Denied);
+                refused.record_in(&mut ev);
+                if let Err(err) = self.shared.record(vec![ev]).await {
                     tracing::error!(error = %err, "cannot record a refused token exchange");
                 }
-                Err(e)
+                Err(refused.error)
             }
         }
     }
 
-    async fn exchange_inner(
-        &self,
-        form: &ExchangeForm,
-        refused: &mut lanyard_audit::Event,
-    ) -> Result<Value, OAuthError> {
-        if form.grant_type != GRANT_TYPE {
-            return Err(OAuthError::new(
-                OAuthErrorKind::UnsupportedGrantType,
-                format!(
-                    "grant_type {:?} is not supported; use {GRANT_TYPE}",
-                    form.grant_type
-                ),
-            ));
+    /// Gather the facts (the verified tokens, the policy and the registrations),
+    /// decide ([`plan_exchange`]), then issue what was decided.
+    async fn exchange_inner(&self, form: &ExchangeForm) -> Result<Value, Refused> {
+        check_request(form).map_err(Refused::early)?;
+        if let Some(person) = self
+            .person_token(&form.subject_token)
+            .await
+            .map_err(Refused::early)?
+        {
+            return self.person_task(form, person).await;
         }
-        for (name, t) in [
-            ("subject_token_type", &form.subject_token_type),
-            ("actor_token_type", &form.actor_token_type),
-        ] {
-            if name == "actor_token_type" && form.actor_token.is_empty() {
-                if !t.is_empty() {
-                    return Err(OAuthError::request(
-                        "actor_token_type is given without actor_token",
-                    ));
-                }
-                continue;
-            }
-            if t != TYPE_JWT && t != TYPE_ACCESS_TOKEN {
-                return Err(OAuthError::request(format!(
-                    "{name} {t:?} is not supported; use {TYPE_JWT}"
-                )));
-            }
-        }
-        if let Some(person) = self.person_token(&form.subject_token).await? {
-            return self.person_task(form, person, refused).await;
-        }
-        let subject = self.party(&form.subject_token, "subject", true).await?;
-        refused.subject = Some(subject.id.to_string());
-        refused.merge_evidence(TokenExchangeRefused::subject_jti(&subject.jti));
+        let subject = self
+            .party(&form.subject_token, "subject", true)
+            .await
+            .map_err(Refused::early)?;
         let actor = if form.actor_token.is_empty() {
             None
         } else {
-            let a = self.party(&form.actor_token, "actor", false).await?;
-            refused.actor = Some(a.id.to_string());
-            refused.merge_evidence(TokenExchangeRefused::actor_jti(&a.jti));
+            let a = self
+                .party(&form.actor_token, "actor", false)
+                .await
+                .map_err(|e| Known::parties(&subject, None).refuse(e))?;
             Some(a)
         };
-        let task = match form.requested_token_type.as_str() {
-            "" | TYPE_JWT | TYPE_ACCESS_TOKEN => false,
-            TYPE_TXN_TOKEN => true,
-            other => {
-                return Err(OAuthError::request(format!(
-                    "requested_token_type {other:?} is not supported; use {TYPE_JWT} or {TYPE_TXN_TOKEN}"
-                )));
-            }
-        };
-        // Re-exchange of an issued token: the next hop (in its audience) must act.
-        let prior_act = subject.issued.as_ref().and_then(|c| c.get("act")).cloned();
-        let mut chain = chain_of(prior_act.as_ref());
-        if let Some(claims) = &subject.issued {
-            let a = actor.as_ref().ok_or_else(|| {
-                OAuthError::request(
-                    "an exchanged token can only be exchanged again by an actor in its audience: add actor_token",
-                )
-            })?;
-            let aud: Vec<String> = match claims.get("aud") {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(v)) => v
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect(),
-                _ => Vec::new(),
-            };
-            if !aud.contains(&a.id.to_string()) {
-                return Err(OAuthError::request(format!(
-                    "the actor {} is not in the subject token's audience {aud:?}",
-                    a.id
-                )));
-            }
+        let authz = self.exchange_authz(&subject, actor.as_ref()).await;
+        let plan = plan_exchange(ExchangeFacts {
+            form,
+            subject: &subject,
+            actor: actor.as_ref(),
+            authz: &authz,
+            issuing: &self.issuing(),
+        })?;
+        match plan {
+            ExchangePlan::Token(p) => self.issue_token(p).await,
+            ExchangePlan::Task(p) => self.issue_task(p).await,
         }
-        let policy = self.policy().await.map_err(OAuthError::unavailable)?;
-        let subject_facts = self
-            .workload(&subject.id.to_string())
+    }
+
+    /// A task token for an agent acting for a person ([`plan_person_task`]).
+    async fn person_task(
+        &self,
+        form: &ExchangeForm,
+        person: PersonToken,
+    ) -> Result<Value, Refused> {
+        check_person_request(form, &person)?;
+        let agent = self
+            .party(&form.actor_token, "actor", false)
             .await
-            .map_err(OAuthError::unavailable)?;
-        let mut policy_ids: Vec<String> = Vec::new();
-        // Delegation: may the actor act for the subject?
-        if let Some(a) = &actor
-            && a.id != subject.id
-        {
-            if chain.len() + 1 > self.shared.config.max_delegation_depth as usize {
-                return Err(OAuthError::request(format!(
-                    "the delegation chain would be {} deep; at most {} actors are allowed",
-                    chain.len() + 1,
-                    self.shared.config.max_delegation_depth
-                )));
-            }
-            let allowed = self
-                .may_act(
-                    &policy,
-                    &a.id,
-                    "act_for",
-                    Target::Workload(subject_facts.clone()),
-                    chain.clone(),
-                    &subject.id.to_string(),
-                    refused,
-                )
-                .await?;
-            policy_ids.extend(allowed);
+            .map_err(|e| Known::person(&person, None).refuse(e))?;
+        let authz = async {
+            Ok(PersonAuthz {
+                policy: self.policy().await?,
+                agent: self.workload(&agent.id.to_string()).await?,
+            })
         }
-        if task {
-            if subject.issued.is_some() && actor.is_none() {
-                return Err(OAuthError::request(
-                    "a task token is requested with the agent's own JWT-SVID",
-                ));
-            }
-            // The agent is the actor when it acts for someone, else the subject itself.
-            let agent = actor.as_ref().map_or(&subject.id, |a| &a.id);
-            let sub = subject.id.to_string();
-            return self
-                .task_token(
-                    form,
-                    &policy,
-                    TaskFor {
-                        sub: &sub,
-                        sub_exp: subject.exp,
-                        person_issuer: None,
-                        agent,
-                        agent_exp: actor.as_ref().map_or(subject.exp, |a| a.exp),
-                        acting: actor.as_ref().is_some_and(|a| a.id != subject.id),
-                    },
-                    policy_ids,
-                    refused,
-                )
-                .await;
+        .await;
+        let plan = plan_person_task(PersonFacts {
+            form,
+            person: &person,
+            agent: &agent,
+            authz: &authz,
+            issuing: &self.issuing(),
+        })?;
+        self.issue_task(plan).await
+    }
+
+    /// The issuer's settings, now.
+    fn issuing(&self) -> Issuing {
+        Issuing {
+            issuer: self.issuer(),
+            trust_domain: self.shared.config.trust_domain.to_string(),
+            now: self.shared.clock.unix_seconds(),
+            ttl: self.shared.config.exchange_token_ttl,
+            max_delegation_depth: self.shared.config.max_delegation_depth,
         }
-        // Audience.
-        let mut targets: Vec<String> = form.audience.clone();
-        targets.extend(form.resource.iter().cloned());
-        targets.dedup();
-        let audience = match targets.as_slice() {
-            [] => {
-                return Err(OAuthError::new(
-                    OAuthErrorKind::InvalidTarget,
-                    "name the service the token is for with audience (or resource)",
-                ));
-            }
-            [one] => one.clone(),
-            _ => {
-                return Err(OAuthError::new(
-                    OAuthErrorKind::InvalidTarget,
-                    "one audience per exchange: ask once per service",
-                ));
-            }
+    }
+
+    /// The authz policy and the registrations of the subject and of the actor.
+    async fn exchange_authz(
+        &self,
+        subject: &Party,
+        actor: Option<&Party>,
+    ) -> Result<ExchangeAuthz, crate::decision::Unavailable> {
+        let policy = self.policy().await?;
+        let subject_facts = self.workload(&subject.id.to_string()).await?;
+        let acting = match actor {
+            Some(a) if a.id != subject.id => self.workload(&a.id.to_string()).await?,
+            _ => subject_facts.clone(),
         };
-        refused.merge_evidence(TokenExchangeRefused::audience(&audience));
-        // Scopes: requested ones (or the prior token's), each granted by policy,
-        // never wider than the prior token's.
-        let prior_scopes: Option<Vec<String>> = subject
-            .issued
-            .as_ref()
-            .map(|c| scopes_of(c.get("scope").and_then(Value::as_str).unwrap_or_default()));
-        let mut requested = scopes_of(&form.scope);
-        if let Some(prior) = &prior_scopes {
-            if requested.is_empty() {
-                requested = prior.clone();
-            }
-            let wider: Vec<&String> = requested.iter().filter(|s| !prior.contains(s)).collect();
-            if !wider.is_empty() {
-                return Err(OAuthError::new(
-                    OAuthErrorKind::InvalidScope,
-                    format!(
-                        "scopes only narrow on re-exchange: {wider:?} are not in the subject token's scope {prior:?}"
-                    ),
-                ));
-            }
-        }
-        if let Some(a) = &actor {
-            chain.insert(0, a.id.to_string());
-        }
-        let ask = |scope: Option<String>| {
-            let mut r = AuthzRequest::new(subject_facts.clone(), "token_exchange", &audience);
-            r.scope = scope;
-            r.actor = actor.as_ref().map(|a| a.id.to_string());
-            r.chain = Some(chain.clone());
-            r
-        };
-        let mut granted = Vec::new();
-        let mut denied = Vec::new();
-        if requested.is_empty() {
-            let d = policy
-                .evaluate_authz(&ask(None))
-                .map_err(OAuthError::server)?;
-            if !d.allowed {
-                refused.policy_ids = d.policy_ids.clone();
-                return Err(OAuthError::new(
-                    OAuthErrorKind::InvalidTarget,
-                    format!(
-                        "{} may not obtain a token for {audience:?}: {}",
-                        subject.id,
-                        d.explain(PolicyKind::Authz)
-                    ),
-                ));
-            }
-            policy_ids.extend(d.policy_ids);
-        } else {
-            for s in &requested {
-                let d = policy
-                    .evaluate_authz(&ask(Some(s.clone())))
-                    .map_err(OAuthError::server)?;
-                if d.allowed {
-                    granted.push(s.clone());
-                    policy_ids.extend(d.policy_ids);
-                } else {
-                    denied.push((s.clone(), d.explain(PolicyKind::Authz)));
-                }
-            }
-            if granted.is_empty() {
-                return Err(OAuthError::new(
-                    OAuthErrorKind::InvalidScope,
-                    format!(
-                        "no requested scope is allowed for {} at {audience:?}: {}",
-                        subject.id,
-                        denied
-                            .iter()
-                            .map(|(s, r)| format!("{s}: {r}"))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                ));
-            }
-        }
-        policy_ids.sort();
-        policy_ids.dedup();
-        // The token.
-        let now = self.shared.clock.unix_seconds();
-        let ttl = i64::try_from(self.shared.config.exchange_token_ttl.as_secs()).unwrap_or(300);
-        let exp = (now + ttl).min(subject.exp);
+        Ok(ExchangeAuthz {
+            policy,
+            subject: subject_facts,
+            acting,
+        })
+    }
+
+    /// Sign the exchanged token, record it, answer.
+    async fn issue_token(&self, plan: TokenPlan) -> Result<Value, Refused> {
         let jti = Access::new_id();
-        let mut claims = Map::new();
-        claims.insert("iss".into(), self.issuer().into());
-        claims.insert("sub".into(), subject.id.to_string().into());
-        claims.insert("aud".into(), audience.clone().into());
-        claims.insert("iat".into(), now.into());
-        claims.insert("exp".into(), exp.into());
-        claims.insert("jti".into(), jti.clone().into());
-        if !granted.is_empty() {
-            claims.insert("scope".into(), granted.join(" ").into());
-        }
-        if let Some(a) = &actor {
-            let mut act = Map::new();
-            act.insert("sub".into(), a.id.to_string().into());
-            if let Some(p) = prior_act {
-                act.insert("act".into(), p);
-            }
-            claims.insert("act".into(), Value::Object(act));
-        } else if let Some(p) = prior_act {
-            claims.insert("act".into(), p);
-        }
         let token = self
             .token_key
-            .sign(EXCHANGE_TYP, &Value::Object(claims))
-            .map_err(OAuthError::server)?;
+            .sign(EXCHANGE_TYP, &plan.claims(&jti))
+            .map_err(|e| plan.known.refuse(OAuthError::server(e)))?;
         let mut ev = self
             .shared
             .event(EventKind::TokenExchanged, Outcome::Success);
-        ev.actor = Some(
-            actor
-                .as_ref()
-                .map_or_else(|| subject.id.to_string(), |a| a.id.to_string()),
-        );
-        ev.subject = Some(subject.id.to_string());
-        if !subject_facts.owner.is_empty() {
-            ev.owner = Some(subject_facts.owner.clone());
-        }
-        ev.policy_ids = policy_ids;
-        ev.decision = Some("allow".to_string());
-        // The tokens and audience gathered in `refused`, and the new token.
-        ev.set_evidence(TokenExchanged {
-            subject_jti: subject.jti.clone(),
-            actor_jti: actor.as_ref().map(|a| a.jti.clone()),
-            audience,
-            jti,
-            scope: granted.join(" "),
-            expires_at: exp,
-            chain,
-            scopes_not_granted: (!denied.is_empty())
-                .then(|| denied.iter().map(|(s, _)| s.clone()).collect()),
-        });
-        self.shared
-            .record(vec![ev])
-            .await
-            .map_err(|e| OAuthError::server(format!("cannot record the exchange: {e}")))?;
-        let mut out = json!({
-            "access_token": token,
-            "issued_token_type": TYPE_JWT,
-            "token_type": "Bearer",
-            "expires_in": (exp - now).max(0),
-        });
-        if !granted.is_empty() {
-            out["scope"] = granted.join(" ").into();
-        }
-        Ok(out)
+        plan.grant.record_in(&mut ev);
+        ev.set_evidence(plan.evidence(jti));
+        self.shared.record(vec![ev]).await.map_err(|e| {
+            plan.known.refuse(OAuthError::server(format!(
+                "cannot record the exchange: {e}"
+            )))
+        })?;
+        Ok(plan.answer(token))
     }
 
-    /// Issue a task token for `agent`, for `task.sub` (the agent itself, a workload or
-    /// a person it acts for).
-    async fn task_token(
-        &self,
-        form: &ExchangeForm,
-        policy: &lanyard_policy::CompiledPolicies,
-        task: TaskFor<'_>,
-        mut policy_ids: Vec<String>,
-        refused: &mut lanyard_audit::Event,
-    ) -> Result<Value, OAuthError> {
-        let agent = task.agent;
-        let acting = task.acting;
-        let purpose = form.scope.trim().to_string();
-        if purpose.is_empty() {
-            return Err(OAuthError::request(
-                "give the task's purpose as scope (e.g. scope=summarize-tickets)",
-            ));
-        }
-        let tools = scopes_of(&form.tools);
-        if tools.is_empty() {
-            return Err(OAuthError::request(
-                "name the tools the task may call with tools (space-separated)",
-            ));
-        }
-        refused.merge_evidence(TokenExchangeRefused::task(&purpose, tools.clone()));
-        let agent_facts = self
-            .workload(&agent.to_string())
-            .await
-            .map_err(OAuthError::unavailable)?;
-        let mut denied = Vec::new();
-        for t in &tools {
-            let mut r = AuthzRequest::new(agent_facts.clone(), "start_task", t);
-            r.scope = Some(purpose.clone());
-            r.tool = Some(t.clone());
-            if acting {
-                r.actor = Some(agent.to_string());
-            }
-            let d = policy.evaluate_authz(&r).map_err(OAuthError::server)?;
-            if d.allowed {
-                policy_ids.extend(d.policy_ids);
-            } else {
-                denied.push(format!("{t}: {}", d.explain(PolicyKind::Authz)));
-            }
-        }
-        if !denied.is_empty() {
-            return Err(OAuthError::new(
-                OAuthErrorKind::InvalidScope,
-                format!(
-                    "{agent} may not run a task with these tools: {}",
-                    denied.join("; ")
-                ),
-            ));
-        }
-        policy_ids.sort();
-        policy_ids.dedup();
-        let now = self.shared.clock.unix_seconds();
-        let ttl = i64::try_from(self.shared.config.exchange_token_ttl.as_secs())
-            .unwrap_or(MAX_TASK_TTL)
-            .min(MAX_TASK_TTL);
-        let exp = (now + ttl).min(task.sub_exp).min(task.agent_exp);
+    /// Sign the task token, record it, answer.
+    async fn issue_task(&self, plan: TaskPlan) -> Result<Value, Refused> {
         let txn = Access::new_id();
         let jti = Access::new_id();
-        let mut claims = json!({
-            "iss": self.issuer(),
-            "aud": format!("spiffe://{}", self.shared.config.trust_domain),
-            "sub": task.sub,
-            "txn": txn,
-            "jti": jti,
-            "iat": now,
-            "exp": exp,
-            "scope": purpose,
-            "tctx": {"purpose": purpose, "tools": tools},
-            "rctx": {"req_wl": agent.to_string()},
-        });
-        if acting {
-            claims["act"] = json!({"sub": agent.to_string()});
-        }
-        if let Some(iss) = task.person_issuer {
-            // Whose `sub` it is: a person at a trusted identity provider.
-            claims["sub_iss"] = json!(iss);
-        }
         let token = self
             .token_key
-            .sign(TASK_TYP, &claims)
-            .map_err(OAuthError::server)?;
+            .sign(TASK_TYP, &plan.claims(&txn, &jti))
+            .map_err(|e| plan.known.refuse(OAuthError::server(e)))?;
         let mut ev = self
             .shared
             .event(EventKind::TaskTokenIssued, Outcome::Success);
-        ev.actor = Some(agent.to_string());
-        ev.subject = Some(task.sub.to_string());
+        plan.grant.record_in(&mut ev);
         ev.trace_id = Some(txn.clone());
-        if !agent_facts.owner.is_empty() {
-            ev.owner = Some(agent_facts.owner.clone());
-        }
-        ev.policy_ids = policy_ids;
-        ev.decision = Some("allow".to_string());
-        // The tokens (or the person's issuer) and the task gathered in `refused`,
-        // and the new token.
-        let gathered = refused
-            .evidence_as::<TokenExchangeRefused>()
-            .map_err(OAuthError::server)?;
-        ev.set_evidence(gathered.task_token_issued(txn, jti, exp));
-        self.shared
-            .record(vec![ev])
-            .await
-            .map_err(|e| OAuthError::server(format!("cannot record the task: {e}")))?;
-        Ok(json!({
-            "access_token": token,
-            "issued_token_type": TYPE_TXN_TOKEN,
-            "token_type": "N_A",
-            "expires_in": (exp - now).max(0),
-            "scope": purpose,
-        }))
+        ev.set_evidence(plan.evidence(txn, jti));
+        self.shared.record(vec![ev]).await.map_err(|e| {
+            plan.known
+                .refuse(OAuthError::server(format!("cannot record the task: {e}")))
+        })?;
+        Ok(plan.answer(token))
     }
 
     /// A subject token from a trusted identity provider (`[[trusted_issuer]]`), by
@@ -804,100 +495,11 @@ impl Access {
             exp,
         }))
     }
-
-    /// A task token for an agent acting for a person: only with the agent's JWT-SVID
-    /// as actor, and only when the authz policy lets the agent act for that person.
-    async fn person_task(
-        &self,
-        form: &ExchangeForm,
-        person: PersonToken,
-        refused: &mut lanyard_audit::Event,
-    ) -> Result<Value, OAuthError> {
-        refused.subject = Some(person.sub.clone());
-        refused.merge_evidence(TokenExchangeRefused::person_issuer(&person.issuer));
-        if form.requested_token_type != TYPE_TXN_TOKEN {
-            return Err(OAuthError::request(format!(
-                "a person's token (from {}) can only be exchanged for a task token (requested_token_type={TYPE_TXN_TOKEN}) by the agent acting for them",
-                person.issuer
-            )));
-        }
-        if form.actor_token.is_empty() {
-            return Err(OAuthError::request(
-                "a task for a person needs the agent's JWT-SVID as actor_token",
-            ));
-        }
-        let agent = self.party(&form.actor_token, "actor", false).await?;
-        refused.actor = Some(agent.id.to_string());
-        let policy = self.policy().await.map_err(OAuthError::unavailable)?;
-        let allowed = self
-            .may_act(
-                &policy,
-                &agent.id,
-                "act_for_person",
-                Target::Person {
-                    id: person.sub.clone(),
-                    issuer: person.issuer.clone(),
-                    email: person.email.clone(),
-                },
-                Vec::new(),
-                &format!("{} ({})", person.sub, person.issuer),
-                refused,
-            )
-            .await?;
-        self.task_token(
-            form,
-            &policy,
-            TaskFor {
-                sub: &person.sub,
-                sub_exp: person.exp,
-                person_issuer: Some(&person.issuer),
-                agent: &agent.id,
-                agent_exp: agent.exp,
-                acting: true,
-            },
-            allowed,
-            refused,
-        )
-        .await
-    }
-
-    /// May `actor` act for `target` (`act_for` on a workload, `act_for_person` on a
-    /// person)? Returns the permitting policies; a refusal is `invalid_request`
-    /// naming the policy.
-    #[allow(clippy::too_many_arguments)]
-    async fn may_act(
-        &self,
-        policy: &lanyard_policy::CompiledPolicies,
-        actor: &SpiffeId,
-        action: &str,
-        target: Target,
-        chain: Vec<String>,
-        whom: &str,
-        refused: &mut lanyard_audit::Event,
-    ) -> Result<Vec<String>, OAuthError> {
-        let mut r = AuthzRequest::new(
-            self.workload(&actor.to_string())
-                .await
-                .map_err(OAuthError::unavailable)?,
-            action,
-            "",
-        );
-        r.target = target;
-        r.chain = Some(chain);
-        let d = policy.evaluate_authz(&r).map_err(OAuthError::server)?;
-        if !d.allowed {
-            refused.policy_ids = d.policy_ids.clone();
-            return Err(OAuthError::request(format!(
-                "{actor} may not act for {whom}: {}",
-                d.explain(PolicyKind::Authz)
-            )));
-        }
-        Ok(d.policy_ids)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::plan::{chain_of, scopes_of};
     use super::*;
 
     #[test]

@@ -12,7 +12,6 @@ use lanyard_proto::envoy::service::auth::v3 as pb;
 use lanyard_proto::envoy::r#type::v3::{HttpStatus, StatusCode};
 use lanyard_proto::google::rpc::Status as RpcStatus;
 use serde_json::{Map, Value};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Question};
@@ -71,11 +70,8 @@ impl pb::authorization_server::Authorization for ExtAuthz {
         &self,
         req: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let caller = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|c| crate::tls::peer_spiffe_id(&c))
+        let caller = crate::caller::Caller::of(&req)?
+            .spiffe_id()
             .ok_or_else(|| {
                 Status::unauthenticated("the enforcement point must present its X509-SVID")
             })?

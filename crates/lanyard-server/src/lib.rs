@@ -12,6 +12,7 @@
 pub mod access;
 pub mod admin;
 pub mod attest;
+pub mod caller;
 pub mod config;
 pub mod entries;
 pub mod exchange;
@@ -21,6 +22,7 @@ pub mod governance;
 pub mod http;
 pub mod node;
 pub mod policy;
+pub mod release;
 pub mod secrets;
 pub mod state;
 
@@ -202,6 +204,7 @@ async fn serve_grpc_tls(
     let rx = shutdown.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
+            .layer(caller::CallerLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(ReceiverStream::new(conns), until(rx))
             .await
@@ -229,6 +232,7 @@ pub async fn start(
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
+            .layer(caller::CallerLayer)
             .add_service(admin)
             .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), until(rx))
             .await

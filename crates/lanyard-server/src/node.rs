@@ -21,7 +21,6 @@ use lanyard_proto::node as pb;
 use lanyard_store::{Entry, Node, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::Access;
@@ -29,8 +28,8 @@ use crate::attest::join_token::JoinTokenAttestor;
 use crate::attest::x509pop::X509PopAttestor;
 use crate::attest::{AttestError, Challenger, NodeAttestors, NodeEvidence};
 use crate::decision::{DecisionOut, DecisionRecord, decision_event, decision_evidence};
+use crate::release::{Release, decide_release};
 use crate::state::Shared;
-use crate::tls::peer_spiffe_id;
 
 /// How long an x509pop agent has to answer the challenge.
 const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,7 +51,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// A server error as the agent sees it: `Unavailable` when the datastore cannot
 /// be read (the agent retries), else `Internal`.
-fn server_status(e: crate::state::ServerError) -> Status {
+pub(crate) fn server_status(e: crate::state::ServerError) -> Status {
     match e {
         crate::state::ServerError::Unavailable(m) => Status::unavailable(m),
         crate::state::ServerError::Store(lanyard_store::StoreError::Unavailable(m)) => {
@@ -225,15 +224,16 @@ struct PeerSvid {
     serial: String,
 }
 
+/// The caller's agent SVID, as [`crate::caller::CallerLayer`] read it from the TLS
+/// connection.
 fn peer_id<T>(req: &Request<T>) -> Option<PeerSvid> {
-    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certs = info.peer_certs()?;
-    let id = peer_spiffe_id(&certs)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-    Some(PeerSvid {
-        id,
-        serial: hex::encode(cert.raw_serial()),
-    })
+    match req.extensions().get::<crate::caller::Caller>()? {
+        crate::caller::Caller::Svid { id, serial } => Some(PeerSvid {
+            id: id.clone(),
+            serial: serial.clone(),
+        }),
+        _ => None,
+    }
 }
 
 /// How a presented agent SVID stands against the node's record.
@@ -964,73 +964,26 @@ impl pb::node_server::Node for NodeService {
                 ))
             })?;
         let now = self.shared.clock.unix_seconds();
-        let refuse = |status: Status, owner: Option<String>| {
-            let mut ev = self.shared.event(
-                lanyard_audit::EventKind::SecretRefused,
-                lanyard_audit::Outcome::Denied,
-            );
-            ev.actor = Some(node.spiffe_id.to_string());
-            ev.subject = Some(entry.spec.spiffe_id.to_string());
-            ev.owner = owner;
-            ev.reason = Some(status.message().to_string());
-            ev.set_evidence(SecretRefused::new(
-                &r.name,
-                Process::bounded(who.pid, who.uid, who.gid, &who.path, &who.sha256),
-            ));
-            (ev, status)
-        };
-        let decision: Result<(Vec<u8>, lanyard_store::Exception), (lanyard_audit::Event, Status)> =
-            async {
-                let exc = self
-                    .shared
-                    .store
-                    .get_exception(&r.name)
-                    .await
-                    .map_err(internal)
-                    .map_err(|s| refuse(s, None))?
-                    .ok_or_else(|| {
-                        refuse(
-                            Status::not_found(format!("no exception named {:?}", r.name)),
-                            None,
-                        )
-                    })?;
-                let owner = Some(exc.owner.clone());
-                if let Some(at) = exc.revoked_at {
-                    return Err(refuse(
-                        Status::failed_precondition(format!(
-                            "exception {:?} was revoked at {}; ask its owner {} about replacing the static secret with SVID-based access",
-                            exc.name, at, exc.owner
-                        )),
-                        owner,
-                    ));
+        let process = || Process::bounded(who.pid, who.uid, who.gid, &who.path, &who.sha256);
+        let read = self.shared.store.get_exception(&r.name).await;
+        if let Err(e) = &read {
+            tracing::error!(error = %e, "internal error");
+        }
+        let released = match decide_release(
+            read.as_ref().map(Option::as_ref),
+            &r.name,
+            &entry.spec.spiffe_id,
+            now,
+        ) {
+            Ok(Release { exception: exc }) => {
+                match self.shared.secrets.open(&exc.name, &exc.sealed) {
+                    Ok(secret) => Ok((secret, exc)),
+                    Err(e) => Err((Status::internal(e.to_string()), Some(exc.owner.clone()))),
                 }
-                if exc.expires_at <= now {
-                    return Err(refuse(
-                        Status::failed_precondition(format!(
-                            "exception {:?} expired at {} (unix time); its owner {} must renew it with `lanyard exception create` or move the workload to SVID-based access",
-                            exc.name, exc.expires_at, exc.owner
-                        )),
-                        owner,
-                    ));
-                }
-                if !exc.allowed.contains(&entry.spec.spiffe_id) {
-                    return Err(refuse(
-                        Status::permission_denied(format!(
-                            "{} is not allowed to receive the secret of exception {:?}",
-                            entry.spec.spiffe_id, exc.name
-                        )),
-                        owner,
-                    ));
-                }
-                let secret = self
-                    .shared
-                    .secrets
-                    .open(&exc.name, &exc.sealed)
-                    .map_err(|e| refuse(Status::internal(e.to_string()), owner))?;
-                Ok((secret, exc))
             }
-            .await;
-        match decision {
+            Err(refusal) => Err((Status::from(&refusal), refusal.owner().map(str::to_string))),
+        };
+        match released {
             Ok((secret, exc)) => {
                 let mut ev = self.shared.event(
                     lanyard_audit::EventKind::SecretReleased,
@@ -1039,11 +992,7 @@ impl pb::node_server::Node for NodeService {
                 ev.actor = Some(node.spiffe_id.to_string());
                 ev.subject = Some(entry.spec.spiffe_id.to_string());
                 ev.owner = Some(exc.owner.clone());
-                ev.set_evidence(SecretReleased::new(
-                    &exc.name,
-                    exc.expires_at,
-                    Process::bounded(who.pid, who.uid, who.gid, &who.path, &who.sha256),
-                ));
+                ev.set_evidence(SecretReleased::new(&exc.name, exc.expires_at, process()));
                 // On record before it is handed out.
                 self.shared.record(vec![ev]).await.map_err(internal)?;
                 tracing::info!(exception = %exc.name, spiffe_id = %entry.spec.spiffe_id, "secret released");
@@ -1053,7 +1002,16 @@ impl pb::node_server::Node for NodeService {
                     spiffe_id: entry.spec.spiffe_id.to_string(),
                 }))
             }
-            Err((ev, status)) => {
+            Err((status, owner)) => {
+                let mut ev = self.shared.event(
+                    lanyard_audit::EventKind::SecretRefused,
+                    lanyard_audit::Outcome::Denied,
+                );
+                ev.actor = Some(node.spiffe_id.to_string());
+                ev.subject = Some(entry.spec.spiffe_id.to_string());
+                ev.owner = owner;
+                ev.reason = Some(status.message().to_string());
+                ev.set_evidence(SecretRefused::new(&r.name, process()));
                 tracing::warn!(exception = %r.name, spiffe_id = %entry.spec.spiffe_id, reason = %status.message(), "secret refused");
                 self.shared.record(vec![ev]).await.map_err(internal)?;
                 Err(status)

@@ -17,7 +17,7 @@ use tonic::Status;
 use crate::state::Shared;
 
 /// The admin API caller.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallerFacts {
     Local { uid: u32 },
     Spiffe(SpiffeId),

@@ -654,16 +654,21 @@ impl Shared {
         Ok(())
     }
 
+    /// The entry index as of the latest change this server knows of (see
+    /// [`crate::entries::EntryCache`]); unavailable when it cannot be read fresh.
+    pub async fn entry_index(&self) -> Result<Arc<(u64, crate::entries::EntryIndex)>, ServerError> {
+        let version = *self.changes.borrow();
+        self.entries
+            .get(&self.store, &self.server_id, version)
+            .await
+            .map_err(|e| ServerError::Unavailable(e.0))
+    }
+
     /// The entries an agent may serve: those parented to the agent itself and to any
     /// node alias (an entry parented to the server) whose selectors the agent has.
     /// Expired entries issue nothing and are left out.
     pub async fn authorized_entries(&self, node: &Node) -> Result<Vec<Entry>, ServerError> {
-        let version = *self.changes.borrow();
-        let index = self
-            .entries
-            .get(&self.store, &self.server_id, version)
-            .await
-            .map_err(|e| ServerError::Unavailable(e.0))?;
+        let index = self.entry_index().await?;
         Ok(index
             .1
             .authorized(&node.spiffe_id, &node.selectors, self.clock.unix_seconds()))
