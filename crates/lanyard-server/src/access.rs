@@ -12,12 +12,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lanyard_ca::{KeyAlgorithm, SigningKey};
-use lanyard_core::{JwtSvid, PublicJwk};
+use lanyard_core::{Clock, JwtSvid, PublicJwk, TrustDomain};
 use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
-use lanyard_store::Store;
+use lanyard_store::{AnyStore, Store};
 use serde_json::{Value, json};
 
 use crate::fresh::{FreshCache, MAX_STALE};
+use crate::handles::{AuditSink, Authority, Entries, PolicyCache, Publication};
 use crate::state::{ServerError, Shared, write_private};
 use lanyard_audit::{EventKind, Outcome};
 pub use lanyard_authz::decision::{
@@ -113,8 +114,19 @@ type WorkloadIndex = (u64, HashMap<String, WorkloadFacts>);
 
 /// Runtime authorization state of one server.
 pub struct Access {
-    pub shared: Arc<Shared>,
     pub token_key: TokenKey,
+    pub(crate) ca: Arc<Authority>,
+    pub(crate) publication: Arc<Publication>,
+    pub(crate) audit: Arc<AuditSink>,
+    pub(crate) policies: Arc<PolicyCache>,
+    pub(crate) entries: Arc<Entries>,
+    /// Read for the stored authz policy and the JWT deny-list.
+    pub(crate) store: AnyStore,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) trust_domain: TrustDomain,
+    /// Lifetime of exchanged tokens, and how deep delegation chains may go.
+    pub(crate) exchange_token_ttl: std::time::Duration,
+    pub(crate) max_delegation_depth: u32,
     public_url: OnceLock<String>,
     callers: Callers,
     /// The authz policy set and its stored version.
@@ -134,7 +146,8 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    pub fn new(shared: Arc<Shared>) -> Result<Self, ServerError> {
+    /// The runtime authorization state over `shared`'s handles.
+    pub fn new(shared: &Shared) -> Result<Self, ServerError> {
         let token_key = TokenKey::load_or_create(&shared.config.data_dir)?;
         let mut trusted = Vec::new();
         for (issuer, path) in &shared.config.trusted_issuers {
@@ -152,8 +165,17 @@ impl Access {
         }
         Ok(Self {
             trusted,
-            shared,
             token_key,
+            ca: shared.ca.clone(),
+            publication: shared.publication.clone(),
+            audit: shared.audit.clone(),
+            policies: shared.policies.clone(),
+            entries: shared.entries.clone(),
+            store: shared.store.clone(),
+            clock: shared.clock.clone(),
+            trust_domain: shared.config.trust_domain.clone(),
+            exchange_token_ttl: shared.config.exchange_token_ttl,
+            max_delegation_depth: shared.config.max_delegation_depth,
             public_url: OnceLock::new(),
             callers: Callers::default(),
             policy: FreshCache::new("authz policy", REFRESH, MAX_STALE),
@@ -179,10 +201,10 @@ impl Access {
 
     /// The JWT issuer (`iss` of JWT-SVIDs and of exchanged tokens).
     pub fn issuer(&self) -> String {
-        self.shared
-            .ca_read()
+        self.ca
+            .read()
             .map(|c| c.config().issuer())
-            .unwrap_or_else(|_| format!("https://{}", self.shared.config.trust_domain))
+            .unwrap_or_else(|_| format!("https://{}", self.trust_domain))
     }
 
     pub fn token_endpoint(&self) -> String {
@@ -198,8 +220,8 @@ impl Access {
     /// token-signing key.
     pub fn jwks(&self) -> Value {
         let mut keys = Vec::new();
-        if let Ok(set) = self.shared.bundles.read()
-            && let Some(b) = set.get(&self.shared.config.trust_domain)
+        if let Ok(set) = self.publication.bundles().read()
+            && let Some(b) = set.get(&self.trust_domain)
         {
             for a in b.jwt_authorities() {
                 keys.push(jwk_json(a.key(), a.kid()));
@@ -212,11 +234,10 @@ impl Access {
     /// JWT IDs on the deny-list. `Err` (fail closed): it cannot be read and the last
     /// copy is too old.
     pub async fn revoked(&self) -> Result<Arc<HashSet<String>>, Unavailable> {
-        let now = self.shared.clock.unix_seconds();
+        let now = self.clock.unix_seconds();
         self.revoked
             .get(|| async {
-                self.shared
-                    .store
+                self.store
                     .revoked_jwts(now)
                     .await
                     .map(|v| v.into_iter().map(|r| r.jti).collect())
@@ -231,8 +252,8 @@ impl Access {
         lanyard_authz::decision::validate_svid(
             token,
             &self.own_audiences(),
-            &self.shared.bundles,
-            self.shared.clock.as_ref(),
+            self.publication.bundles(),
+            self.clock.as_ref(),
             &|jti| revoked.contains(jti),
         )
         .map_err(|e| AuthnError::Unauthenticated(e.to_string()))
@@ -244,8 +265,8 @@ impl Access {
         self.callers.authenticate(
             authorization,
             &self.own_audiences(),
-            &self.shared.bundles,
-            self.shared.clock.as_ref(),
+            self.publication.bundles(),
+            self.clock.as_ref(),
             &|jti| revoked.contains(jti),
         )
     }
@@ -254,18 +275,13 @@ impl Access {
     /// servers' within [`REFRESH`]). `Err` (fail closed): it cannot be read.
     pub async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
         // A `policy set` through this server updates the shared compiled cache.
-        let known = self
-            .shared
-            .policies
-            .read()
-            .ok()
-            .and_then(|c| c.get(&PolicyKind::Authz).map(|(v, _)| *v));
+        let known = self.policies.version(PolicyKind::Authz);
         let p = self
             .policy
             .get_where(
                 |(v, _)| known.is_none_or(|k| k == *v),
                 || async {
-                    crate::policy::active(&self.shared, PolicyKind::Authz)
+                    crate::policy::active(&self.store, &self.policies, PolicyKind::Authz)
                         .await
                         .map_err(|s| s.message().to_string())
                 },
@@ -276,18 +292,14 @@ impl Access {
 
     /// Registration facts of every SPIFFE ID with an entry.
     async fn workloads(&self) -> Result<Arc<WorkloadIndex>, Unavailable> {
-        let version = *self.shared.changes.borrow();
+        let version = self.entries.version();
         self.workloads
             .get_where(
                 |(v, _)| *v == version,
                 || async {
                     // The entries as the agent API's index last read them: one
                     // datastore read per change serves both.
-                    let index = self
-                        .shared
-                        .entries
-                        .get(&self.shared.store, &self.shared.server_id, version)
-                        .await?;
+                    let index = self.entries.current().await?;
                     let mut map: HashMap<String, WorkloadFacts> = HashMap::new();
                     for e in index.1.entries() {
                         index_entry(
@@ -320,7 +332,7 @@ impl Access {
             self.token_key.verifier(),
             &self.issuer(),
             token,
-            self.shared.clock.unix_seconds(),
+            self.clock.unix_seconds(),
             &|jti| revoked.contains(jti),
         )
         .map_err(TaskError::Rejected)
@@ -336,7 +348,7 @@ impl Access {
     ) -> Result<DecisionOut, DecideError> {
         let rec = lanyard_authz::decide(self, q).await?;
         let mut ev = decision_event(
-            self.shared.event(EventKind::AuthzDecision, Outcome::Denied),
+            self.audit.event(EventKind::AuthzDecision, Outcome::Denied),
             caller,
             via,
             &rec,
@@ -349,9 +361,9 @@ impl Access {
 
     /// Append an event through the group-commit queue without waiting for it.
     pub fn record_later(&self, ev: lanyard_audit::Event) {
-        let shared = self.shared.clone();
+        let audit = self.audit.clone();
         tokio::spawn(async move {
-            if let Err(e) = shared.record(vec![ev]).await {
+            if let Err(e) = audit.record(vec![ev]).await {
                 tracing::error!(error = %e, "cannot record an authorization decision");
             }
         });

@@ -52,7 +52,10 @@ impl AdminService {
         policy_ids: &[String],
         e: &Entry,
     ) -> Vec<lanyard_audit::Event> {
-        let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
+        let mut ev = self
+            .shared
+            .audit
+            .event(kind, lanyard_audit::Outcome::Success);
         ev.actor = Some(actor.to_string());
         ev.policy_ids = policy_ids.to_vec();
         ev.decision = Some("allow".to_string());
@@ -75,7 +78,10 @@ impl AdminService {
         policy_ids: &[String],
         n: &Node,
     ) -> Vec<lanyard_audit::Event> {
-        let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Success);
+        let mut ev = self
+            .shared
+            .audit
+            .event(kind, lanyard_audit::Outcome::Success);
         ev.actor = Some(actor.to_string());
         ev.policy_ids = policy_ids.to_vec();
         ev.decision = Some("allow".to_string());
@@ -129,7 +135,7 @@ impl AdminService {
     async fn admin<T>(&self, req: &Request<T>) -> Result<AdminCaller, Status> {
         let caller = Caller::of(req)?;
         let index = if self.require_admin_svid {
-            Some(self.shared.entry_index().await.map_err(server_status)?)
+            Some(self.shared.entries.index().await.map_err(server_status)?)
         } else {
             None
         };
@@ -143,13 +149,13 @@ impl AdminService {
             Err(refusal) => {
                 tracing::warn!(caller = %caller.actor(), reason = %refusal, "admin call refused");
                 if let AdminRefusal::NotAdmin(peer) = &refusal {
-                    let mut ev = self.shared.event(
+                    let mut ev = self.shared.audit.event(
                         lanyard_audit::EventKind::AdminCallRefused,
                         lanyard_audit::Outcome::Denied,
                     );
                     ev.actor = Some(peer.to_string());
                     ev.reason = Some("not an admin identity".to_string());
-                    let _ = self.shared.record(vec![ev]).await;
+                    let _ = self.shared.audit.record(vec![ev]).await;
                 }
                 Err(refusal.into())
             }
@@ -423,7 +429,7 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, owner = %e.spec.owner, "entry created");
-        self.shared.notify();
+        self.shared.changes.notify();
         Ok(Response::new(to_pb_entry(&e)))
     }
 
@@ -485,7 +491,7 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %updated.id, revision = updated.revision, "entry updated");
-        self.shared.notify();
+        self.shared.changes.notify();
         Ok(Response::new(to_pb_entry(&updated)))
     }
 
@@ -522,7 +528,7 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, "entry deleted");
-        self.shared.notify();
+        self.shared.changes.notify();
         Ok(Response::new(to_pb_entry(&e)))
     }
 
@@ -624,7 +630,7 @@ impl pb::admin_server::Admin for AdminService {
         )
         .await?;
         let event = |_: &()| {
-            let mut ev = self.shared.event(
+            let mut ev = self.shared.audit.event(
                 lanyard_audit::EventKind::TokenCreated,
                 lanyard_audit::Outcome::Success,
             );
@@ -701,7 +707,7 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::warn!(agent = %id, "agent banned");
-        self.shared.notify();
+        self.shared.changes.notify();
         Ok(Response::new(to_pb_agent(&n)))
     }
 
@@ -726,7 +732,7 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::warn!(agent = %id, "agent evicted");
-        self.shared.notify();
+        self.shared.changes.notify();
         Ok(Response::new(to_pb_agent(&n)))
     }
 
@@ -735,7 +741,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::Empty>,
     ) -> Result<Response<pb::BundleResponse>, Status> {
         self.admin(&req).await?;
-        let p = self.shared.published();
+        let p = self.shared.publication.published();
         let pem = p
             .bundle
             .as_ref()
@@ -929,7 +935,8 @@ impl AdminService {
     fn ca_slots(&self) -> Result<pb::CaSlots, Status> {
         let ca = self
             .shared
-            .ca_read()
+            .ca
+            .read()
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(pb::CaSlots {
             slots: ca
@@ -952,40 +959,19 @@ impl AdminService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(p: &str) -> SpiffeId {
-        SpiffeId::new(&format!("spiffe://example.org{p}")).unwrap()
-    }
-
-    fn entry(n: &str, spiffe: &str, admin: bool, expires_at: Option<i64>) -> Entry {
-        Entry {
-            id: n.to_string(),
-            spec: EntrySpec {
-                spiffe_id: id(spiffe),
-                parent_id: id("/agent"),
-                selectors: vec![Selector::new("unix:uid:0").unwrap()],
-                owner: String::new(),
-                environment: None,
-                x509_ttl: 0,
-                jwt_ttl: 0,
-                dns_names: vec![],
-                hint: None,
-                admin,
-                downstream: false,
-                expires_at,
-            },
-            revision: 1,
-            created_at: 0,
-            updated_at: 0,
-        }
-    }
+    use lanyard_testkit::{entry, spiffe_id as id};
 
     fn index() -> EntryIndex {
         EntryIndex::build(
             vec![
-                entry("ops", "/ops", true, None),
-                entry("old-ops", "/old-ops", true, Some(100)),
-                entry("web", "/web", false, None),
+                entry("ops", "/agent", "/ops", &["unix:uid:0"])
+                    .admin()
+                    .build(),
+                entry("old-ops", "/agent", "/old-ops", &["unix:uid:0"])
+                    .admin()
+                    .expires_at(100)
+                    .build(),
+                entry("web", "/agent", "/web", &["unix:uid:0"]).build(),
             ],
             &id("/lanyard/server"),
         )

@@ -153,35 +153,16 @@ impl EntryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanyard_store::EntrySpec;
 
     fn id(p: &str) -> SpiffeId {
         SpiffeId::new(&format!("spiffe://example.org{p}")).unwrap()
     }
 
     fn entry(n: &str, parent: &str, spiffe: &str, selectors: &[&str], exp: Option<i64>) -> Entry {
-        Entry {
-            id: n.to_string(),
-            spec: EntrySpec {
-                spiffe_id: id(spiffe),
-                parent_id: id(parent),
-                selectors: selectors
-                    .iter()
-                    .map(|s| Selector::new(s).unwrap())
-                    .collect(),
-                owner: String::new(),
-                environment: None,
-                x509_ttl: 0,
-                jwt_ttl: 0,
-                dns_names: vec![],
-                hint: None,
-                admin: false,
-                downstream: false,
-                expires_at: exp,
-            },
-            revision: 1,
-            created_at: 0,
-            updated_at: 0,
+        let e = lanyard_testkit::entry(n, parent, spiffe, selectors);
+        match exp {
+            Some(t) => e.expires_at(t).build(),
+            None => e.build(),
         }
     }
 

@@ -204,7 +204,7 @@ impl Access {
                     "the {kind}_token must be the {kind}'s own JWT-SVID, not an exchanged token"
                 )));
             }
-            let now = self.shared.clock.unix_seconds();
+            let now = self.clock.unix_seconds();
             let claims = self
                 .token_key
                 .verifier()
@@ -265,10 +265,10 @@ impl Access {
             Ok(v) => Ok(v),
             Err(refused) => {
                 let mut ev = self
-                    .shared
+                    .audit
                     .event(EventKind::TokenExchangeRefused, Outcome::Denied);
                 refused.record_in(&mut ev);
-                if let Err(err) = self.shared.record(vec![ev]).await {
+                if let Err(err) = self.audit.record(vec![ev]).await {
                     tracing::error!(error = %err, "cannot record a refused token exchange");
                 }
                 Err(refused.error)
@@ -346,10 +346,10 @@ impl Access {
     fn issuing(&self) -> Issuing {
         Issuing {
             issuer: self.issuer(),
-            trust_domain: self.shared.config.trust_domain.to_string(),
-            now: self.shared.clock.unix_seconds(),
-            ttl: self.shared.config.exchange_token_ttl,
-            max_delegation_depth: self.shared.config.max_delegation_depth,
+            trust_domain: self.trust_domain.to_string(),
+            now: self.clock.unix_seconds(),
+            ttl: self.exchange_token_ttl,
+            max_delegation_depth: self.max_delegation_depth,
         }
     }
 
@@ -380,11 +380,11 @@ impl Access {
             .sign(EXCHANGE_TYP, &plan.claims(&jti))
             .map_err(|e| plan.known.refuse(OAuthError::server(e)))?;
         let mut ev = self
-            .shared
+            .audit
             .event(EventKind::TokenExchanged, Outcome::Success);
         plan.grant.record_in(&mut ev);
         ev.set_evidence(plan.evidence(jti));
-        self.shared.record(vec![ev]).await.map_err(|e| {
+        self.audit.record(vec![ev]).await.map_err(|e| {
             plan.known.refuse(OAuthError::server(format!(
                 "cannot record the exchange: {e}"
             )))
@@ -401,12 +401,12 @@ impl Access {
             .sign(TASK_TYP, &plan.claims(&txn, &jti))
             .map_err(|e| plan.known.refuse(OAuthError::server(e)))?;
         let mut ev = self
-            .shared
+            .audit
             .event(EventKind::TaskTokenIssued, Outcome::Success);
         plan.grant.record_in(&mut ev);
         ev.trace_id = Some(txn.clone());
         ev.set_evidence(plan.evidence(txn, jti));
-        self.shared.record(vec![ev]).await.map_err(|e| {
+        self.audit.record(vec![ev]).await.map_err(|e| {
             plan.known
                 .refuse(OAuthError::server(format!("cannot record the task: {e}")))
         })?;
@@ -481,7 +481,7 @@ impl Access {
             .ok_or_else(|| bad("it has no sub".to_string()))?
             .to_string();
         let exp = c.get("exp").and_then(Value::as_i64).unwrap_or(0);
-        if exp <= self.shared.clock.unix_seconds() {
+        if exp <= self.clock.unix_seconds() {
             return Err(bad("it has expired".to_string()));
         }
         Ok(Some(PersonToken {

@@ -39,7 +39,12 @@ pub async fn revoke_jwt(
     let (jti, spiffe_id, expires_at) = if !r.token.is_empty() {
         let svid = JwtSvid::parse_insecure(&r.token)
             .map_err(|e| bad(format!("token is not a JWT-SVID: {e}")))?;
-        let bundles = shared.bundles.read().map(|b| b.clone()).unwrap_or_default();
+        let bundles = shared
+            .publication
+            .bundles()
+            .read()
+            .map(|b| b.clone())
+            .unwrap_or_default();
         // Our signature, whatever the audience; an expired token needs no revocation.
         let aud: Vec<&str> = svid.audience().iter().map(String::as_str).collect();
         JwtSvid::validate(&r.token, &aud, &bundles, shared.clock.as_ref()).map_err(|e| {
@@ -112,7 +117,7 @@ pub async fn revoke_jwt(
     let stored = shared
         .store
         .revoke_jwt(&rec, &|r| {
-            let mut ev = shared.event(EventKind::JwtRevoked, Outcome::Success);
+            let mut ev = shared.audit.event(EventKind::JwtRevoked, Outcome::Success);
             ev.actor = Some(actor.to_string());
             ev.policy_ids = policy_ids.clone();
             ev.subject = r.spiffe_id.clone();
@@ -123,7 +128,7 @@ pub async fn revoke_jwt(
         .await
         .map_err(store_status)?;
     tracing::warn!(jti = %stored.jti, "JWT-SVID revoked");
-    shared.notify();
+    shared.changes.notify();
     Ok(to_pb_revoked(&stored))
 }
 
@@ -239,7 +244,9 @@ pub async fn create_exception(
     let stored = shared
         .store
         .create_exception(&exc, &|e| {
-            let mut ev = shared.event(EventKind::ExceptionCreated, Outcome::Success);
+            let mut ev = shared
+                .audit
+                .event(EventKind::ExceptionCreated, Outcome::Success);
             ev.actor = Some(actor.to_string());
             ev.owner = Some(e.owner.clone());
             ev.policy_ids = policy_ids.clone();
@@ -287,7 +294,9 @@ pub async fn revoke_exception(
     let e = shared
         .store
         .revoke_exception(name, now, &|e| {
-            let mut ev = shared.event(EventKind::ExceptionRevoked, Outcome::Success);
+            let mut ev = shared
+                .audit
+                .event(EventKind::ExceptionRevoked, Outcome::Success);
             ev.actor = Some(actor.to_string());
             ev.policy_ids = policy_ids.clone();
             ev.owner = Some(e.owner.clone());

@@ -19,6 +19,7 @@ pub mod exchange;
 pub mod extauthz;
 pub mod fresh;
 pub mod governance;
+pub mod handles;
 pub mod http;
 pub mod node;
 pub mod policy;
@@ -154,10 +155,10 @@ async fn tls_listener(
     let listener = TcpListener::bind(bind).await.map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let verifier = Arc::new(tls::SpiffeClientVerifier::new(
-        shared.bundles.clone(),
+        shared.publication.bundles().clone(),
         client_cert_mandatory,
     ));
-    let tls_cfg = tls::server_config(shared.server_tls.clone(), verifier)?;
+    let tls_cfg = tls::server_config(shared.ca.server_tls(), verifier)?;
     let acceptor = TlsAcceptor::from(Arc::new(tls_cfg));
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
     tasks.spawn(async move {
@@ -243,12 +244,15 @@ pub async fn start(
     });
 
     // Agent API over TLS (client certificate optional: attestation has none yet).
-    let access = Arc::new(access::Access::new(shared.clone())?);
+    let access = Arc::new(access::Access::new(&shared)?);
     let agent_addr = serve_grpc_tls(
         &shared,
         shared.config.bind,
         false,
-        tonic::service::Routes::new(NodeServer::new(node::NodeService::new(access.clone()))),
+        tonic::service::Routes::new(NodeServer::new(node::NodeService::new(
+            shared.clone(),
+            access.clone(),
+        ))),
         "agent API",
         &shutdown_rx,
         &mut tasks,
@@ -299,7 +303,7 @@ pub async fn start(
             axum::routing::get(move || {
                 let s = ready_state.clone();
                 async move {
-                    let ca_ok = s.ca_read().map(|c| c.active().is_some()).unwrap_or(false);
+                    let ca_ok = s.ca.read().map(|c| c.active().is_some()).unwrap_or(false);
                     let db_ok = s
                         .store
                         .get_bundle(s.config.trust_domain.name())
@@ -407,7 +411,7 @@ pub async fn start(
                     if let Err(e) = rot.tick().await {
                         tracing::error!(error = %e, "CA rotation step failed; retrying");
                     }
-                    if let Err(e) = rot.checkpoint().await {
+                    if let Err(e) = rot.audit.checkpoint().await {
                         tracing::error!(error = %e, "audit checkpoint failed; retrying");
                     }
                 }

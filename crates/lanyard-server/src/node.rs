@@ -77,8 +77,7 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    pub fn new(access: Arc<Access>) -> Self {
-        let shared = access.shared.clone();
+    pub fn new(shared: Arc<Shared>, access: Arc<Access>) -> Self {
         Self {
             attestors: Arc::new(node_attestors(&shared)),
             shared,
@@ -167,7 +166,10 @@ impl NodeService {
         dropped: ReportsDropped,
         what: &str,
     ) -> lanyard_audit::Event {
-        let mut ev = self.shared.event(kind, lanyard_audit::Outcome::Failure);
+        let mut ev = self
+            .shared
+            .audit
+            .event(kind, lanyard_audit::Outcome::Failure);
         ev.actor = Some(node.spiffe_id.to_string());
         ev.reason = Some(format!(
             "the agent dropped {} {what} reports (buffer full while the server was unreachable)",
@@ -186,6 +188,7 @@ impl NodeService {
         };
         let mut ev = self
             .shared
+            .audit
             .event(lanyard_audit::EventKind::WorkloadSvidDelivered, outcome);
         if !served {
             ev.reason = Some(format!(
@@ -303,7 +306,7 @@ async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, S
             let recorded = shared
                 .store
                 .record_superseded_svid(id, now, &|n| {
-                    let mut ev = shared.event(
+                    let mut ev = shared.audit.event(
                         lanyard_audit::EventKind::AgentCloneSuspected,
                         lanyard_audit::Outcome::Denied,
                     );
@@ -333,7 +336,7 @@ async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, S
 }
 
 fn agent_svid(shared: &Shared, id: &SpiffeId, minted: &lanyard_ca::MintedX509) -> pb::AgentSvid {
-    let published = shared.published();
+    let published = shared.publication.published();
     pb::AgentSvid {
         spiffe_id: id.to_string(),
         cert_chain: minted.chain.clone(),
@@ -355,14 +358,14 @@ async fn admit(
     // /lanyard/agent/ (a token row written by hand or by an older version included).
     if let Err(e) = lanyard_core::check_agent_id(&id, &shared.config.trust_domain) {
         tracing::warn!(agent = %id, attestation = attestation_type, "node attestation refused: not an agent ID");
-        let mut ev = shared.event(
+        let mut ev = shared.audit.event(
             lanyard_audit::EventKind::NodeRefused,
             lanyard_audit::Outcome::Denied,
         );
         ev.subject = Some(id.to_string());
         ev.reason = Some(e.to_string());
         ev.set_evidence(NodeRefused::of(attestation_type));
-        shared.record(vec![ev]).await.map_err(internal)?;
+        shared.audit.record(vec![ev]).await.map_err(internal)?;
         return Err(Status::permission_denied(format!(
             "{attestation_type} attestation refused: {e}"
         )));
@@ -376,7 +379,7 @@ async fn admit(
     }
     let now = shared.clock.unix_seconds();
     let minted = {
-        let ca = shared.ca_read().map_err(internal)?;
+        let ca = shared.ca.read().map_err(internal)?;
         ca.mint_x509_svid(
             &id,
             SubjectKey::Csr(csr),
@@ -402,7 +405,7 @@ async fn admit(
     };
     shared.store.upsert_node(&node).await.map_err(internal)?;
     tracing::info!(agent = %id, attestation = attestation_type, serial = %minted.serial, "node attested");
-    let mut ev = shared.event(
+    let mut ev = shared.audit.event(
         lanyard_audit::EventKind::NodeAttested,
         lanyard_audit::Outcome::Success,
     );
@@ -413,15 +416,19 @@ async fn admit(
         &minted.serial,
         minted.not_after,
     ));
-    let mut issued = shared.event(
+    let mut issued = shared.audit.event(
         lanyard_audit::EventKind::AgentSvidIssued,
         lanyard_audit::Outcome::Success,
     );
     issued.subject = Some(id.to_string());
     issued.parent_id = Some(ev.id.clone());
     issued.set_evidence(AgentSvid::new(&minted.serial, minted.not_after));
-    shared.record(vec![ev, issued]).await.map_err(internal)?;
-    shared.notify();
+    shared
+        .audit
+        .record(vec![ev, issued])
+        .await
+        .map_err(internal)?;
+    shared.changes.notify();
     Ok(agent_svid(shared, &id, &minted))
 }
 
@@ -612,12 +619,12 @@ impl pb::node_server::Node for NodeService {
                     tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
                 )
             {
-                let mut ev = shared.event(
+                let mut ev = shared.audit.event(
                     lanyard_audit::EventKind::NodeRefused,
                     lanyard_audit::Outcome::Denied,
                 );
                 ev.reason = Some(status.message().to_string());
-                if let Err(e) = shared.record(vec![ev]).await {
+                if let Err(e) = shared.audit.record(vec![ev]).await {
                     tracing::error!(error = %e, "evidence log");
                 }
             }
@@ -639,7 +646,7 @@ impl pb::node_server::Node for NodeService {
         let csr = req.into_inner().csr;
         let now = self.shared.clock.unix_seconds();
         let minted = {
-            let ca = self.shared.ca_read().map_err(internal)?;
+            let ca = self.shared.ca.read().map_err(internal)?;
             ca.mint_x509_svid(
                 &node.spiffe_id,
                 SubjectKey::Csr(&csr),
@@ -661,14 +668,14 @@ impl pb::node_server::Node for NodeService {
             .await
             .map_err(internal)?;
         tracing::info!(agent = %node.spiffe_id, serial = %minted.serial, "agent SVID renewed");
-        let mut ev = self.shared.event(
+        let mut ev = self.shared.audit.event(
             lanyard_audit::EventKind::AgentSvidRenewed,
             lanyard_audit::Outcome::Success,
         );
         ev.actor = Some(node.spiffe_id.to_string());
         ev.subject = Some(node.spiffe_id.to_string());
         ev.set_evidence(AgentSvid::new(&minted.serial, minted.not_after));
-        self.shared.record(vec![ev]).await.map_err(internal)?;
+        self.shared.audit.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(agent_svid(
             &self.shared,
             &node.spiffe_id,
@@ -714,7 +721,8 @@ impl pb::node_server::Node for NodeService {
                 // The authz policy for agent-local decisions; one that no longer
                 // compiles is not sent (agents keep the last one).
                 let (authz_policy_version, authz_policy) = match crate::policy::active(
-                    &shared,
+                    &shared.store,
+                    &shared.policies,
                     lanyard_policy::PolicyKind::Authz,
                 )
                 .await
@@ -727,21 +735,26 @@ impl pb::node_server::Node for NodeService {
                             .unwrap_or_default()
                     }
                 };
-                let update = match shared.authorized_entries(&current).await {
+                let update = match shared
+                    .entries
+                    .authorized(&current, shared.clock.unix_seconds())
+                    .await
+                {
                     Ok(entries) => {
-                        let published = shared.published();
+                        let published = shared.publication.published();
                         pb::SyncUpdate {
                             authz_policy,
                             authz_policy_version,
                             jwt_issuer: access.issuer(),
                             token_key: Some(token_key.clone()),
                             revoked_jtis: revoked,
-                            tainted_authorities: shared.tainted_authorities(),
+                            tainted_authorities: shared.ca.tainted_authorities(),
                             entries: entries.iter().map(to_pb_entry).collect(),
                             bundle: published.document,
                             bundle_sequence: published.sequence,
                             federated_bundles: shared
-                                .federated
+                                .publication
+                                .federated()
                                 .iter()
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect(),
@@ -783,7 +796,8 @@ impl pb::node_server::Node for NodeService {
         }
         let entries: HashMap<String, Entry> = self
             .shared
-            .authorized_entries(&node)
+            .entries
+            .authorized(&node, self.shared.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
@@ -792,7 +806,7 @@ impl pb::node_server::Node for NodeService {
         let now = self.shared.clock.unix_seconds();
         let mut issued: Vec<lanyard_audit::Event> = Vec::new();
         let results: Vec<pb::X509SvidResult> = {
-            let ca = self.shared.ca_read().map_err(internal)?;
+            let ca = self.shared.ca.read().map_err(internal)?;
             requests
             .iter()
             .map(|r| {
@@ -819,7 +833,7 @@ impl pb::node_server::Node for NodeService {
                         tracing::debug!(agent = %node.spiffe_id, spiffe_id = %entry.spec.spiffe_id, serial = %m.serial, "X509-SVID issued");
                         let mut ev = self
                             .shared
-                            .event(lanyard_audit::EventKind::X509SvidIssued, lanyard_audit::Outcome::Success);
+                            .audit.event(lanyard_audit::EventKind::X509SvidIssued, lanyard_audit::Outcome::Success);
                         ev.actor = Some(node.spiffe_id.to_string());
                         ev.subject = Some(entry.spec.spiffe_id.to_string());
                         ev.owner = Some(entry.spec.owner.clone());
@@ -856,7 +870,7 @@ impl pb::node_server::Node for NodeService {
             .collect()
         };
         // Evidence first: nothing is handed out unless it is on record.
-        self.shared.record(issued).await.map_err(internal)?;
+        self.shared.audit.record(issued).await.map_err(internal)?;
         Ok(Response::new(pb::BatchX509SvidResponse { results }))
     }
 
@@ -868,7 +882,8 @@ impl pb::node_server::Node for NodeService {
         let r = req.into_inner();
         let entry = self
             .shared
-            .authorized_entries(&node)
+            .entries
+            .authorized(&node, self.shared.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
@@ -888,11 +903,11 @@ impl pb::node_server::Node for NodeService {
         };
         let now = self.shared.clock.unix_seconds();
         let minted = {
-            let ca = self.shared.ca_read().map_err(internal)?;
+            let ca = self.shared.ca.read().map_err(internal)?;
             ca.mint_jwt_svid(&entry.spec.spiffe_id, &r.audience, ttl, now)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?
         };
-        let mut ev = self.shared.event(
+        let mut ev = self.shared.audit.event(
             lanyard_audit::EventKind::JwtSvidIssued,
             lanyard_audit::Outcome::Success,
         );
@@ -906,7 +921,7 @@ impl pb::node_server::Node for NodeService {
             minted.expiry,
         ));
         let event_id = ev.id.clone();
-        self.shared.record(vec![ev]).await.map_err(internal)?;
+        self.shared.audit.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(pb::JwtSvidResponse {
             token: minted.token,
             expires_at: minted.expiry,
@@ -952,7 +967,8 @@ impl pb::node_server::Node for NodeService {
         let who = r.recipient.unwrap_or_default();
         let entry = self
             .shared
-            .authorized_entries(&node)
+            .entries
+            .authorized(&node, self.shared.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
@@ -985,7 +1001,7 @@ impl pb::node_server::Node for NodeService {
         };
         match released {
             Ok((secret, exc)) => {
-                let mut ev = self.shared.event(
+                let mut ev = self.shared.audit.event(
                     lanyard_audit::EventKind::SecretReleased,
                     lanyard_audit::Outcome::Success,
                 );
@@ -994,7 +1010,7 @@ impl pb::node_server::Node for NodeService {
                 ev.owner = Some(exc.owner.clone());
                 ev.set_evidence(SecretReleased::new(&exc.name, exc.expires_at, process()));
                 // On record before it is handed out.
-                self.shared.record(vec![ev]).await.map_err(internal)?;
+                self.shared.audit.record(vec![ev]).await.map_err(internal)?;
                 tracing::info!(exception = %exc.name, spiffe_id = %entry.spec.spiffe_id, "secret released");
                 Ok(Response::new(pb::SecretResponse {
                     secret,
@@ -1003,7 +1019,7 @@ impl pb::node_server::Node for NodeService {
                 }))
             }
             Err((status, owner)) => {
-                let mut ev = self.shared.event(
+                let mut ev = self.shared.audit.event(
                     lanyard_audit::EventKind::SecretRefused,
                     lanyard_audit::Outcome::Denied,
                 );
@@ -1013,7 +1029,7 @@ impl pb::node_server::Node for NodeService {
                 ev.reason = Some(status.message().to_string());
                 ev.set_evidence(SecretRefused::new(&r.name, process()));
                 tracing::warn!(exception = %r.name, spiffe_id = %entry.spec.spiffe_id, reason = %status.message(), "secret refused");
-                self.shared.record(vec![ev]).await.map_err(internal)?;
+                self.shared.audit.record(vec![ev]).await.map_err(internal)?;
                 Err(status)
             }
         }
@@ -1032,7 +1048,8 @@ impl pb::node_server::Node for NodeService {
         }
         let served: std::collections::HashSet<String> = self
             .shared
-            .authorized_entries(&node)
+            .entries
+            .authorized(&node, self.shared.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
@@ -1051,7 +1068,7 @@ impl pb::node_server::Node for NodeService {
             ));
         }
         let recorded = u32::try_from(report.deliveries.len()).unwrap_or(u32::MAX);
-        self.shared.record(events).await.map_err(internal)?;
+        self.shared.audit.record(events).await.map_err(internal)?;
         Ok(Response::new(pb::DeliveryAck { recorded }))
     }
 
@@ -1071,7 +1088,7 @@ impl pb::node_server::Node for NodeService {
             let rec = agent_decision(d)
                 .map_err(|e| Status::invalid_argument(format!("decision {i}: {e}")))?;
             let mut ev = decision_event(
-                self.shared.event(
+                self.shared.audit.event(
                     lanyard_audit::EventKind::AuthzDecision,
                     lanyard_audit::Outcome::Denied,
                 ),
@@ -1095,7 +1112,7 @@ impl pb::node_server::Node for NodeService {
                 "decision",
             ));
         }
-        self.shared.record(events).await.map_err(internal)?;
+        self.shared.audit.record(events).await.map_err(internal)?;
         Ok(Response::new(pb::DecisionAck { recorded }))
     }
 }

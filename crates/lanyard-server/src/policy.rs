@@ -11,9 +11,10 @@ use lanyard_policy::{
     RegistrationAction, RegistrationRequest,
 };
 use lanyard_proto::admin as pb;
-use lanyard_store::{EntrySpec, Store};
+use lanyard_store::{AnyStore, EntrySpec, Store};
 use tonic::Status;
 
+use crate::handles::PolicyCache;
 use crate::state::Shared;
 
 /// The admin API caller.
@@ -38,18 +39,18 @@ fn kind_of(s: &str) -> Result<PolicyKind, Status> {
 }
 
 /// The active policy set of `kind` and its version (0: the shipped default).
-pub async fn active(shared: &Shared, kind: PolicyKind) -> Result<(i64, CompiledPolicies), Status> {
-    let stored = shared
-        .store
+pub async fn active(
+    store: &AnyStore,
+    cache: &PolicyCache,
+    kind: PolicyKind,
+) -> Result<(i64, CompiledPolicies), Status> {
+    let stored = store
         .get_policy(kind.name())
         .await
         .map_err(crate::admin::store_status)?;
     let version = stored.as_ref().map_or(0, |p| p.version);
-    if let Ok(cache) = shared.policies.read()
-        && let Some((v, p)) = cache.get(&kind)
-        && *v == version
-    {
-        return Ok((version, p.clone()));
+    if let Some(p) = cache.get(kind, version) {
+        return Ok((version, p));
     }
     let compiled = match &stored {
         Some(p) => CompiledPolicies::compile(kind, &p.body),
@@ -60,9 +61,7 @@ pub async fn active(shared: &Shared, kind: PolicyKind) -> Result<(i64, CompiledP
             "the stored {kind} policy (version {version}) no longer compiles: {e}; replace it with `lanyard policy set`"
         ))
     })?;
-    if let Ok(mut cache) = shared.policies.write() {
-        cache.insert(kind, (version, compiled.clone()));
-    }
+    cache.put(kind, version, compiled.clone());
     Ok((version, compiled))
 }
 
@@ -130,7 +129,9 @@ pub async fn set_policy(
             actor,
             shared.clock.unix_seconds(),
             &|p| {
-                let mut ev = shared.event(EventKind::PolicyChanged, Outcome::Success);
+                let mut ev = shared
+                    .audit
+                    .event(EventKind::PolicyChanged, Outcome::Success);
                 ev.actor = Some(actor.to_string());
                 ev.policy_ids = ids.clone();
                 ev.decision = Some("allow".to_string());
@@ -146,10 +147,8 @@ pub async fn set_policy(
         .await
         .map_err(crate::admin::store_status)?;
     tracing::info!(kind = %kind, version = stored.version, "policy changed");
-    if let Ok(mut cache) = shared.policies.write() {
-        cache.insert(kind, (stored.version, compiled));
-    }
-    shared.notify();
+    shared.policies.put(kind, stored.version, compiled);
+    shared.changes.notify();
     Ok(pb::Policy {
         kind: stored.kind,
         body: stored.body,
@@ -167,7 +166,7 @@ pub async fn get_policy(shared: &Shared, kind: &str) -> Result<pb::Policy, Statu
         .get_policy(kind.name())
         .await
         .map_err(crate::admin::store_status)?;
-    let (_, compiled) = active(shared, kind).await?;
+    let (_, compiled) = active(&shared.store, &shared.policies, kind).await?;
     Ok(match stored {
         Some(p) => pb::Policy {
             kind: p.kind,
@@ -215,7 +214,7 @@ async fn refuse(
     d: &Decision,
 ) -> Status {
     let explain = d.explain(PolicyKind::Registration);
-    let mut ev = shared.event(kind, Outcome::Denied);
+    let mut ev = shared.audit.event(kind, Outcome::Denied);
     ev.actor = Some(actor.to_string());
     ev.subject = subject;
     ev.policy_ids = d.policy_ids.clone();
@@ -226,7 +225,7 @@ async fn refuse(
     } else {
         ev.set_evidence(AdminCallRefused::action(what));
     }
-    if let Err(e) = shared.record(vec![ev]).await {
+    if let Err(e) = shared.audit.record(vec![ev]).await {
         return Status::internal(format!("evidence log: {e}"));
     }
     tracing::warn!(actor, what, policies = ?d.policy_ids, "refused by registration policy");
@@ -242,7 +241,7 @@ pub async fn check_entry(
     action: RegistrationAction,
     spec: &EntrySpec,
 ) -> Result<Vec<String>, Status> {
-    let (_, p) = active(shared, PolicyKind::Registration).await?;
+    let (_, p) = active(&shared.store, &shared.policies, PolicyKind::Registration).await?;
     let req = RegistrationRequest {
         caller: caller.to_policy(),
         action,
@@ -300,7 +299,7 @@ pub async fn check_admin(
     op: &AdminOperation,
     subject: Option<String>,
 ) -> Result<Vec<String>, Status> {
-    let (_, p) = active(shared, PolicyKind::Registration).await?;
+    let (_, p) = active(&shared.store, &shared.policies, PolicyKind::Registration).await?;
     let d = p
         .evaluate_admin(&caller.to_policy(), op)
         .map_err(|e| Status::internal(format!("registration policy: {e}")))?;

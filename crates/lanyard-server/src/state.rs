@@ -2,21 +2,22 @@
 //! the change signal that drives pushed updates to agents.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_audit::evidence::{BundleChanged, CaKeyStep};
+use lanyard_audit::evidence::BundleChanged;
 use lanyard_ca::{
     CaConfig, CaSlot, CertificateAuthority, KeyAlgorithm, SigningKey, SlotRecord, SubjectKey,
     UpstreamCa,
 };
 use lanyard_core::bundle::pem_certificates;
 use lanyard_core::{Bundle, BundleSet, Clock, SpiffeId, SystemClock};
-use lanyard_store::{AnyStore, Entry, Node, Store};
-use tokio::sync::watch;
+use lanyard_store::{AnyStore, Node, Store};
 
 use crate::config::ServerConfig;
-use crate::tls::{SharedBundles, SvidResolver, certified_key};
+pub use crate::handles::PublishedBundle;
+use crate::handles::{AuditSink, Authority, Changes, Entries, PolicyCache, Publication};
+use crate::tls::{SvidResolver, certified_key};
 
 /// Errors while starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -108,50 +109,24 @@ impl ServerError {
 /// The path under which the server's own SVID lives.
 pub const SERVER_PATH: &str = "/lanyard/server";
 
-/// Shared server state.
+/// The server's state, as narrow handles (see [`crate::handles`]). Services take
+/// the handles they touch; what spans several (CA rotation, taint, publication,
+/// the periodic tick) is here.
 pub struct Shared {
     pub config: ServerConfig,
     pub store: AnyStore,
-    pub ca: RwLock<CertificateAuthority>,
-    pub bundles: SharedBundles,
-    /// The published bundle document (with its sequence).
-    pub bundle: RwLock<PublishedBundle>,
-    pub changes: watch::Sender<u64>,
-    /// The registration entries, indexed (see [`crate::entries`]).
-    pub entries: crate::entries::EntryCache,
-    pub server_id: SpiffeId,
-    pub server_tls: Arc<SvidResolver>,
-    server_svid_expiry: RwLock<(i64, i64)>,
-    pub x509pop_roots: Option<BundleSet>,
-    /// Federated trust domains' bundles (name -> SPIFFE bundle JSON).
-    pub federated: std::collections::BTreeMap<String, String>,
-    keystore: PathBuf,
     pub clock: Arc<dyn Clock>,
-    /// The dedicated audit key that signs evidence-log checkpoints.
-    pub audit_key: lanyard_audit::AuditKey,
-    /// This server's identity in audit events.
-    pub server_name: String,
-    /// Compiled policy sets by kind, with the stored version they came from.
-    pub policies: RwLock<
-        std::collections::HashMap<
-            lanyard_policy::PolicyKind,
-            (i64, lanyard_policy::CompiledPolicies),
-        >,
-    >,
+    pub server_id: SpiffeId,
+    pub ca: Arc<Authority>,
+    pub publication: Arc<Publication>,
+    pub audit: Arc<AuditSink>,
+    pub policies: Arc<PolicyCache>,
+    pub changes: Changes,
+    /// The registration entries, indexed (see [`crate::entries`]).
+    pub entries: Arc<Entries>,
+    pub x509pop_roots: Option<BundleSet>,
     /// Seals exception secrets at rest.
-    pub secrets: crate::secrets::SecretBox,
-    /// Group-commit queue for events that are not part of a state change's own
-    /// transaction (attestations, issuance, CA steps).
-    audit_queue: lanyard_store::AuditQueue,
-    /// Head of the log at the last checkpoint.
-    last_checkpoint: std::sync::Mutex<Option<u64>>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct PublishedBundle {
-    pub sequence: u64,
-    pub document: String,
-    pub bundle: Option<Bundle>,
+    pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -315,60 +290,52 @@ impl Shared {
         let federated = load_federation(&config)?;
         let audit_key = load_or_create_audit_key(&config.data_dir)?;
         let server_name = load_or_create_server_name(&config.data_dir)?;
-        let (changes, _) = watch::channel(0u64);
-        let audit_queue = lanyard_store::AuditQueue::start(store.clone(), 256);
         let secrets = crate::secrets::SecretBox::load_or_create(&config.data_dir)?;
+        let changes = Changes::default();
         let shared = Arc::new(Self {
-            policies: RwLock::new(Default::default()),
-            secrets,
-            audit_queue,
-            store,
-            ca: RwLock::new(ca),
-            bundles: Arc::new(RwLock::new(BundleSet::new())),
-            bundle: RwLock::new(PublishedBundle::default()),
+            audit: Arc::new(AuditSink::start(
+                store.clone(),
+                audit_key,
+                server_name,
+                clock.clone(),
+                config.audit_checkpoint_file.clone(),
+            )),
+            entries: Arc::new(Entries::new(
+                store.clone(),
+                server_id.clone(),
+                changes.clone(),
+            )),
             changes,
-            entries: crate::entries::EntryCache::default(),
+            policies: Arc::new(PolicyCache::default()),
+            secrets: Arc::new(secrets),
+            store,
+            ca: Arc::new(Authority::new(
+                ca,
+                keystore,
+                server_id.clone(),
+                resolver,
+                (now, minted.not_after),
+            )),
+            publication: Arc::new(Publication::new(federated)),
             server_id,
-            server_tls: resolver,
-            server_svid_expiry: RwLock::new((now, minted.not_after)),
             x509pop_roots,
-            federated,
-            keystore,
             clock,
-            audit_key,
-            server_name,
-            last_checkpoint: std::sync::Mutex::new(None),
             config,
         });
-        shared.save_keys()?;
-        let audit = initial_events.iter().map(|e| shared.ca_event(e)).collect();
-        shared.record(audit).await?;
+        shared.ca.save_keys()?;
+        let audit = initial_events
+            .iter()
+            .map(|e| shared.audit.ca_event(e))
+            .collect();
+        shared.audit.record(audit).await?;
         shared.publish_bundle().await?;
         Ok(shared)
-    }
-
-    fn save_keys(&self) -> Result<(), ServerError> {
-        let records: Vec<SlotRecord> = {
-            let ca = self.ca_read()?;
-            ca.slots().iter().map(CaSlot::to_record).collect()
-        };
-        let json = serde_json::to_vec_pretty(&records).map_err(|e| ServerError::Encode {
-            what: "the CA key file",
-            reason: e.to_string(),
-        })?;
-        write_private(&self.keystore, &json)
-    }
-
-    pub fn ca_read(
-        &self,
-    ) -> Result<std::sync::RwLockReadGuard<'_, CertificateAuthority>, ServerError> {
-        self.ca.read().map_err(|_| ServerError::Poisoned("CA"))
     }
 
     /// Publish the CA's bundle if it differs from the stored one (the sequence then
     /// increases); always refresh the in-memory copies.
     pub async fn publish_bundle(&self) -> Result<(), ServerError> {
-        let bundle = self.ca_read()?.bundle()?;
+        let bundle = self.ca.read()?.bundle()?;
         let doc = bundle.to_json()?;
         let td = self.config.trust_domain.name().to_string();
         let stored = self.store.get_bundle(&td).await?;
@@ -378,7 +345,7 @@ impl Shared {
                 let seq = self
                     .store
                     .put_bundle(&td, &doc, self.clock.unix_seconds(), &|seq| {
-                        let mut ev = self.event(
+                        let mut ev = self.audit.event(
                             lanyard_audit::EventKind::BundleChanged,
                             lanyard_audit::Outcome::Success,
                         );
@@ -395,53 +362,10 @@ impl Shared {
         with_seq.set_sequence(sequence);
         with_seq.set_refresh_hint(300);
         let document = with_seq.to_json()?;
-        if let Ok(mut b) = self.bundles.write() {
-            b.insert(bundle);
-        }
-        let changed = {
-            let mut p = self
-                .bundle
-                .write()
-                .map_err(|_| ServerError::Poisoned("bundle"))?;
-            let changed = p.sequence != sequence;
-            *p = PublishedBundle {
-                sequence,
-                document,
-                bundle: Some(with_seq),
-            };
-            changed
-        };
-        if changed {
-            self.notify();
+        if self.publication.set(bundle, with_seq, sequence, document)? {
+            self.changes.notify();
         }
         Ok(())
-    }
-
-    pub fn published(&self) -> PublishedBundle {
-        self.bundle.read().map(|b| b.clone()).unwrap_or_default()
-    }
-
-    /// A new audit event of `kind`, stamped with id, time, schema version and server.
-    pub fn event(
-        &self,
-        kind: lanyard_audit::EventKind,
-        outcome: lanyard_audit::Outcome,
-    ) -> lanyard_audit::Event {
-        let mut raw = [0u8; 16];
-        let _ = aws_lc_rs::rand::fill(&mut raw);
-        let millis = self
-            .clock
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        lanyard_audit::Event::new(
-            hex::encode(raw),
-            millis,
-            kind,
-            outcome,
-            self.server_name.clone(),
-        )
     }
 
     /// Taint a CA slot (`lanyard ca taint`): a new key signs from now on, agents
@@ -455,42 +379,24 @@ impl Shared {
     ) -> Result<(), ServerError> {
         let now = self.clock.unix_seconds();
         let events = {
-            let mut ca = self.ca.write().map_err(|_| ServerError::Poisoned("CA"))?;
+            let mut ca = self.ca.write()?;
             ca.taint(slot, now)?
         };
         let audit = events
             .iter()
             .map(|e| {
-                let mut ev = self.ca_event(e);
+                let mut ev = self.audit.ca_event(e);
                 ev.actor = Some(actor.to_string());
                 ev.policy_ids = policy_ids.to_vec();
                 ev
             })
             .collect();
-        self.record(audit).await?;
-        self.save_keys()?;
-        self.renew_server_svid(now)?;
+        self.audit.record(audit).await?;
+        self.ca.save_keys()?;
+        self.ca.renew_server_svid(now)?;
         self.publish_bundle().await?;
-        self.notify();
+        self.changes.notify();
         Ok(())
-    }
-
-    /// Subject Key Identifiers (hex) of tainted slots' certificates, and their JWT
-    /// key ids: what agents must stop relying on.
-    pub fn tainted_authorities(&self) -> Vec<String> {
-        let Ok(ca) = self.ca_read() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for s in ca.slots() {
-            if s.state() == lanyard_ca::SlotState::Tainted {
-                if let Some(ski) = lanyard_core::x509::subject_key_id(s.x509_cert_der()) {
-                    out.push(ski);
-                }
-                out.push(s.jwt_kid().to_string());
-            }
-        }
-        out
     }
 
     /// Take tainted slots out of the bundle once nothing depends on them: every agent
@@ -499,7 +405,7 @@ impl Shared {
     pub async fn drop_tainted_when_unused(&self) -> Result<(), ServerError> {
         let now = self.clock.unix_seconds();
         let tainted: Vec<(String, String, i64)> = {
-            let ca = self.ca_read()?;
+            let ca = self.ca.read()?;
             ca.slots()
                 .iter()
                 .filter(|s| s.state() == lanyard_ca::SlotState::Tainted)
@@ -518,22 +424,8 @@ impl Shared {
         let nodes = self.store.list_nodes().await?;
         let mut removed = Vec::new();
         for (slot, ski, tainted_at) in tainted {
-            let depends = nodes
-                .iter()
-                .filter(|n| !n.banned && n.expires_at > now)
-                .any(|n| {
-                    n.holdings.reported_at < tainted_at
-                        || n.holdings
-                            .authorities
-                            .get(&ski)
-                            .is_some_and(|&exp| exp > now)
-                });
-            if !depends {
-                let ev = self
-                    .ca
-                    .write()
-                    .map_err(|_| ServerError::Poisoned("CA"))?
-                    .remove_tainted(&slot);
+            if !depended_on(&nodes, &ski, tainted_at, now) {
+                let ev = self.ca.write()?.remove_tainted(&slot);
                 if let Some(ev) = ev {
                     tracing::warn!(slot = %slot, "tainted CA key removed from the bundle: nothing depends on it");
                     removed.push(ev);
@@ -544,138 +436,59 @@ impl Shared {
             let audit = removed
                 .iter()
                 .map(|e| {
-                    let mut ev = self.ca_event(e);
+                    let mut ev = self.audit.ca_event(e);
                     ev.reason = Some("tainted key no longer used by any agent".to_string());
                     ev
                 })
                 .collect();
-            self.record(audit).await?;
-            self.save_keys()?;
+            self.audit.record(audit).await?;
+            self.ca.save_keys()?;
             self.publish_bundle().await?;
         }
         Ok(())
-    }
-
-    fn renew_server_svid(&self, now: i64) -> Result<(), ServerError> {
-        let (key, minted) = {
-            let ca = self.ca_read()?;
-            mint_server_svid(&ca, &self.server_id, now)?
-        };
-        self.server_tls
-            .set(certified_key(&minted.chain, key.pkcs8_der())?);
-        if let Ok(mut g) = self.server_svid_expiry.write() {
-            *g = (now, minted.not_after);
-        }
-        Ok(())
-    }
-
-    /// The audit event for a CA rotation step.
-    fn ca_event(&self, e: &lanyard_ca::CaEvent) -> lanyard_audit::Event {
-        use lanyard_audit::EventKind;
-        use lanyard_ca::CaEvent;
-        let (kind, slot) = match e {
-            CaEvent::Prepared { slot, .. } => (EventKind::CaKeyPrepared, slot),
-            CaEvent::Activated { slot } => (EventKind::CaKeyActivated, slot),
-            CaEvent::Retired { slot } | CaEvent::Removed { slot } => {
-                (EventKind::CaKeyRetired, slot)
-            }
-            CaEvent::Tainted { slot } => (EventKind::CaKeyTainted, slot),
-        };
-        self.event(kind, lanyard_audit::Outcome::Success)
-            .with(CaKeyStep::new(slot))
-    }
-
-    /// Append events to the evidence log (group commit: concurrent callers share one
-    /// transaction); callers hand out nothing until this returns Ok, which is after
-    /// the commit.
-    pub async fn record(&self, events: Vec<lanyard_audit::Event>) -> Result<(), ServerError> {
-        self.audit_queue.append(events).await?;
-        Ok(())
-    }
-
-    /// Sign a checkpoint if the log grew since the last one; also append it to the
-    /// external checkpoint file when configured.
-    pub async fn checkpoint(&self) -> Result<(), ServerError> {
-        let chain = self.store.audit_chain().await?;
-        let done = self.last_checkpoint.lock().map(|g| *g).unwrap_or(None);
-        if done == Some(chain.next_seq) || chain.next_seq == 0 {
-            return Ok(());
-        }
-        let cp = self
-            .audit_key
-            .checkpoint(&chain, self.clock.unix_seconds())?;
-        self.store.put_audit_checkpoint(&cp).await?;
-        if let Some(path) = &self.config.audit_checkpoint_file {
-            use std::io::Write as _;
-            let line = serde_json::to_string(&cp).map_err(|e| ServerError::Encode {
-                what: "the audit checkpoint",
-                reason: e.to_string(),
-            })?;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| io("cannot append to", path, e))?;
-            writeln!(f, "{line}").map_err(|e| io("cannot append to", path, e))?;
-            f.sync_all().map_err(|e| io("cannot sync", path, e))?;
-        }
-        if let Ok(mut g) = self.last_checkpoint.lock() {
-            *g = Some(chain.next_seq);
-        }
-        Ok(())
-    }
-
-    /// Tell every pushed stream that something changed.
-    pub fn notify(&self) {
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// One rotation step: advance the CA, persist keys, republish, renew our SVID.
     pub async fn tick(&self) -> Result<(), ServerError> {
         let now = self.clock.unix_seconds();
         let events = {
-            let mut ca = self.ca.write().map_err(|_| ServerError::Poisoned("CA"))?;
+            let mut ca = self.ca.write()?;
             ca.tick(now)?
         };
         if !events.is_empty() {
             for e in &events {
                 tracing::info!(event = ?e, "CA rotation");
             }
-            let audit = events.iter().map(|e| self.ca_event(e)).collect();
-            self.record(audit).await?;
-            self.save_keys()?;
+            let audit = events.iter().map(|e| self.audit.ca_event(e)).collect();
+            self.audit.record(audit).await?;
+            self.ca.save_keys()?;
             self.publish_bundle().await?;
         }
-        let (issued, expiry) = self.server_svid_expiry.read().map(|g| *g).unwrap_or((0, 0));
-        if now >= issued + (expiry - issued) / 2 || !events.is_empty() {
-            self.renew_server_svid(now)?;
+        if self.ca.server_svid_due(now) || !events.is_empty() {
+            self.ca.renew_server_svid(now)?;
         }
         self.drop_tainted_when_unused().await?;
         Ok(())
     }
-
-    /// The entry index as of the latest change this server knows of (see
-    /// [`crate::entries::EntryCache`]); unavailable when it cannot be read fresh.
-    pub async fn entry_index(&self) -> Result<Arc<(u64, crate::entries::EntryIndex)>, ServerError> {
-        let version = *self.changes.borrow();
-        self.entries
-            .get(&self.store, &self.server_id, version)
-            .await
-            .map_err(|e| ServerError::Unavailable(e.0))
-    }
-
-    /// The entries an agent may serve: those parented to the agent itself and to any
-    /// node alias (an entry parented to the server) whose selectors the agent has.
-    /// Expired entries issue nothing and are left out.
-    pub async fn authorized_entries(&self, node: &Node) -> Result<Vec<Entry>, ServerError> {
-        let index = self.entry_index().await?;
-        Ok(index
-            .1
-            .authorized(&node.spiffe_id, &node.selectors, self.clock.unix_seconds()))
-    }
 }
 
-fn mint_server_svid(
+/// Whether a tainted CA key (certificate SKI `ski`, tainted at `tainted_at`) is still
+/// depended on at `now`: some live agent (not banned, SVID unexpired) has not
+/// reported holdings since the taint, or reports an unexpired SVID from that key.
+pub fn depended_on(nodes: &[Node], ski: &str, tainted_at: i64, now: i64) -> bool {
+    nodes
+        .iter()
+        .filter(|n| !n.banned && n.expires_at > now)
+        .any(|n| {
+            n.holdings.reported_at < tainted_at
+                || n.holdings
+                    .authorities
+                    .get(ski)
+                    .is_some_and(|&exp| exp > now)
+        })
+}
+
+pub(crate) fn mint_server_svid(
     ca: &CertificateAuthority,
     id: &SpiffeId,
     now: i64,
@@ -694,4 +507,91 @@ fn mint_server_svid(
 /// The system clock as a shared trait object.
 pub fn system_clock() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(banned: bool, expires_at: i64, reported_at: i64, held: &[(&str, i64)]) -> Node {
+        let n = lanyard_testkit::node("/lanyard/agent/join_token/t", expires_at)
+            .holdings(reported_at, held);
+        if banned {
+            n.banned().build()
+        } else {
+            n.build()
+        }
+    }
+
+    #[test]
+    fn a_tainted_key_is_depended_on_until_every_live_agent_reported_without_it() {
+        // Tainted at 100, now 200.
+        // An agent that has not reported since the taint may still hold it.
+        assert!(depended_on(&[node(false, 500, 99, &[])], "ski", 100, 200));
+        // One that reported since, without the key, does not.
+        assert!(!depended_on(&[node(false, 500, 150, &[])], "ski", 100, 200));
+        // One that reports an unexpired SVID from the key does.
+        assert!(depended_on(
+            &[node(false, 500, 150, &[("ski", 300)])],
+            "ski",
+            100,
+            200
+        ));
+        // ...until that SVID expires.
+        assert!(!depended_on(
+            &[node(false, 500, 150, &[("ski", 200)])],
+            "ski",
+            100,
+            200
+        ));
+        // Banned agents and agents whose own SVID expired count for nothing.
+        assert!(!depended_on(&[node(true, 500, 0, &[])], "ski", 100, 200));
+        assert!(!depended_on(&[node(false, 200, 0, &[])], "ski", 100, 200));
+        // Any one live dependent keeps the key.
+        assert!(depended_on(
+            &[node(false, 500, 150, &[]), node(false, 500, 50, &[])],
+            "ski",
+            100,
+            200
+        ));
+        assert!(!depended_on(&[], "ski", 100, 200));
+    }
+
+    #[test]
+    fn server_errors_say_which_file_and_how_to_fix_it() {
+        let e = ServerError::bad_file(
+            "the CA key file",
+            Path::new("/d/ca-keys.json"),
+            "is corrupt: x; restore it from backup",
+        );
+        assert_eq!(
+            e.to_string(),
+            "the CA key file /d/ca-keys.json: is corrupt: x; restore it from backup"
+        );
+        let e = ServerError::io(
+            "cannot read",
+            Path::new("/d/x"),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(e.to_string().starts_with("cannot read /d/x: "), "{e}");
+    }
+
+    #[test]
+    fn a_corrupt_ca_key_file_is_refused_not_replaced() {
+        let dir = std::env::temp_dir().join(format!("lanyard-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ca-keys.json");
+        // Missing: a new CA.
+        let _ = std::fs::remove_file(&path);
+        assert!(load_slots(&path).unwrap().is_empty());
+        std::fs::write(&path, b"{not json").unwrap();
+        let e = load_slots(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("is corrupt") && e.contains("restore it from backup"),
+            "{e}"
+        );
+        // The file is left as it was.
+        assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
