@@ -10,10 +10,13 @@ pub mod config;
 pub mod error;
 pub mod evidence;
 pub mod h2shim;
+pub mod lifecycle;
 pub mod node_attest;
 pub mod state;
 pub mod sync;
 pub mod sync_update;
+#[cfg(test)]
+mod test_support;
 pub mod workload;
 
 use std::net::SocketAddr;
@@ -129,7 +132,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
             shutdown_rx.clone(),
         );
         tasks.spawn(async move {
-            sync::run(cfg, state, node, rx).await;
+            sync::run(cfg, state, node, Arc::new(lanyard_core::SystemClock), rx).await;
             Ok(())
         });
     }

@@ -9,6 +9,7 @@ use lanyard_core::{Bundle, BundleSet, Selector, SpiffeId, TrustDomain};
 use lanyard_proto::node as pb;
 use tokio::sync::watch;
 
+use crate::lifecycle::{self, SvidPlan};
 use crate::sync_update::SyncState;
 
 /// An entry as the agent serves it.
@@ -270,25 +271,26 @@ impl AgentState {
             .and_then(|i| i.svids.get(entry_id).cloned())
     }
 
-    /// Entries whose SVID is missing or due for rotation at `now`.
-    pub fn due(&self, now: i64) -> Vec<CachedEntry> {
-        let Ok(inner) = self.inner.read() else {
-            return Vec::new();
-        };
-        inner
-            .entries
-            .iter()
-            .filter(|e| e.expires_at == 0 || e.expires_at > now)
-            .filter(|e| match inner.svids.get(&e.id) {
-                None => true,
-                Some(s) => {
-                    now >= s.rotate_at
-                        || s.entry_revision != e.revision
-                        || inner.tainted.contains(&s.authority)
+    /// One reconcile pass at `now`, by the single rule of [`lifecycle::plan`]: drops
+    /// the SVIDs (and JWT-SVIDs) that expired, e.g. while the server was unreachable,
+    /// and returns the plan, whose `mint` are the entries to mint an SVID for.
+    pub fn plan_svids(&self, now: i64) -> SvidPlan {
+        let (plan, changed) = match self.inner.write() {
+            Ok(mut inner) => {
+                let plan = lifecycle::plan(&inner.entries, &inner.svids, &inner.tainted, now);
+                for id in &plan.drop {
+                    inner.svids.remove(id);
                 }
-            })
-            .cloned()
-            .collect()
+                inner.jwts.retain(|_, j| j.expires_at > now);
+                let changed = !plan.drop.is_empty();
+                (plan, changed)
+            }
+            Err(_) => (SvidPlan::default(), false),
+        };
+        if changed {
+            self.notify();
+        }
+        plan
     }
 
     pub fn store_svid(&self, entry_id: &str, svid: CachedSvid) {
@@ -299,20 +301,6 @@ impl AgentState {
             }
         }
         self.notify();
-    }
-
-    /// Remove SVIDs that expired (e.g. the server was unreachable for too long).
-    pub fn drop_expired(&self, now: i64) {
-        let mut changed = false;
-        if let Ok(mut inner) = self.inner.write() {
-            let before = inner.svids.len();
-            inner.svids.retain(|_, s| s.expires_at > now);
-            inner.jwts.retain(|_, j| j.expires_at > now);
-            changed = before != inner.svids.len();
-        }
-        if changed {
-            self.notify();
-        }
     }
 
     /// Identities of a workload, in entry order: (entry, its current SVID if any).
@@ -334,7 +322,7 @@ impl AgentState {
                     inner
                         .svids
                         .get(&e.id)
-                        .filter(|s| s.expires_at > now)
+                        .filter(|s| !lifecycle::is_expired(s, now))
                         .cloned(),
                 )
             })

@@ -36,6 +36,8 @@ pub struct WorkloadService {
     attestors: Arc<WorkloadAttestors>,
     node: NodeHandle,
     deliveries: Arc<Deliveries>,
+    /// Expiry checks of entries, SVIDs and JWT-SVIDs.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for WorkloadService {
@@ -56,7 +58,15 @@ impl WorkloadService {
             attestors,
             node,
             deliveries,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same service reading time from `clock` (tests: a fake clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Header check and attestation: the caller's selectors and who it is.
@@ -97,7 +107,7 @@ impl WorkloadService {
         let (selectors, who) = self.caller(req).await?;
         if self
             .state
-            .identities(&selectors, SystemClock.unix_seconds())
+            .identities(&selectors, self.clock.unix_seconds())
             .is_empty()
         {
             tracing::info!(?selectors, "Workload API: no identity for caller");
@@ -117,7 +127,7 @@ impl WorkloadService {
         selectors: &[Selector],
         who: &Recipient,
     ) -> Result<Option<pb::X509svidResponse>, Status> {
-        let now = SystemClock.unix_seconds();
+        let now = self.clock.unix_seconds();
         let ids = self.state.identities(selectors, now);
         if ids.is_empty() {
             return Err(Status::permission_denied("no identity issued"));
@@ -180,7 +190,7 @@ fn jwt_bundle_json(b: &Bundle) -> Vec<u8> {
 
 /// A stream that recomputes `make` on every state change and sends it when it differs
 /// from the last message; an error ends the stream.
-fn watch_stream<T, F>(state: Arc<AgentState>, make: F) -> BoxStream<T>
+fn watch_stream<T, F>(state: Arc<AgentState>, clock: Arc<dyn Clock>, make: F) -> BoxStream<T>
 where
     T: Clone + PartialEq + Send + 'static,
     F: Fn() -> Result<Option<T>, Status> + Send + 'static,
@@ -219,7 +229,7 @@ where
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
                 // Re-check now and then, and right when the next entry expires.
-                _ = tokio::time::sleep(until_next_check(&state)) => {}
+                _ = tokio::time::sleep(until_next_check(&state, clock.as_ref())) => {}
                 _ = tx.closed() => return,
             }
         }
@@ -228,8 +238,9 @@ where
 }
 
 /// At most 5 s, or until just after the soonest entry expiry.
-fn until_next_check(state: &AgentState) -> Duration {
-    let now = std::time::SystemTime::now()
+fn until_next_check(state: &AgentState, clock: &dyn Clock) -> Duration {
+    let now = clock
+        .now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let default = Duration::from_secs(5);
@@ -282,9 +293,11 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let (selectors, who) = self.entitled_caller(&req).await?;
         let this = self.clone();
-        Ok(Response::new(watch_stream(self.state.clone(), move || {
-            this.x509_response(&selectors, &who)
-        })))
+        Ok(Response::new(watch_stream(
+            self.state.clone(),
+            self.clock.clone(),
+            move || this.x509_response(&selectors, &who),
+        )))
     }
 
     async fn fetch_x509_bundles(
@@ -293,21 +306,25 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         self.entitled_caller(&req).await?;
         let state = self.state.clone();
-        Ok(Response::new(watch_stream(self.state.clone(), move || {
-            let b = state
-                .bundle()
-                .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
-            let mut bundles = HashMap::from([(td_key(&b), b.x509_authorities_der())]);
-            for f in state.federated() {
-                if !f.x509_authorities().is_empty() {
-                    bundles.insert(td_key(&f), f.x509_authorities_der());
+        Ok(Response::new(watch_stream(
+            self.state.clone(),
+            self.clock.clone(),
+            move || {
+                let b = state
+                    .bundle()
+                    .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
+                let mut bundles = HashMap::from([(td_key(&b), b.x509_authorities_der())]);
+                for f in state.federated() {
+                    if !f.x509_authorities().is_empty() {
+                        bundles.insert(td_key(&f), f.x509_authorities_der());
+                    }
                 }
-            }
-            Ok(Some(pb::X509BundlesResponse {
-                crl: Vec::new(),
-                bundles,
-            }))
-        })))
+                Ok(Some(pb::X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles,
+                }))
+            },
+        )))
     }
 
     async fn fetch_jwtsvid(
@@ -321,7 +338,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
                 "audience must be specified (one or more non-empty values)",
             ));
         }
-        let now = SystemClock.unix_seconds();
+        let now = self.clock.unix_seconds();
         let mut ids = self.state.identities(&selectors, now);
         if !r.spiffe_id.is_empty() {
             ids.retain(|(e, _)| e.spiffe_id.to_string() == r.spiffe_id);
@@ -389,16 +406,20 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         self.entitled_caller(&req).await?;
         let state = self.state.clone();
-        Ok(Response::new(watch_stream(self.state.clone(), move || {
-            let b = state
-                .bundle()
-                .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
-            let mut bundles = HashMap::from([(td_key(&b), jwt_bundle_json(&b))]);
-            for f in state.federated() {
-                bundles.insert(td_key(&f), jwt_bundle_json(&f));
-            }
-            Ok(Some(pb::JwtBundlesResponse { bundles }))
-        })))
+        Ok(Response::new(watch_stream(
+            self.state.clone(),
+            self.clock.clone(),
+            move || {
+                let b = state
+                    .bundle()
+                    .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
+                let mut bundles = HashMap::from([(td_key(&b), jwt_bundle_json(&b))]);
+                for f in state.federated() {
+                    bundles.insert(td_key(&f), jwt_bundle_json(&f));
+                }
+                Ok(Some(pb::JwtBundlesResponse { bundles }))
+            },
+        )))
     }
 
     async fn validate_jwtsvid(
@@ -419,7 +440,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadService {
             .read()
             .map(|b| b.clone())
             .unwrap_or_default();
-        let svid = JwtSvid::validate(&r.svid, &[r.audience.as_str()], &set, &SystemClock)
+        let svid = JwtSvid::validate(&r.svid, &[r.audience.as_str()], &set, self.clock.as_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(jti) = svid.claims().get("jti").and_then(|v| v.as_str())
             && self.state.is_revoked(jti)
@@ -469,7 +490,7 @@ impl lanyard_proto::secrets::secrets_server::Secrets for WorkloadService {
                 "name must be the exception's name (1 to 64 characters)",
             ));
         }
-        let now = SystemClock.unix_seconds();
+        let now = self.clock.unix_seconds();
         let mut ids = self.state.identities(&selectors, now);
         if !r.spiffe_id.is_empty() {
             ids.retain(|(e, _)| e.spiffe_id.to_string() == r.spiffe_id);
@@ -656,5 +677,548 @@ mod tests {
         let e = web.x509_response(&selectors, &who).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
         assert!(e.message().contains("no trust bundle yet"), "{e:?}");
+    }
+
+    // ---- Responses built from the cache, selector matching, JWT-SVIDs ----
+
+    use crate::state::CachedSvid;
+    use crate::test_support::{JwtKey, TestCa, b64url, entry, trust_domain};
+    use lanyard_core::{SpiffeId, X509Svid};
+    use tokio_stream::StreamExt;
+
+    /// A service over a state holding `entries` and `bundle`, attesting every caller
+    /// with `selectors`.
+    fn service_with(
+        selectors: Vec<&'static str>,
+        entries: Vec<CachedEntry>,
+        bundle: Option<Bundle>,
+    ) -> WorkloadService {
+        let state = Arc::new(AgentState::new(trust_domain(), bundle));
+        state.apply(SyncState {
+            entries,
+            ..SyncState::default()
+        });
+        WorkloadService::new(
+            state,
+            Arc::new(WorkloadAttestors::new(
+                vec![Arc::new(Fixed(Some(selectors)))],
+                crate::attestor::ATTEST_BOUND,
+            )),
+            NodeHandle::default(),
+            Arc::new(Deliveries::default()),
+        )
+    }
+
+    /// Store an X509-SVID signed by `ca` for entry `id`, valid for the next hour.
+    fn store_svid(s: &WorkloadService, ca: &TestCa, id: &str) -> CachedSvid {
+        let now = SystemClock.unix_seconds();
+        let spiffe_id = format!("spiffe://example.org/{id}");
+        let (leaf, key) = ca.leaf(&spiffe_id, now - 60, now + 3600);
+        let svid = CachedSvid {
+            spiffe_id: SpiffeId::new(&spiffe_id).unwrap(),
+            serial: X509Svid::parse(vec![leaf.clone()])
+                .unwrap()
+                .serial()
+                .to_string(),
+            chain: vec![leaf, ca.der.clone()],
+            key_pkcs8: key,
+            issued_at: now - 60,
+            expires_at: now + 3600,
+            rotate_at: now + 1800,
+            entry_revision: 1,
+            event_id: format!("ev-{id}"),
+            authority: ca.key_id(),
+        };
+        s.state.store_svid(id, svid.clone());
+        svid
+    }
+
+    fn who() -> Recipient {
+        Recipient::new(PEER.pid.unwrap(), PEER.uid, PEER.gid, &[])
+    }
+
+    fn sel(list: &[&str]) -> Vec<Selector> {
+        list.iter().map(|s| Selector::new(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_x509_response_serves_the_matching_entries_with_their_svids() {
+        let ca = TestCa::new("ca1");
+        let mut web = entry("web", &["unix:uid:1000"], 1);
+        web.hint = "internal".into();
+        let s = service_with(
+            vec![],
+            vec![
+                web,
+                entry("db", &["unix:uid:1000", "unix:gid:50"], 1),
+                entry("ops", &["unix:uid:0"], 1),
+                entry("pending", &["unix:uid:1000"], 1),
+            ],
+            Some(ca.bundle()),
+        );
+        let web_svid = store_svid(&s, &ca, "web");
+        store_svid(&s, &ca, "db");
+        store_svid(&s, &ca, "ops");
+        // A federated trust domain's X.509 authorities come along.
+        let other = TestCa::new("other");
+        let mut fed = Bundle::new(TrustDomain::new("other.org").unwrap());
+        fed.add_x509_authority(lanyard_core::X509Authority::from_der(other.der.clone()).unwrap());
+        let mut jwt_only = Bundle::new(TrustDomain::new("jwt.org").unwrap());
+        jwt_only.add_jwt_authority(JwtKey::new("k").authority());
+        s.state.apply(SyncState {
+            entries: s.state.entries(),
+            federated: vec![jwt_only, fed],
+            ..SyncState::default()
+        });
+
+        // uid 1000 without gid 50: web (SVID) and pending (none yet), not db or ops.
+        let r = s
+            .x509_response(&sel(&["unix:uid:1000", "unix:gid:1000"]), &who())
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.svids.len(), 1);
+        let got = &r.svids[0];
+        assert_eq!(got.spiffe_id, "spiffe://example.org/web");
+        assert_eq!(got.x509_svid, web_svid.chain.concat());
+        assert_eq!(got.x509_svid_key, web_svid.key_pkcs8);
+        assert_eq!(got.bundle, ca.der);
+        assert_eq!(got.hint, "internal");
+        // The Workload API encoding parses back to the SVID.
+        let parsed = X509Svid::parse_concatenated(&got.x509_svid).unwrap();
+        assert_eq!(parsed.serial(), web_svid.serial);
+        assert_eq!(
+            r.federated_bundles,
+            HashMap::from([("spiffe://other.org".to_string(), other.der.clone())])
+        );
+        assert!(r.crl.is_empty());
+        // The delivery is recorded once per process and certificate.
+        assert_eq!(s.deliveries.pending(), 1);
+        s.x509_response(&sel(&["unix:uid:1000"]), &who()).unwrap();
+        assert_eq!(s.deliveries.pending(), 1);
+
+        // With every selector, db too, in entry order.
+        let r = s
+            .x509_response(&sel(&["unix:gid:50", "unix:uid:1000"]), &who())
+            .unwrap()
+            .unwrap();
+        let ids: Vec<&str> = r.svids.iter().map(|v| v.spiffe_id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/web", "spiffe://example.org/db"]);
+    }
+
+    #[test]
+    fn no_identity_is_permission_denied_and_minting_is_waited_for() {
+        let ca = TestCa::new("ca1");
+        let s = service_with(
+            vec![],
+            vec![
+                entry("web", &["unix:uid:1000"], 1),
+                // An entry without selectors matches nobody.
+                entry("any", &[], 1),
+            ],
+            Some(ca.bundle()),
+        );
+        let e = s.x509_response(&sel(&["unix:uid:7"]), &who()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(e.message(), "no identity issued");
+        assert!(s.x509_response(&[], &who()).is_err());
+        // Entitled, but the SVID is still being minted.
+        assert_eq!(
+            s.x509_response(&sel(&["unix:uid:1000"]), &who()).unwrap(),
+            None
+        );
+        assert_eq!(s.deliveries.pending(), 0);
+    }
+
+    #[test]
+    fn the_service_reads_expiry_from_its_clock() {
+        let ca = TestCa::new("ca1");
+        let clock = lanyard_core::FakeClock::now_system();
+        let s = service_with(
+            vec![],
+            vec![entry("web", &["unix:uid:1000"], 1)],
+            Some(ca.bundle()),
+        )
+        .with_clock(Arc::new(clock.clone()));
+        let svid = store_svid(&s, &ca, "web");
+        assert!(
+            s.x509_response(&sel(&["unix:uid:1000"]), &who())
+                .unwrap()
+                .is_some()
+        );
+        // Past the SVID's expiry on the service's clock, nothing is served.
+        clock.set(svid.expires_at);
+        assert_eq!(
+            s.x509_response(&sel(&["unix:uid:1000"]), &who()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn expired_entries_and_svids_are_not_served() {
+        let ca = TestCa::new("ca1");
+        let now = SystemClock.unix_seconds();
+        let mut gone = entry("gone", &["unix:uid:1000"], 1);
+        gone.expires_at = now - 1;
+        let s = service_with(
+            vec![],
+            vec![entry("web", &["unix:uid:1000"], 1), gone],
+            Some(ca.bundle()),
+        );
+        let mut svid = store_svid(&s, &ca, "web");
+        svid.expires_at = now;
+        s.state.store_svid("web", svid);
+        let ids = s.state.identities(&sel(&["unix:uid:1000"]), now);
+        assert_eq!(ids.len(), 1, "the expired entry matches nobody");
+        assert!(ids[0].1.is_none(), "the expired SVID is not served");
+        assert_eq!(
+            s.x509_response(&sel(&["unix:uid:1000"]), &who()).unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn the_x509_stream_sends_at_once_and_again_on_rotation() {
+        let ca = TestCa::new("ca1");
+        let s = service_with(
+            vec!["unix:uid:1000"],
+            vec![entry("web", &["unix:uid:1000"], 1)],
+            Some(ca.bundle()),
+        );
+        let first = store_svid(&s, &ca, "web");
+        let mut stream = s
+            .fetch_x509svid(request(pb::X509svidRequest {}, true, Some(PEER)))
+            .await
+            .unwrap()
+            .into_inner();
+        let m = stream.next().await.unwrap().unwrap();
+        assert_eq!(m.svids[0].x509_svid, first.chain.concat());
+        let second = store_svid(&s, &ca, "web");
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.svids[0].x509_svid, second.chain.concat());
+        assert_ne!(first.chain, second.chain);
+        // A change that leaves the response as it was sends nothing.
+        s.state.store_svid("web", second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), stream.next())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_x509_stream_gives_up_when_no_svid_arrives() {
+        let s = service_with(
+            vec!["unix:uid:1000"],
+            vec![entry("web", &["unix:uid:1000"], 1)],
+            Some(TestCa::new("ca1").bundle()),
+        );
+        let mut stream = s
+            .fetch_x509svid(request(pb::X509svidRequest {}, true, Some(PEER)))
+            .await
+            .unwrap()
+            .into_inner();
+        let e = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("not available yet"), "{e:?}");
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn bundle_streams_carry_local_and_federated_bundles() {
+        let ca = TestCa::new("ca1");
+        let key = JwtKey::new("k1");
+        let mut bundle = ca.bundle();
+        bundle.add_jwt_authority(key.authority());
+        bundle.set_sequence(7);
+        let s = service_with(
+            vec!["unix:uid:1000"],
+            vec![entry("web", &["unix:uid:1000"], 1)],
+            Some(bundle),
+        );
+        let mut fed = Bundle::new(TrustDomain::new("other.org").unwrap());
+        fed.add_jwt_authority(JwtKey::new("k2").authority());
+        s.state.apply(SyncState {
+            entries: s.state.entries(),
+            federated: vec![fed],
+            ..SyncState::default()
+        });
+        let x = s
+            .fetch_x509_bundles(request(pb::X509BundlesRequest {}, true, Some(PEER)))
+            .await
+            .unwrap()
+            .into_inner()
+            .next()
+            .await
+            .unwrap()
+            .unwrap();
+        // The federated bundle has no X.509 authority: left out.
+        assert_eq!(
+            x.bundles,
+            HashMap::from([("spiffe://example.org".to_string(), ca.der.clone())])
+        );
+        let j = s
+            .fetch_jwt_bundles(request(pb::JwtBundlesRequest {}, true, Some(PEER)))
+            .await
+            .unwrap()
+            .into_inner()
+            .next()
+            .await
+            .unwrap()
+            .unwrap();
+        let mut tds: Vec<&String> = j.bundles.keys().collect();
+        tds.sort();
+        assert_eq!(tds, ["spiffe://example.org", "spiffe://other.org"]);
+        let local = Bundle::parse(trust_domain(), &j.bundles["spiffe://example.org"]).unwrap();
+        assert_eq!(local.x509_authorities().len(), 0, "JWT authorities only");
+        assert_eq!(local.jwt_authorities().count(), 1);
+        assert!(local.jwt_authority("k1").is_some());
+        assert_eq!(local.sequence(), Some(7));
+        // A stranger gets no bundles.
+        let stranger = service_with(vec!["unix:uid:7"], s.state.entries(), None);
+        let e = stranger
+            .fetch_jwt_bundles(request(pb::JwtBundlesRequest {}, true, Some(PEER)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn jwt_svid_requests_are_checked_and_served_from_the_cache() {
+        let s = service_with(
+            vec!["unix:uid:1000"],
+            vec![
+                entry("web", &["unix:uid:1000"], 1),
+                entry("api", &["unix:uid:1000"], 1),
+            ],
+            None,
+        );
+        let ask = |audience: &[&str], spiffe_id: &str| {
+            request(
+                pb::JwtsvidRequest {
+                    audience: audience.iter().map(|a| (*a).to_string()).collect(),
+                    spiffe_id: spiffe_id.into(),
+                },
+                true,
+                Some(PEER),
+            )
+        };
+        for bad in [&[][..], &[""][..], &["db", ""][..]] {
+            let e = s.fetch_jwtsvid(ask(bad, "")).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(e.message().contains("audience"));
+        }
+        let e = s
+            .fetch_jwtsvid(ask(&["db"], "spiffe://example.org/other"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        // Not cached, and no server to mint it.
+        let e = s
+            .fetch_jwtsvid(ask(&["db"], "spiffe://example.org/web"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("not reachable"), "{e:?}");
+        // Cached under the sorted, deduplicated audience: served without the server.
+        let now = SystemClock.unix_seconds();
+        let audience = vec!["a".to_string(), "b".to_string()];
+        s.state.store_jwt(
+            "web",
+            &audience,
+            CachedJwt {
+                token: "header.claims.sig".into(),
+                issued_at: now,
+                expires_at: now + 300,
+                jti: "j1".into(),
+                event_id: "ev-1".into(),
+                kid: "k1".into(),
+            },
+        );
+        let r = s
+            .fetch_jwtsvid(ask(&["b", "a", "b"], "spiffe://example.org/web"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.svids.len(), 1);
+        assert_eq!(r.svids[0].svid, "header.claims.sig");
+        assert_eq!(r.svids[0].spiffe_id, "spiffe://example.org/web");
+        assert_eq!(s.deliveries.pending(), 1);
+        // Without a SPIFFE ID every identity is asked for: api is not cached.
+        let e = s.fetch_jwtsvid(ask(&["a", "b"], "")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn jwt_svids_are_validated_against_the_bundle_and_revocations() {
+        let key = JwtKey::new("k1");
+        let mut bundle = Bundle::new(trust_domain());
+        bundle.add_jwt_authority(key.authority());
+        let s = service_with(vec![], Vec::new(), Some(bundle));
+        let now = SystemClock.unix_seconds();
+        let token = key.sign(&serde_json::json!({
+            "sub": "spiffe://example.org/web",
+            "aud": ["db"],
+            "exp": now + 300,
+            "iat": now,
+            "jti": "j1",
+            "groups": ["a", {"n": 1.5, "ok": true, "none": null}],
+        }));
+        let ask = |audience: &str, svid: &str| {
+            request(
+                pb::ValidateJwtsvidRequest {
+                    audience: audience.into(),
+                    svid: svid.into(),
+                },
+                true,
+                Some(PEER),
+            )
+        };
+        for (aud, svid, says) in [
+            ("", token.as_str(), "audience must be specified"),
+            ("db", "", "svid must be specified"),
+        ] {
+            let e = s.validate_jwtsvid(ask(aud, svid)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(e.message(), says);
+        }
+        let e = s.validate_jwtsvid(ask("web", &token)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let forged = key.sign(&serde_json::json!({"sub": "spiffe://example.org/web", "aud": ["db"], "exp": now + 300}));
+        let tampered = format!(
+            "{}.{}",
+            &token[..token.rfind('.').unwrap()],
+            &forged[forged.rfind('.').unwrap() + 1..]
+        );
+        let e = s.validate_jwtsvid(ask("db", &tampered)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+        let r = s
+            .validate_jwtsvid(ask("db", &token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.spiffe_id, "spiffe://example.org/web");
+        let claims = r.claims.unwrap().fields;
+        use prost_types::value::Kind;
+        assert_eq!(claims["jti"].kind, Some(Kind::StringValue("j1".into())));
+        let Some(Kind::ListValue(groups)) = &claims["groups"].kind else {
+            panic!("{:?}", claims["groups"]);
+        };
+        let Some(Kind::StructValue(inner)) = &groups.values[1].kind else {
+            panic!("{groups:?}");
+        };
+        assert_eq!(inner.fields["n"].kind, Some(Kind::NumberValue(1.5)));
+        assert_eq!(inner.fields["ok"].kind, Some(Kind::BoolValue(true)));
+        assert_eq!(inner.fields["none"].kind, Some(Kind::NullValue(0)));
+
+        // Once the server revokes its jti, it no longer validates.
+        s.state.apply(SyncState {
+            revoked_jtis: ["j1".to_string()].into(),
+            ..SyncState::default()
+        });
+        let e = s.validate_jwtsvid(ask("db", &token)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("revoked"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn secrets_need_a_name_an_identity_and_the_server() {
+        use lanyard_proto::secrets::FetchSecretRequest;
+        use lanyard_proto::secrets::secrets_server::Secrets;
+        let s = service_with(
+            vec!["unix:uid:1000"],
+            vec![entry("web", &["unix:uid:1000"], 1)],
+            None,
+        );
+        let ask = |name: &str, spiffe_id: &str| {
+            request(
+                FetchSecretRequest {
+                    name: name.into(),
+                    spiffe_id: spiffe_id.into(),
+                },
+                true,
+                Some(PEER),
+            )
+        };
+        for bad in [String::new(), "x".repeat(65)] {
+            let e = s.fetch_secret(ask(&bad, "")).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        }
+        let e = s
+            .fetch_secret(ask("db-password", "spiffe://example.org/other"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().starts_with("no identity issued"));
+        let e = s.fetch_secret(ask("db-password", "")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        let e = s
+            .fetch_secret(request(
+                ask("db-password", "").into_inner(),
+                false,
+                Some(PEER),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn wit_svids_are_not_implemented() {
+        let s = service(Some(vec!["unix:uid:1000"]));
+        let e = s
+            .fetch_witsvid(request(pb::WitsvidRequest::default(), true, Some(PEER)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        let e = s
+            .fetch_wit_bundles(request(pb::WitBundlesRequest::default(), true, Some(PEER)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+    }
+
+    #[test]
+    fn the_next_check_is_soon_after_the_next_entry_expiry_and_at_most_five_seconds() {
+        let now = SystemClock.unix_seconds();
+        let none = service_with(vec![], vec![entry("web", &["unix:uid:1"], 1)], None);
+        assert_eq!(
+            until_next_check(&none.state, &SystemClock),
+            Duration::from_secs(5)
+        );
+        let mut soon = entry("soon", &["unix:uid:1"], 1);
+        soon.expires_at = now + 3;
+        let mut later = entry("later", &["unix:uid:1"], 1);
+        later.expires_at = now + 60;
+        let s = service_with(vec![], vec![later, soon], None);
+        let wait = until_next_check(&s.state, &SystemClock);
+        // Just after the soonest expiry (whatever second boundary passed meanwhile).
+        assert!(
+            wait >= Duration::from_secs(1) && wait <= Duration::from_millis(3020),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn jwt_bundles_keep_only_jwt_authorities_sequence_and_refresh_hint() {
+        let ca = TestCa::new("ca1");
+        let mut b = ca.bundle();
+        b.add_jwt_authority(JwtKey::new("k1").authority());
+        b.set_sequence(3);
+        b.set_refresh_hint(60);
+        let only = Bundle::parse(trust_domain(), &jwt_bundle_json(&b)).unwrap();
+        assert!(only.x509_authorities().is_empty());
+        assert_eq!(only.jwt_authorities().count(), 1);
+        assert_eq!(only.sequence(), Some(3));
+        assert_eq!(only.refresh_hint(), Some(60));
+        assert_eq!(td_key(&only), "spiffe://example.org");
+        assert_eq!(b64url(b"ab?"), "YWI_");
     }
 }

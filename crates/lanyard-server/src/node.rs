@@ -1116,3 +1116,233 @@ impl pb::node_server::Node for NodeService {
         Ok(Response::new(pb::DecisionAck { recorded }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_testkit::{entry, node};
+
+    fn delivery() -> pb::Delivery {
+        pb::Delivery {
+            spiffe_id: "spiffe://example.org/web".into(),
+            svid_type: "x509".into(),
+            serial: "0a1b".into(),
+            pid: 42,
+            sha256: "ab".repeat(32),
+            ..Default::default()
+        }
+    }
+
+    fn decision() -> pb::AuthzDecision {
+        pb::AuthzDecision {
+            decision_id: "d1".into(),
+            caller: "spiffe://example.org/gateway".into(),
+            subject: "spiffe://example.org/web".into(),
+            action: "read".into(),
+            resource_id: "o1".into(),
+            allowed: true,
+            policy_ids: vec!["p".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_agent_svid_stands_current_previous_or_superseded() {
+        let mut n = node("/lanyard/agent/a", 100).build();
+        n.serial = "02".into();
+        assert_eq!(svid_standing(&n, "02"), SvidStanding::Current);
+        assert_eq!(svid_standing(&n, "01"), SvidStanding::Superseded);
+        n.previous_serial = "01".into();
+        assert_eq!(svid_standing(&n, "01"), SvidStanding::Previous);
+        assert_eq!(svid_standing(&n, "00"), SvidStanding::Superseded);
+        // No serial never matches, not even an empty previous one.
+        n.previous_serial = String::new();
+        assert_eq!(svid_standing(&n, ""), SvidStanding::Superseded);
+    }
+
+    #[test]
+    fn deliveries_are_checked_field_by_field() {
+        assert!(validate_delivery(&delivery()).is_ok());
+        let jwt = pb::Delivery {
+            svid_type: "jwt".into(),
+            serial: String::new(),
+            jti: "j".into(),
+            sha256: String::new(),
+            ..delivery()
+        };
+        assert!(validate_delivery(&jwt).is_ok());
+        let cases: Vec<(pb::Delivery, &str)> = vec![
+            (
+                pb::Delivery {
+                    spiffe_id: "not an id".into(),
+                    ..delivery()
+                },
+                "spiffe_id",
+            ),
+            (
+                pb::Delivery {
+                    serial: "xyz".into(),
+                    ..delivery()
+                },
+                "hex digits",
+            ),
+            (
+                pb::Delivery {
+                    serial: "a".repeat(65),
+                    ..delivery()
+                },
+                "1 to 64",
+            ),
+            (
+                pb::Delivery {
+                    svid_type: "jwt".into(),
+                    jti: String::new(),
+                    ..delivery()
+                },
+                "jti",
+            ),
+            (
+                pb::Delivery {
+                    svid_type: "secret".into(),
+                    ..delivery()
+                },
+                "svid_type",
+            ),
+            (
+                pb::Delivery {
+                    pid: 0,
+                    ..delivery()
+                },
+                "pid 0",
+            ),
+            (
+                pb::Delivery {
+                    sha256: "ab".into(),
+                    ..delivery()
+                },
+                "sha256",
+            ),
+            (
+                pb::Delivery {
+                    path: "p".repeat(4097),
+                    ..delivery()
+                },
+                "too long",
+            ),
+        ];
+        for (d, want) in cases {
+            let e = validate_delivery(&d).unwrap_err();
+            assert!(e.0.contains(want), "{want:?} not in {:?}", e.0);
+        }
+    }
+
+    #[test]
+    fn reports_are_bounded() {
+        assert!(check_report_size(1000, MAX_DELIVERIES, "deliveries").is_ok());
+        let s = check_report_size(1001, MAX_DELIVERIES, "deliveries").unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().contains("at most 1000"), "{}", s.message());
+    }
+
+    #[test]
+    fn agent_decisions_are_checked_and_read_as_records() {
+        let rec = agent_decision(decision()).unwrap();
+        assert!(rec.out.allowed);
+        assert_eq!(rec.subject, "spiffe://example.org/web");
+        assert_eq!(rec.trace_id, None);
+        assert!(rec.task.is_none());
+        let with_task = agent_decision(pb::AuthzDecision {
+            task_txn: "t1".into(),
+            task_agent: "spiffe://example.org/agent".into(),
+            trace_id: "t1".into(),
+            ..decision()
+        })
+        .unwrap();
+        assert_eq!(with_task.task.unwrap().txn, "t1");
+        assert_eq!(with_task.trace_id.as_deref(), Some("t1"));
+        for (d, want) in [
+            (
+                pb::AuthzDecision {
+                    subject: "web".into(),
+                    ..decision()
+                },
+                "subject",
+            ),
+            (
+                pb::AuthzDecision {
+                    caller: String::new(),
+                    ..decision()
+                },
+                "caller",
+            ),
+            (
+                pb::AuthzDecision {
+                    decision_id: "d".repeat(65),
+                    ..decision()
+                },
+                "decision_id",
+            ),
+            (
+                pb::AuthzDecision {
+                    action: String::new(),
+                    ..decision()
+                },
+                "required",
+            ),
+            (
+                pb::AuthzDecision {
+                    reason: "r".repeat(8193),
+                    ..decision()
+                },
+                "too long",
+            ),
+            (
+                pb::AuthzDecision {
+                    policy_ids: vec!["p".into(); 65],
+                    ..decision()
+                },
+                "too long",
+            ),
+        ] {
+            let e = agent_decision(d).unwrap_err();
+            assert!(e.0.contains(want), "{want:?} not in {:?}", e.0);
+        }
+    }
+
+    #[test]
+    fn the_first_attestation_message_names_the_method() {
+        let (ev, csr) = evidence_of(Some(pb::attest_request::Step::JoinToken(
+            pb::JoinTokenAttestation {
+                token: "t".into(),
+                csr: vec![1],
+            },
+        )))
+        .unwrap();
+        assert_eq!(ev, NodeEvidence::JoinToken { token: "t".into() });
+        assert_eq!(csr, [1]);
+        let s = evidence_of(None).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn entries_go_to_agents_with_every_field() {
+        let e = entry("e1", "/agent", "/web", &["unix:uid:1"])
+            .owner("team-a")
+            .environment("prod")
+            .expires_at(77)
+            .revision(3)
+            .build();
+        let p = to_pb_entry(&e);
+        assert_eq!(p.spiffe_id, "spiffe://example.org/web");
+        assert_eq!(p.parent_id, "spiffe://example.org/agent");
+        assert_eq!(p.selectors, ["unix:uid:1"]);
+        assert_eq!((p.expires_at, p.revision), (77, 3));
+        assert_eq!(
+            (p.owner.as_str(), p.environment.as_str()),
+            ("team-a", "prod")
+        );
+        // No expiry travels as 0.
+        let p = to_pb_entry(&entry("e2", "/agent", "/web", &[]).build());
+        assert_eq!(p.expires_at, 0);
+    }
+}
