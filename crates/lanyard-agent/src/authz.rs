@@ -24,12 +24,12 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use lanyard_authz::decision::{
     AuthnError, Callers, DecideError, DecisionOut, DecisionRecord, Question, Sources, TaskError,
-    Unavailable, decide, facts_of, index_entry,
+    Unavailable, WorkloadIndex, decide, index_entry,
 };
 use lanyard_authz::http::Pdp;
 use lanyard_authz::token::{TokenError, TokenVerifier, verify_task};
 use lanyard_core::{Clock, SystemClock};
-use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
+use lanyard_policy::{CompiledPolicies, PolicyKind, PreparedWorkload, TaskFacts};
 use lanyard_proto::node as pb;
 
 use crate::evidence::{Outbox, now_ms};
@@ -44,7 +44,7 @@ pub struct AuthzSnapshot {
     policy: CompiledPolicies,
     issuer: String,
     token_key: Option<TokenVerifier>,
-    workloads: HashMap<String, WorkloadFacts>,
+    workloads: WorkloadIndex,
     /// The JWT deny-list of the same update (task tokens are refused by `jti`).
     revoked: HashSet<String>,
 }
@@ -56,8 +56,8 @@ impl AuthzSnapshot {
 }
 
 impl Sources for AuthzSnapshot {
-    async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
-        Ok(facts_of(&self.workloads, id))
+    async fn workload(&self, id: &str) -> Result<PreparedWorkload, DecideError> {
+        self.workloads.get(id)
     }
 
     async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
@@ -138,16 +138,27 @@ impl SyncedAuthz {
                 })
                 .ok()
         });
-        let mut workloads = HashMap::new();
+        let mut facts = HashMap::new();
         for e in entries {
             index_entry(
-                &mut workloads,
+                &mut facts,
                 &e.spiffe_id.to_string(),
                 &e.owner,
                 &e.environment,
                 e.selectors.iter().map(ToString::to_string),
             );
         }
+        // Each workload's Cedar entity is built here, once per entry update.
+        let workloads = match WorkloadIndex::build(facts) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "the synced entries cannot be prepared for local decisions; none until the next update");
+                if let Ok(mut g) = self.current.write() {
+                    *g = None;
+                }
+                return;
+            }
+        };
         let snapshot = Arc::new(AuthzSnapshot {
             version,
             policy,

@@ -10,7 +10,7 @@ use lanyard_audit::evidence::AuthzDecision;
 use lanyard_audit::{Event, Outcome};
 use lanyard_core::{BundleSet, Clock, JwtSvid, SpiffeId};
 use lanyard_policy::{
-    AuthzRequest, CompiledPolicies, PolicyKind, Target, TaskFacts, WorkloadFacts,
+    AuthzRequest, CompiledPolicies, PolicyKind, PreparedWorkload, Target, TaskFacts, WorkloadFacts,
 };
 use serde_json::{Map, Value};
 
@@ -125,9 +125,12 @@ impl From<Unavailable> for AuthnError {
 /// What a decision point decides with. `Err` from `workload` and `policy`: the
 /// facts cannot be read, so nothing is decided (fail closed).
 pub trait Sources: Sync {
-    /// Registration facts of `id` ([`WorkloadFacts::unregistered`] when unknown).
-    fn workload(&self, id: &str)
-    -> impl Future<Output = Result<WorkloadFacts, Unavailable>> + Send;
+    /// Registration facts of `id` ([`WorkloadFacts::unregistered`] when unknown),
+    /// with its Cedar entity built (once per entry revision: see [`WorkloadIndex`]).
+    fn workload(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<PreparedWorkload, DecideError>> + Send;
     /// The authz policy set in force.
     fn policy(&self) -> impl Future<Output = Result<CompiledPolicies, Unavailable>> + Send;
     /// Verify a task token (`context.task_token`), deny-list included.
@@ -167,7 +170,7 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
             ..DecisionOut::default()
         },
         subject: subject.to_string(),
-        owner: principal.owner.clone(),
+        owner: principal.facts().owner.clone(),
         action: q.action.clone(),
         resource_type: q.resource_type.clone(),
         resource_id: q.resource_id.clone(),
@@ -201,7 +204,8 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
         .await
         .map_err(|e| DecideError::Unavailable(format!("authz policy: {}", e.0)))?;
     let req = AuthzRequest {
-        principal,
+        // The principal is the prepared entity; the request names nobody else.
+        principal: WorkloadFacts::default(),
         action: q.action,
         target: Target::Resource {
             id: q.resource_id,
@@ -216,7 +220,7 @@ pub async fn decide<S: Sources>(src: &S, q: Question) -> Result<DecisionRecord, 
         tool: None,
     };
     let d = policy
-        .evaluate_authz(&req)
+        .evaluate_authz_prepared(&principal, &req)
         .map_err(|e| DecideError::Malformed(e.to_string()))?;
     rec.out.reason = d.explain(PolicyKind::Authz);
     rec.out.allowed = d.allowed;
@@ -382,6 +386,52 @@ pub fn facts_of(index: &HashMap<String, WorkloadFacts>, id: &str) -> WorkloadFac
         .unwrap_or_else(|| WorkloadFacts::unregistered(id))
 }
 
+/// Registration facts by SPIFFE ID, each workload's Cedar entity built once when
+/// the index is built (that is, once per change of the entries), not per decision.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadIndex {
+    by_id: HashMap<String, PreparedWorkload>,
+}
+
+impl WorkloadIndex {
+    /// Prepare every workload of `facts` (from [`index_entry`]). `Err`: a workload's
+    /// entity cannot be built, and the index is not used (fail closed).
+    pub fn build(
+        facts: HashMap<String, WorkloadFacts>,
+    ) -> Result<Self, lanyard_policy::PolicyError> {
+        let by_id = facts
+            .into_iter()
+            .map(|(id, f)| Ok((id, PreparedWorkload::new(f)?)))
+            .collect::<Result<_, lanyard_policy::PolicyError>>()?;
+        Ok(Self { by_id })
+    }
+
+    /// The prepared workload `id`; an unknown ID is prepared as unregistered.
+    pub fn get(&self, id: &str) -> Result<PreparedWorkload, DecideError> {
+        match self.by_id.get(id) {
+            Some(p) => Ok(p.clone()),
+            None => PreparedWorkload::new(WorkloadFacts::unregistered(id))
+                .map_err(|e| DecideError::Malformed(format!("workload {id:?}: {e}"))),
+        }
+    }
+
+    /// The registration facts of `id` ([`WorkloadFacts::unregistered`] when unknown).
+    pub fn facts(&self, id: &str) -> WorkloadFacts {
+        self.by_id
+            .get(id)
+            .map_or_else(|| WorkloadFacts::unregistered(id), |p| p.facts().clone())
+    }
+
+    /// How many workloads are indexed.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
 /// Add one registration entry to an index of workload facts by SPIFFE ID. Several
 /// entries may name one ID: the first owner and environment win, selectors add up.
 pub fn index_entry(
@@ -431,7 +481,7 @@ mod tests {
     }
 
     impl Sources for Fixed {
-        async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
+        async fn workload(&self, id: &str) -> Result<PreparedWorkload, DecideError> {
             self.check("entry index")?;
             let mut index = HashMap::new();
             index_entry(
@@ -441,7 +491,7 @@ mod tests {
                 "prod",
                 ["unix:uid:1".to_string()],
             );
-            Ok(facts_of(&index, id))
+            WorkloadIndex::build(index).unwrap().get(id)
         }
         async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
             self.check("policy")?;
@@ -463,6 +513,36 @@ mod tests {
                 )))
             }
         }
+    }
+
+    #[test]
+    fn the_workload_index_prepares_registered_ids_and_answers_unknown_as_unregistered() {
+        let mut facts = HashMap::new();
+        index_entry(
+            &mut facts,
+            "spiffe://example.org/web",
+            "team-a",
+            "prod",
+            ["unix:uid:1".to_string()],
+        );
+        index_entry(
+            &mut facts,
+            "spiffe://example.org/web",
+            "team-b",
+            "",
+            ["unix:uid:2".to_string()],
+        );
+        let index = WorkloadIndex::build(facts).unwrap();
+        assert_eq!(index.len(), 1);
+        let web = index.get("spiffe://example.org/web").unwrap();
+        assert!(web.facts().registered);
+        assert_eq!(web.facts().owner, "team-a");
+        assert_eq!(web.facts().selectors, ["unix:uid:1", "unix:uid:2"]);
+        // The entity is built once: every lookup shares it.
+        assert_eq!(index.facts("spiffe://example.org/web"), *web.facts());
+        let other = index.get("spiffe://example.org/other").unwrap();
+        assert!(!other.facts().registered);
+        assert!(!index.facts("spiffe://example.org/other").registered);
     }
 
     fn fixed() -> Fixed {

@@ -17,6 +17,6 @@ pub mod token;
 
 pub use decision::{
     AuthnError, Callers, DecideError, DecisionOut, DecisionRecord, Question, Sources, TaskError,
-    Unavailable, decide,
+    Unavailable, WorkloadIndex, decide,
 };
 pub use token::{TokenError, TokenVerifier, verify_task};

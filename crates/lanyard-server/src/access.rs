@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lanyard_ca::{KeyAlgorithm, SigningKey};
 use lanyard_core::{Clock, JwtSvid, PublicJwk, TrustDomain};
-use lanyard_policy::{CompiledPolicies, PolicyKind, TaskFacts, WorkloadFacts};
+use lanyard_policy::{CompiledPolicies, PolicyKind, PreparedWorkload, TaskFacts, WorkloadFacts};
 use lanyard_store::{AnyStore, Store};
 use serde_json::{Value, json};
 
@@ -24,7 +24,7 @@ use lanyard_audit::{EventKind, Outcome};
 pub use lanyard_authz::decision::{
     AuthnError, DecideError, DecisionOut, Question, TaskError, Unavailable,
 };
-use lanyard_authz::decision::{Callers, Sources, decision_event, facts_of, index_entry};
+use lanyard_authz::decision::{Callers, Sources, WorkloadIndex, decision_event, index_entry};
 pub use lanyard_authz::token::{EXCHANGE_TYP, TASK_TYP, TokenVerifier, token_hash, verify_task};
 
 /// How stale the cached policy, entry index and deny-list may get before they are
@@ -109,8 +109,9 @@ pub fn jwk_json(key: &PublicJwk, kid: &str) -> Value {
     }
 }
 
-/// Registration facts by SPIFFE ID, at which change version.
-type WorkloadIndex = (u64, HashMap<String, WorkloadFacts>);
+/// Registration facts by SPIFFE ID, with each workload's Cedar entity, at which
+/// change version.
+type Workloads = (u64, WorkloadIndex);
 
 /// Runtime authorization state of one server.
 pub struct Access {
@@ -131,7 +132,7 @@ pub struct Access {
     callers: Callers,
     /// The authz policy set and its stored version.
     policy: FreshCache<(i64, CompiledPolicies)>,
-    workloads: FreshCache<WorkloadIndex>,
+    workloads: FreshCache<Workloads>,
     revoked: FreshCache<HashSet<String>>,
     /// Identity providers trusted for person tokens: (issuer, JWKS).
     trusted: Vec<(String, jsonwebtoken::jwk::JwkSet)>,
@@ -291,7 +292,7 @@ impl Access {
     }
 
     /// Registration facts of every SPIFFE ID with an entry.
-    async fn workloads(&self) -> Result<Arc<WorkloadIndex>, Unavailable> {
+    async fn workloads(&self) -> Result<Arc<Workloads>, Unavailable> {
         let version = self.entries.version();
         self.workloads
             .get_where(
@@ -310,7 +311,11 @@ impl Access {
                             e.spec.selectors.iter().map(ToString::to_string),
                         );
                     }
-                    Ok::<_, Unavailable>((version, map))
+                    // Each workload's Cedar entity is built here, once per change.
+                    let prepared = WorkloadIndex::build(map).map_err(|e| {
+                        Unavailable(format!("the entries cannot be prepared for policy: {e}"))
+                    })?;
+                    Ok::<_, Unavailable>((version, prepared))
                 },
             )
             .await
@@ -319,7 +324,12 @@ impl Access {
     /// Facts of `id` for policy (unregistered when it has no entry). `Err` (fail
     /// closed): the entry index cannot be read.
     pub async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
-        Ok(facts_of(&self.workloads().await?.1, id))
+        Ok(self.workloads().await?.1.facts(id))
+    }
+
+    /// [`Self::workload`] with its Cedar entity, built when the entries changed.
+    pub async fn prepared_workload(&self, id: &str) -> Result<PreparedWorkload, DecideError> {
+        self.workloads().await?.1.get(id)
     }
 
     /// Verify a task token presented with a request (not revoked).
@@ -376,8 +386,8 @@ impl Access {
 }
 
 impl Sources for Access {
-    async fn workload(&self, id: &str) -> Result<WorkloadFacts, Unavailable> {
-        Access::workload(self, id).await
+    async fn workload(&self, id: &str) -> Result<PreparedWorkload, DecideError> {
+        self.prepared_workload(id).await
     }
     async fn policy(&self) -> Result<CompiledPolicies, Unavailable> {
         Access::policy(self).await
