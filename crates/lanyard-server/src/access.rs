@@ -315,7 +315,9 @@ impl Access {
                     let prepared = WorkloadIndex::build(map).map_err(|e| {
                         Unavailable(format!("the entries cannot be prepared for policy: {e}"))
                     })?;
-                    Ok::<_, Unavailable>((version, prepared))
+                    // Keyed by the change the index was built at (it may be newer
+                    // than `version`), so that the next call does not rebuild it.
+                    Ok::<_, Unavailable>((index.0, prepared))
                 },
             )
             .await
