@@ -250,7 +250,7 @@ pub async fn start(
         shared.config.bind,
         false,
         tonic::service::Routes::new(NodeServer::new(node::NodeService::new(
-            shared.clone(),
+            &shared,
             access.clone(),
         ))),
         "agent API",

@@ -16,9 +16,9 @@ use lanyard_audit::evidence::{
     ReportsDropped, SecretRefused, SecretReleased, WorkloadSvidDelivered, X509SvidIssued,
 };
 use lanyard_ca::SubjectKey;
-use lanyard_core::{Selector, SpiffeId};
+use lanyard_core::{Clock, Selector, SpiffeId, TrustDomain};
 use lanyard_proto::node as pb;
-use lanyard_store::{Entry, Node, Store};
+use lanyard_store::{AnyStore, Entry, Node, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -28,6 +28,7 @@ use crate::attest::join_token::JoinTokenAttestor;
 use crate::attest::x509pop::X509PopAttestor;
 use crate::attest::{AttestError, Challenger, NodeAttestors, NodeEvidence};
 use crate::decision::{DecisionOut, DecisionRecord, decision_event, decision_evidence};
+use crate::handles::{AuditSink, Authority, Changes, Entries, PolicyCache, Publication};
 use crate::release::{Release, decide_release};
 use crate::state::Shared;
 
@@ -66,10 +67,46 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// What the agent API reads and writes: the narrow handles of [`Shared`] it uses,
+/// and the two settings it needs. Nothing here reaches the admin-only parts of the
+/// server (taint, policy writes, configuration).
+#[derive(Debug)]
+pub struct NodeState {
+    pub store: AnyStore,
+    pub clock: Arc<dyn Clock>,
+    pub ca: Arc<Authority>,
+    pub publication: Arc<Publication>,
+    pub audit: Arc<AuditSink>,
+    pub policies: Arc<PolicyCache>,
+    pub changes: Changes,
+    pub entries: Arc<Entries>,
+    pub secrets: Arc<crate::secrets::SecretBox>,
+    pub trust_domain: TrustDomain,
+    pub agent_svid_ttl: Duration,
+}
+
+impl NodeState {
+    pub fn of(shared: &Shared) -> Self {
+        Self {
+            store: shared.store.clone(),
+            clock: shared.clock.clone(),
+            ca: shared.ca.clone(),
+            publication: shared.publication.clone(),
+            audit: shared.audit.clone(),
+            policies: shared.policies.clone(),
+            changes: shared.changes.clone(),
+            entries: shared.entries.clone(),
+            secrets: shared.secrets.clone(),
+            trust_domain: shared.config.trust_domain.clone(),
+            agent_svid_ttl: shared.config.agent_svid_ttl,
+        }
+    }
+}
+
 /// The service.
 #[derive(Debug, Clone)]
 pub struct NodeService {
-    shared: Arc<Shared>,
+    state: Arc<NodeState>,
     /// The node attestation methods this server offers.
     attestors: Arc<NodeAttestors>,
     /// Runtime authorization: the token key and issuer agents decide with.
@@ -77,10 +114,10 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    pub fn new(shared: Arc<Shared>, access: Arc<Access>) -> Self {
+    pub fn new(shared: &Shared, access: Arc<Access>) -> Self {
         Self {
-            attestors: Arc::new(node_attestors(&shared)),
-            shared,
+            attestors: Arc::new(node_attestors(shared)),
+            state: Arc::new(NodeState::of(shared)),
             access,
         }
     }
@@ -167,7 +204,7 @@ impl NodeService {
         what: &str,
     ) -> lanyard_audit::Event {
         let mut ev = self
-            .shared
+            .state
             .audit
             .event(kind, lanyard_audit::Outcome::Failure);
         ev.actor = Some(node.spiffe_id.to_string());
@@ -187,7 +224,7 @@ impl NodeService {
             lanyard_audit::Outcome::Denied
         };
         let mut ev = self
-            .shared
+            .state
             .audit
             .event(lanyard_audit::EventKind::WorkloadSvidDelivered, outcome);
         if !served {
@@ -268,12 +305,12 @@ pub fn svid_standing(node: &Node, serial: &str) -> SvidStanding {
 /// banned, and which is the node's current SVID (or the one just renewed away, until
 /// the current one is seen). A superseded SVID is refused and recorded as a possible
 /// clone.
-async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, Status> {
+async fn authenticate(state: &NodeState, peer: Option<PeerSvid>) -> Result<Node, Status> {
     let peer = peer.ok_or_else(|| {
         Status::unauthenticated("this RPC requires the agent's X509-SVID as TLS client certificate")
     })?;
     let id = &peer.id;
-    let node = shared
+    let node = state
         .store
         .get_node(id)
         .await
@@ -291,7 +328,7 @@ async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, S
     match svid_standing(&node, &peer.serial) {
         SvidStanding::Current => {
             if !node.previous_serial.is_empty() {
-                shared
+                state
                     .store
                     .promote_node_serial(id, &peer.serial)
                     .await
@@ -301,12 +338,12 @@ async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, S
         }
         SvidStanding::Previous => Ok(node),
         SvidStanding::Superseded => {
-            let now = shared.clock.unix_seconds();
+            let now = state.clock.unix_seconds();
             tracing::warn!(agent = %id, serial = %peer.serial, current = %node.serial, "superseded agent SVID presented: possible clone");
-            let recorded = shared
+            let recorded = state
                 .store
                 .record_superseded_svid(id, now, &|n| {
-                    let mut ev = shared.audit.event(
+                    let mut ev = state.audit.event(
                         lanyard_audit::EventKind::AgentCloneSuspected,
                         lanyard_audit::Outcome::Denied,
                     );
@@ -335,8 +372,8 @@ async fn authenticate(shared: &Shared, peer: Option<PeerSvid>) -> Result<Node, S
     }
 }
 
-fn agent_svid(shared: &Shared, id: &SpiffeId, minted: &lanyard_ca::MintedX509) -> pb::AgentSvid {
-    let published = shared.publication.published();
+fn agent_svid(state: &NodeState, id: &SpiffeId, minted: &lanyard_ca::MintedX509) -> pb::AgentSvid {
+    let published = state.publication.published();
     pb::AgentSvid {
         spiffe_id: id.to_string(),
         cert_chain: minted.chain.clone(),
@@ -348,7 +385,7 @@ fn agent_svid(shared: &Shared, id: &SpiffeId, minted: &lanyard_ca::MintedX509) -
 
 /// Issue an agent SVID to a node that just proved itself, and record the node.
 async fn admit(
-    shared: &Shared,
+    state: &NodeState,
     id: SpiffeId,
     attestation_type: &str,
     selectors: Vec<Selector>,
@@ -356,34 +393,34 @@ async fn admit(
 ) -> Result<pb::AgentSvid, Status> {
     // Every way of choosing an agent ID ends here: refuse anything outside
     // /lanyard/agent/ (a token row written by hand or by an older version included).
-    if let Err(e) = lanyard_core::check_agent_id(&id, &shared.config.trust_domain) {
+    if let Err(e) = lanyard_core::check_agent_id(&id, &state.trust_domain) {
         tracing::warn!(agent = %id, attestation = attestation_type, "node attestation refused: not an agent ID");
-        let mut ev = shared.audit.event(
+        let mut ev = state.audit.event(
             lanyard_audit::EventKind::NodeRefused,
             lanyard_audit::Outcome::Denied,
         );
         ev.subject = Some(id.to_string());
         ev.reason = Some(e.to_string());
         ev.set_evidence(NodeRefused::of(attestation_type));
-        shared.audit.record(vec![ev]).await.map_err(internal)?;
+        state.audit.record(vec![ev]).await.map_err(internal)?;
         return Err(Status::permission_denied(format!(
             "{attestation_type} attestation refused: {e}"
         )));
     }
-    if let Some(existing) = shared.store.get_node(&id).await.map_err(internal)?
+    if let Some(existing) = state.store.get_node(&id).await.map_err(internal)?
         && existing.banned
     {
         return Err(Status::permission_denied(format!(
             "agent {id} is banned; evict it (`lanyard agent evict`) to let it attest again"
         )));
     }
-    let now = shared.clock.unix_seconds();
+    let now = state.clock.unix_seconds();
     let minted = {
-        let ca = shared.ca.read().map_err(internal)?;
+        let ca = state.ca.read().map_err(internal)?;
         ca.mint_x509_svid(
             &id,
             SubjectKey::Csr(csr),
-            Some(shared.config.agent_svid_ttl),
+            Some(state.agent_svid_ttl),
             &[],
             now,
         )
@@ -403,9 +440,9 @@ async fn admit(
         superseded_count: 0,
         superseded_at: None,
     };
-    shared.store.upsert_node(&node).await.map_err(internal)?;
+    state.store.upsert_node(&node).await.map_err(internal)?;
     tracing::info!(agent = %id, attestation = attestation_type, serial = %minted.serial, "node attested");
-    let mut ev = shared.audit.event(
+    let mut ev = state.audit.event(
         lanyard_audit::EventKind::NodeAttested,
         lanyard_audit::Outcome::Success,
     );
@@ -416,20 +453,20 @@ async fn admit(
         &minted.serial,
         minted.not_after,
     ));
-    let mut issued = shared.audit.event(
+    let mut issued = state.audit.event(
         lanyard_audit::EventKind::AgentSvidIssued,
         lanyard_audit::Outcome::Success,
     );
     issued.subject = Some(id.to_string());
     issued.parent_id = Some(ev.id.clone());
     issued.set_evidence(AgentSvid::new(&minted.serial, minted.not_after));
-    shared
+    state
         .audit
         .record(vec![ev, issued])
         .await
         .map_err(internal)?;
-    shared.changes.notify();
-    Ok(agent_svid(shared, &id, &minted))
+    state.changes.notify();
+    Ok(agent_svid(state, &id, &minted))
 }
 
 /// Challenges over the attestation stream, each answered within
@@ -498,7 +535,7 @@ fn evidence_of(step: Option<pb::attest_request::Step>) -> Result<(NodeEvidence, 
 
 /// Attest a node with the method its evidence names and admit it.
 async fn attest_node(
-    shared: &Shared,
+    state: &NodeState,
     attestors: &NodeAttestors,
     first: pb::AttestRequest,
     inbound: &mut Streaming<pb::AttestRequest>,
@@ -515,7 +552,7 @@ async fn attest_node(
         method,
     };
     let node = attestor.attest(evidence, &mut challenger).await?;
-    admit(shared, node.agent_id, method, node.selectors, &csr).await
+    admit(state, node.agent_id, method, node.selectors, &csr).await
 }
 
 fn to_pb_entry(e: &Entry) -> pb::RegistrationEntry {
@@ -609,22 +646,22 @@ impl pb::node_server::Node for NodeService {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty attestation request"))?;
         let (tx, rx) = mpsc::channel(4);
-        let shared = self.shared.clone();
+        let state = self.state.clone();
         let attestors = self.attestors.clone();
         tokio::spawn(async move {
-            let result = attest_node(&shared, &attestors, first, &mut inbound, &tx).await;
+            let result = attest_node(&state, &attestors, first, &mut inbound, &tx).await;
             if let Err(status) = &result
                 && matches!(
                     status.code(),
                     tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
                 )
             {
-                let mut ev = shared.audit.event(
+                let mut ev = state.audit.event(
                     lanyard_audit::EventKind::NodeRefused,
                     lanyard_audit::Outcome::Denied,
                 );
                 ev.reason = Some(status.message().to_string());
-                if let Err(e) = shared.audit.record(vec![ev]).await {
+                if let Err(e) = state.audit.record(vec![ev]).await {
                     tracing::error!(error = %e, "evidence log");
                 }
             }
@@ -642,21 +679,21 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::AgentSvid>, Status> {
         let peer = peer_id(&req);
         let presented = peer.as_ref().map(|p| p.serial.clone()).unwrap_or_default();
-        let node = authenticate(&self.shared, peer).await?;
+        let node = authenticate(&self.state, peer).await?;
         let csr = req.into_inner().csr;
-        let now = self.shared.clock.unix_seconds();
+        let now = self.state.clock.unix_seconds();
         let minted = {
-            let ca = self.shared.ca.read().map_err(internal)?;
+            let ca = self.state.ca.read().map_err(internal)?;
             ca.mint_x509_svid(
                 &node.spiffe_id,
                 SubjectKey::Csr(&csr),
-                Some(self.shared.config.agent_svid_ttl),
+                Some(self.state.agent_svid_ttl),
                 &[],
                 now,
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))?
         };
-        self.shared
+        self.state
             .store
             .set_node_svid(
                 &node.spiffe_id,
@@ -668,16 +705,16 @@ impl pb::node_server::Node for NodeService {
             .await
             .map_err(internal)?;
         tracing::info!(agent = %node.spiffe_id, serial = %minted.serial, "agent SVID renewed");
-        let mut ev = self.shared.audit.event(
+        let mut ev = self.state.audit.event(
             lanyard_audit::EventKind::AgentSvidRenewed,
             lanyard_audit::Outcome::Success,
         );
         ev.actor = Some(node.spiffe_id.to_string());
         ev.subject = Some(node.spiffe_id.to_string());
         ev.set_evidence(AgentSvid::new(&minted.serial, minted.not_after));
-        self.shared.audit.record(vec![ev]).await.map_err(internal)?;
+        self.state.audit.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(agent_svid(
-            &self.shared,
+            &self.state,
             &node.spiffe_id,
             &minted,
         )))
@@ -688,14 +725,14 @@ impl pb::node_server::Node for NodeService {
         req: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let peer = peer_id(&req);
-        authenticate(&self.shared, peer.clone()).await?;
-        let shared = self.shared.clone();
+        authenticate(&self.state, peer.clone()).await?;
+        let state = self.state.clone();
         let access = self.access.clone();
         let token_key = pb::TokenKey {
             kid: access.token_key.kid().to_string(),
             jwk: access.token_key.jwk().to_string(),
         };
-        let mut changes = shared.changes.subscribe();
+        let mut changes = state.changes.subscribe();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut last: Option<pb::SyncUpdate> = None;
@@ -704,14 +741,14 @@ impl pb::node_server::Node for NodeService {
                 // Re-check the agent on every round: a ban or eviction ends the stream.
                 // The stream stays bound to the SVID it was opened with: once a renewal
                 // supersedes it and the new one is seen, a cloned stream ends here.
-                let current = match authenticate(&shared, peer.clone()).await {
+                let current = match authenticate(&state, peer.clone()).await {
                     Ok(n) => n,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
-                let revoked = match shared.store.revoked_jwts(shared.clock.unix_seconds()).await {
+                let revoked = match state.store.revoked_jwts(state.clock.unix_seconds()).await {
                     Ok(r) => r.into_iter().map(|r| r.jti).collect(),
                     Err(e) => {
                         let _ = tx.send(Err(internal(e))).await;
@@ -721,8 +758,8 @@ impl pb::node_server::Node for NodeService {
                 // The authz policy for agent-local decisions; one that no longer
                 // compiles is not sent (agents keep the last one).
                 let (authz_policy_version, authz_policy) = match crate::policy::active(
-                    &shared.store,
-                    &shared.policies,
+                    &state.store,
+                    &state.policies,
                     lanyard_policy::PolicyKind::Authz,
                 )
                 .await
@@ -735,24 +772,24 @@ impl pb::node_server::Node for NodeService {
                             .unwrap_or_default()
                     }
                 };
-                let update = match shared
+                let update = match state
                     .entries
-                    .authorized(&current, shared.clock.unix_seconds())
+                    .authorized(&current, state.clock.unix_seconds())
                     .await
                 {
                     Ok(entries) => {
-                        let published = shared.publication.published();
+                        let published = state.publication.published();
                         pb::SyncUpdate {
                             authz_policy,
                             authz_policy_version,
                             jwt_issuer: access.issuer(),
                             token_key: Some(token_key.clone()),
                             revoked_jtis: revoked,
-                            tainted_authorities: shared.ca.tainted_authorities(),
+                            tainted_authorities: state.ca.tainted_authorities(),
                             entries: entries.iter().map(to_pb_entry).collect(),
                             bundle: published.document,
                             bundle_sequence: published.sequence,
-                            federated_bundles: shared
+                            federated_bundles: state
                                 .publication
                                 .federated()
                                 .iter()
@@ -786,7 +823,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::BatchX509SvidRequest>,
     ) -> Result<Response<pb::BatchX509SvidResponse>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let node = authenticate(&self.state, peer_id(&req)).await?;
         let requests = req.into_inner().requests;
         if requests.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -795,18 +832,18 @@ impl pb::node_server::Node for NodeService {
             )));
         }
         let entries: HashMap<String, Entry> = self
-            .shared
+            .state
             .entries
-            .authorized(&node, self.shared.clock.unix_seconds())
+            .authorized(&node, self.state.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
             .map(|e| (e.id.clone(), e))
             .collect();
-        let now = self.shared.clock.unix_seconds();
+        let now = self.state.clock.unix_seconds();
         let mut issued: Vec<lanyard_audit::Event> = Vec::new();
         let results: Vec<pb::X509SvidResult> = {
-            let ca = self.shared.ca.read().map_err(internal)?;
+            let ca = self.state.ca.read().map_err(internal)?;
             requests
             .iter()
             .map(|r| {
@@ -832,7 +869,7 @@ impl pb::node_server::Node for NodeService {
                     Ok(m) => {
                         tracing::debug!(agent = %node.spiffe_id, spiffe_id = %entry.spec.spiffe_id, serial = %m.serial, "X509-SVID issued");
                         let mut ev = self
-                            .shared
+                            .state
                             .audit.event(lanyard_audit::EventKind::X509SvidIssued, lanyard_audit::Outcome::Success);
                         ev.actor = Some(node.spiffe_id.to_string());
                         ev.subject = Some(entry.spec.spiffe_id.to_string());
@@ -870,7 +907,7 @@ impl pb::node_server::Node for NodeService {
             .collect()
         };
         // Evidence first: nothing is handed out unless it is on record.
-        self.shared.audit.record(issued).await.map_err(internal)?;
+        self.state.audit.record(issued).await.map_err(internal)?;
         Ok(Response::new(pb::BatchX509SvidResponse { results }))
     }
 
@@ -878,12 +915,12 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::JwtSvidRequest>,
     ) -> Result<Response<pb::JwtSvidResponse>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let node = authenticate(&self.state, peer_id(&req)).await?;
         let r = req.into_inner();
         let entry = self
-            .shared
+            .state
             .entries
-            .authorized(&node, self.shared.clock.unix_seconds())
+            .authorized(&node, self.state.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
@@ -901,13 +938,13 @@ impl pb::node_server::Node for NodeService {
         } else {
             None
         };
-        let now = self.shared.clock.unix_seconds();
+        let now = self.state.clock.unix_seconds();
         let minted = {
-            let ca = self.shared.ca.read().map_err(internal)?;
+            let ca = self.state.ca.read().map_err(internal)?;
             ca.mint_jwt_svid(&entry.spec.spiffe_id, &r.audience, ttl, now)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?
         };
-        let mut ev = self.shared.audit.event(
+        let mut ev = self.state.audit.event(
             lanyard_audit::EventKind::JwtSvidIssued,
             lanyard_audit::Outcome::Success,
         );
@@ -921,7 +958,7 @@ impl pb::node_server::Node for NodeService {
             minted.expiry,
         ));
         let event_id = ev.id.clone();
-        self.shared.audit.record(vec![ev]).await.map_err(internal)?;
+        self.state.audit.record(vec![ev]).await.map_err(internal)?;
         Ok(Response::new(pb::JwtSvidResponse {
             token: minted.token,
             expires_at: minted.expiry,
@@ -935,7 +972,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::Holdings>,
     ) -> Result<Response<pb::HoldingsAck>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let node = authenticate(&self.state, peer_id(&req)).await?;
         let h = req.into_inner();
         if h.authorities.len() > 64
             || h.authorities
@@ -947,10 +984,10 @@ impl pb::node_server::Node for NodeService {
             ));
         }
         let holdings = lanyard_store::NodeHoldings {
-            reported_at: self.shared.clock.unix_seconds(),
+            reported_at: self.state.clock.unix_seconds(),
             authorities: h.authorities.into_iter().collect(),
         };
-        self.shared
+        self.state
             .store
             .set_node_holdings(&node.spiffe_id, &holdings)
             .await
@@ -962,13 +999,13 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::SecretRequest>,
     ) -> Result<Response<pb::SecretResponse>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let node = authenticate(&self.state, peer_id(&req)).await?;
         let r = req.into_inner();
         let who = r.recipient.unwrap_or_default();
         let entry = self
-            .shared
+            .state
             .entries
-            .authorized(&node, self.shared.clock.unix_seconds())
+            .authorized(&node, self.state.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
@@ -979,9 +1016,9 @@ impl pb::node_server::Node for NodeService {
                     r.entry_id, node.spiffe_id
                 ))
             })?;
-        let now = self.shared.clock.unix_seconds();
+        let now = self.state.clock.unix_seconds();
         let process = || Process::bounded(who.pid, who.uid, who.gid, &who.path, &who.sha256);
-        let read = self.shared.store.get_exception(&r.name).await;
+        let read = self.state.store.get_exception(&r.name).await;
         if let Err(e) = &read {
             tracing::error!(error = %e, "internal error");
         }
@@ -992,7 +1029,7 @@ impl pb::node_server::Node for NodeService {
             now,
         ) {
             Ok(Release { exception: exc }) => {
-                match self.shared.secrets.open(&exc.name, &exc.sealed) {
+                match self.state.secrets.open(&exc.name, &exc.sealed) {
                     Ok(secret) => Ok((secret, exc)),
                     Err(e) => Err((Status::internal(e.to_string()), Some(exc.owner.clone()))),
                 }
@@ -1001,7 +1038,7 @@ impl pb::node_server::Node for NodeService {
         };
         match released {
             Ok((secret, exc)) => {
-                let mut ev = self.shared.audit.event(
+                let mut ev = self.state.audit.event(
                     lanyard_audit::EventKind::SecretReleased,
                     lanyard_audit::Outcome::Success,
                 );
@@ -1010,7 +1047,7 @@ impl pb::node_server::Node for NodeService {
                 ev.owner = Some(exc.owner.clone());
                 ev.set_evidence(SecretReleased::new(&exc.name, exc.expires_at, process()));
                 // On record before it is handed out.
-                self.shared.audit.record(vec![ev]).await.map_err(internal)?;
+                self.state.audit.record(vec![ev]).await.map_err(internal)?;
                 tracing::info!(exception = %exc.name, spiffe_id = %entry.spec.spiffe_id, "secret released");
                 Ok(Response::new(pb::SecretResponse {
                     secret,
@@ -1019,7 +1056,7 @@ impl pb::node_server::Node for NodeService {
                 }))
             }
             Err((status, owner)) => {
-                let mut ev = self.shared.audit.event(
+                let mut ev = self.state.audit.event(
                     lanyard_audit::EventKind::SecretRefused,
                     lanyard_audit::Outcome::Denied,
                 );
@@ -1029,7 +1066,7 @@ impl pb::node_server::Node for NodeService {
                 ev.reason = Some(status.message().to_string());
                 ev.set_evidence(SecretRefused::new(&r.name, process()));
                 tracing::warn!(exception = %r.name, spiffe_id = %entry.spec.spiffe_id, reason = %status.message(), "secret refused");
-                self.shared.audit.record(vec![ev]).await.map_err(internal)?;
+                self.state.audit.record(vec![ev]).await.map_err(internal)?;
                 Err(status)
             }
         }
@@ -1039,7 +1076,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::DeliveryReport>,
     ) -> Result<Response<pb::DeliveryAck>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let node = authenticate(&self.state, peer_id(&req)).await?;
         let report = req.into_inner();
         check_report_size(report.deliveries.len(), MAX_DELIVERIES, "deliveries")?;
         for (i, d) in report.deliveries.iter().enumerate() {
@@ -1047,9 +1084,9 @@ impl pb::node_server::Node for NodeService {
                 .map_err(|e| Status::invalid_argument(format!("delivery {i}: {e}")))?;
         }
         let served: std::collections::HashSet<String> = self
-            .shared
+            .state
             .entries
-            .authorized(&node, self.shared.clock.unix_seconds())
+            .authorized(&node, self.state.clock.unix_seconds())
             .await
             .map_err(server_status)?
             .into_iter()
@@ -1068,7 +1105,7 @@ impl pb::node_server::Node for NodeService {
             ));
         }
         let recorded = u32::try_from(report.deliveries.len()).unwrap_or(u32::MAX);
-        self.shared.audit.record(events).await.map_err(internal)?;
+        self.state.audit.record(events).await.map_err(internal)?;
         Ok(Response::new(pb::DeliveryAck { recorded }))
     }
 
@@ -1076,7 +1113,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::DecisionReport>,
     ) -> Result<Response<pb::DecisionAck>, Status> {
-        let node = authenticate(&self.shared, peer_id(&req)).await?;
+        let node = authenticate(&self.state, peer_id(&req)).await?;
         let report = req.into_inner();
         check_report_size(report.decisions.len(), MAX_DECISIONS, "decisions")?;
         let recorded = u32::try_from(report.decisions.len()).unwrap_or(u32::MAX);
@@ -1088,7 +1125,7 @@ impl pb::node_server::Node for NodeService {
             let rec = agent_decision(d)
                 .map_err(|e| Status::invalid_argument(format!("decision {i}: {e}")))?;
             let mut ev = decision_event(
-                self.shared.audit.event(
+                self.state.audit.event(
                     lanyard_audit::EventKind::AuthzDecision,
                     lanyard_audit::Outcome::Denied,
                 ),
@@ -1112,7 +1149,7 @@ impl pb::node_server::Node for NodeService {
                 "decision",
             ));
         }
-        self.shared.audit.record(events).await.map_err(internal)?;
+        self.state.audit.record(events).await.map_err(internal)?;
         Ok(Response::new(pb::DecisionAck { recorded }))
     }
 }
