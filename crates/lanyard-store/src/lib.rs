@@ -192,6 +192,10 @@ pub struct Activity {
     pub last_delivery: Option<lanyard_audit::Event>,
 }
 
+/// Expired rows of used node-attestation tokens that one
+/// [`Store::record_attestation_token`] call deletes at most.
+pub const REPLAY_PRUNE_BATCH: i64 = 1000;
+
 /// Builds the evidence-log events for a state change from its result. The store
 /// appends them in the same transaction as the change, so a change is never stored
 /// without its record (nor a record without its change). Called again if the
@@ -307,6 +311,36 @@ pub trait Store: Send + Sync {
         &self,
         token_hash: &str,
     ) -> impl Future<Output = Result<Option<JoinToken>>> + Send;
+
+    /// Record that the node-attestation token identified by `replay_key` (the hex
+    /// SHA-256 the caller computes from it; the token itself is never stored) was
+    /// used by `attestor` (the attestor's name, kept for operators), and say whether
+    /// this is its first use within its lifetime.
+    ///
+    /// Returns `true` when the token was recorded (no row for the key, or only one
+    /// whose `expires_at <= now`, which is replaced): the caller may accept it.
+    /// Returns `false` when a live row (`expires_at > now`) already exists: a replay,
+    /// which the caller refuses. The check and the record are one atomic statement,
+    /// so of any number of concurrent callers with the same key, on one server or on
+    /// several sharing a PostgreSQL database, exactly one gets `true`; `true` is
+    /// returned only after the record is committed. An error records nothing and
+    /// says nothing about the token (the caller refuses it: fail closed).
+    ///
+    /// `expires_at` is the token's own expiry (unix seconds): the row is kept until
+    /// then, so the caller must have refused tokens already expired at `now` (a row
+    /// with `expires_at <= now` protects nothing). `replay_key` must be non-empty;
+    /// the store does not validate it (an empty key would make every such token a
+    /// replay of the first, which fails closed).
+    ///
+    /// Each call also deletes up to [`REPLAY_PRUNE_BATCH`] expired rows (oldest
+    /// first); pruning that loses a race with another server's pruning is skipped.
+    fn record_attestation_token(
+        &self,
+        replay_key: &str,
+        attestor: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     fn get_bundle(
         &self,

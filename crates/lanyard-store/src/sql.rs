@@ -11,8 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::{
-    Activity, AuditFn, Entry, EntrySpec, Exception, JoinToken, Node, NodeHoldings, Result,
-    RevokedJwt, Store, StoreError, StoredBundle, StoredPolicy, new_id,
+    Activity, AuditFn, Entry, EntrySpec, Exception, JoinToken, Node, NodeHoldings,
+    REPLAY_PRUNE_BATCH, Result, RevokedJwt, Store, StoreError, StoredBundle, StoredPolicy, new_id,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -582,6 +582,42 @@ macro_rules! impl_store {
                 }))
             }
 
+            async fn record_attestation_token(&self, replay_key: &str, attestor: &str, expires_at: i64, now: i64) -> Result<bool> {
+                // Housekeeping first, so that an error here records nothing. Another
+                // server pruning the same rows at the same time (a deadlock between the
+                // two deletes, or a busy SQLite file) is no failure: those rows are
+                // being deleted anyway.
+                let pruned = sqlx::query(
+                    "DELETE FROM attestation_replays WHERE replay_key IN \
+                     (SELECT replay_key FROM attestation_replays WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)",
+                )
+                .bind(now)
+                .bind(REPLAY_PRUNE_BATCH)
+                .execute(&self.pool)
+                .await;
+                match pruned {
+                    Err(e) if !is_retryable(&e) => return Err(db_err(e)),
+                    _ => {}
+                }
+                // One statement decides and records: a new key is inserted, an expired
+                // row is replaced, a live row is left alone (0 rows affected: a replay).
+                // On PostgreSQL (read committed) a concurrent insert of the same key
+                // waits for the other one and then sees its live row.
+                let done = sqlx::query(
+                    "INSERT INTO attestation_replays (replay_key, attestor, expires_at, created_at) VALUES ($1,$2,$3,$4) \
+                     ON CONFLICT (replay_key) DO UPDATE SET attestor=excluded.attestor, expires_at=excluded.expires_at, created_at=excluded.created_at \
+                     WHERE attestation_replays.expires_at <= $4",
+                )
+                .bind(replay_key)
+                .bind(attestor)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn get_bundle(&self, trust_domain: &str) -> Result<Option<StoredBundle>> {
                 let row = sqlx::query("SELECT sequence, document FROM bundles WHERE trust_domain=$1")
                     .bind(trust_domain)
@@ -1066,6 +1102,15 @@ impl Store for AnyStore {
     }
     async fn consume_join_token(&self, hash: &str) -> Result<Option<JoinToken>> {
         delegate!(self, s => s.consume_join_token(hash))
+    }
+    async fn record_attestation_token(
+        &self,
+        replay_key: &str,
+        attestor: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool> {
+        delegate!(self, s => s.record_attestation_token(replay_key, attestor, expires_at, now))
     }
     async fn get_bundle(&self, td: &str) -> Result<Option<StoredBundle>> {
         delegate!(self, s => s.get_bundle(td))

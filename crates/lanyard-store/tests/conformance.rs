@@ -8,7 +8,8 @@
 
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_store::{
-    AnyStore, EntrySpec, JoinToken, Node, PgStore, SqliteStore, Store, StoreError,
+    AnyStore, EntrySpec, JoinToken, Node, PgStore, REPLAY_PRUNE_BATCH, SqliteStore, Store,
+    StoreError,
 };
 use sqlx::Connection;
 
@@ -289,6 +290,151 @@ async fn concurrent_token_use_succeeds_once<S: Store + Clone + 'static>(s: &S) {
     assert_eq!(wins, 1, "a join token is consumed exactly once");
 }
 
+/// A replay key as the server computes it (hex SHA-256); any string works.
+fn replay_key(tag: &str) -> String {
+    format!("{tag:0>64}")
+}
+
+async fn attestation_replays<S: Store>(s: &S) {
+    let k1 = replay_key("a1");
+    assert!(
+        s.record_attestation_token(&k1, "github", 1000, 100)
+            .await
+            .unwrap(),
+        "first use is recorded"
+    );
+    assert!(
+        !s.record_attestation_token(&k1, "github", 1000, 101)
+            .await
+            .unwrap(),
+        "second use is a replay"
+    );
+    // The key alone decides: another attestor or another expiry is still a replay,
+    // up to the last second of the token's lifetime.
+    assert!(
+        !s.record_attestation_token(&k1, "gitlab", 5000, 999)
+            .await
+            .unwrap()
+    );
+    let k2 = replay_key("b2");
+    assert!(
+        s.record_attestation_token(&k2, "github", 1000, 102)
+            .await
+            .unwrap(),
+        "another token is its own first use"
+    );
+    // Once the token has expired (now >= expires_at) the key is free again, with the
+    // new lifetime: a replay of the new use is refused.
+    assert!(
+        s.record_attestation_token(&k1, "github", 3000, 1000)
+            .await
+            .unwrap(),
+        "an expired record does not block the key"
+    );
+    assert!(
+        !s.record_attestation_token(&k1, "github", 3000, 2999)
+            .await
+            .unwrap(),
+        "the replaced record carries the new expiry"
+    );
+    assert!(
+        s.record_attestation_token(&k2, "github", 4000, 1500)
+            .await
+            .unwrap()
+    );
+}
+
+/// Concurrent uses of one token (as from several servers): exactly one is accepted,
+/// both for a new key and for a key whose earlier record has expired.
+async fn concurrent_attestation_replays<S: Store + Clone + 'static>(s: &S) {
+    async fn race<S: Store + Clone + 'static>(s: &S, key: &str, now: i64) -> usize {
+        let mut handles = Vec::new();
+        for _ in 0..12 {
+            let s = s.clone();
+            let key = key.to_string();
+            handles.push(tokio::spawn(async move {
+                s.record_attestation_token(&key, "k8s_psat", now + 600, now)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut wins = 0;
+        for h in handles {
+            if h.await.unwrap() {
+                wins += 1;
+            }
+        }
+        wins
+    }
+    for round in 0..4 {
+        let key = replay_key(&format!("race{round}"));
+        assert_eq!(race(s, &key, 10_000).await, 1, "new key, round {round}");
+        assert_eq!(race(s, &key, 10_600).await, 1, "expired key, round {round}");
+        assert_eq!(race(s, &key, 10_601).await, 0, "live key, round {round}");
+    }
+}
+
+/// Expired records are deleted by later calls, oldest first and at most
+/// `REPLAY_PRUNE_BATCH` per call; live ones stay. `rows` runs a statement and
+/// returns how many rows it returned.
+async fn attestation_replay_pruning<S, F, Fut>(s: &S, rows: F)
+where
+    S: Store,
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    const T: i64 = 1_000_000;
+    let all = || rows("SELECT replay_key FROM attestation_replays".to_string());
+    // Everything recorded before expires before T: this call prunes it.
+    assert!(
+        s.record_attestation_token(&replay_key("p0"), "test", T + 1, T)
+            .await
+            .unwrap()
+    );
+    assert_eq!(all().await, 1, "expired records are pruned");
+    // More expired records than one call prunes, expiring at T+2, T+3 and T+4.
+    let batch = usize::try_from(REPLAY_PRUNE_BATCH).unwrap();
+    let n = batch + 5;
+    let values: Vec<String> = (0..n)
+        .map(|i| format!("('old-{i:04}', 'test', {}, {T})", T + 2 + (i % 3) as i64))
+        .collect();
+    rows(format!(
+        "INSERT INTO attestation_replays (replay_key, attestor, expires_at, created_at) VALUES {}",
+        values.join(",")
+    ))
+    .await;
+    assert_eq!(all().await, n + 1);
+    // At T+10 all n+1 are expired: one call deletes the oldest REPLAY_PRUNE_BATCH.
+    assert!(
+        s.record_attestation_token(&replay_key("p1"), "test", T + 100, T + 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(all().await, n + 1 - batch + 1);
+    assert_eq!(
+        rows(format!(
+            "SELECT replay_key FROM attestation_replays WHERE expires_at = {}",
+            T + 4
+        ))
+        .await,
+        n + 1 - batch,
+        "the oldest go first"
+    );
+    // The next call deletes the rest; the live record stays and still counts.
+    assert!(
+        s.record_attestation_token(&replay_key("p2"), "test", T + 100, T + 11)
+            .await
+            .unwrap()
+    );
+    assert_eq!(all().await, 2);
+    assert!(
+        !s.record_attestation_token(&replay_key("p1"), "test", T + 100, T + 12)
+            .await
+            .unwrap()
+    );
+    assert_eq!(all().await, 2);
+}
+
 async fn bundles<S: Store>(s: &S) {
     assert!(s.get_bundle("example.org").await.unwrap().is_none());
     assert_eq!(
@@ -515,6 +661,8 @@ async fn suite<S: Store + Clone + 'static>(s: S) {
     nodes(&s).await;
     join_tokens(&s).await;
     concurrent_token_use_succeeds_once(&s).await;
+    attestation_replays(&s).await;
+    concurrent_attestation_replays(&s).await;
     bundles(&s).await;
 }
 
@@ -535,9 +683,33 @@ async fn sqlite_conformance() {
             .sequence,
         2
     );
+    // A recorded attestation token is still a replay after reopening.
+    assert!(
+        !reopened
+            .record_attestation_token(&replay_key("race3"), "k8s_psat", 12_000, 11_000)
+            .await
+            .unwrap()
+    );
     // And through the run-time selected store.
     let any = AnyStore::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(any.list_entries().await.unwrap().len(), 2);
+    assert!(
+        !any.record_attestation_token(&replay_key("race3"), "k8s_psat", 12_000, 11_000)
+            .await
+            .unwrap()
+    );
+    let pool = reopened.pool().clone();
+    attestation_replay_pruning(&any, |sql| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .len()
+        }
+    })
+    .await;
 }
 
 fn pg_admin_url() -> String {
@@ -586,6 +758,24 @@ async fn postgres_conformance() {
         assert_eq!(reopened.list_entries().await.unwrap().len(), 2);
         let any = AnyStore::open(&url).await.unwrap();
         assert_eq!(any.list_entries().await.unwrap().len(), 2);
+        assert!(
+            !any.record_attestation_token(&replay_key("race3"), "k8s_psat", 12_000, 11_000)
+                .await
+                .unwrap(),
+            "a recorded attestation token is still a replay after reconnecting"
+        );
+        let pool = reopened.pool().clone();
+        attestation_replay_pruning(&any, |sql| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        })
+        .await;
         reopened.pool().close().await;
         if let AnyStore::Postgres(p) = any {
             p.pool().close().await;
