@@ -1,7 +1,10 @@
 //! Compile the protos with protox (pure Rust, no protoc) and generate tonic code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with `env!`: a build script compiled for a clone at
+    // another path (sharing CARGO_TARGET_DIR) must still find this clone's protos.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).join("../../proto");
     let files = [
         "lanyard/admin.proto",
         "lanyard/node.proto",

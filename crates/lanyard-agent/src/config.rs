@@ -16,6 +16,9 @@ pub enum Bootstrap {
         cert_chain: Vec<Vec<u8>>,
         key_pem: String,
     },
+    /// A signed OIDC token (a CI job's, a cloud instance's) read from this file
+    /// afresh at every attestation, verified by the server's `jwt` attestor.
+    JwtTokenFile(PathBuf),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +33,7 @@ pub struct FileConfig {
     pub insecure_bootstrap: Option<bool>,
     pub x509pop_cert: Option<PathBuf>,
     pub x509pop_key: Option<PathBuf>,
+    pub jwt_token_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub authz_bind: Option<String>,
 }
@@ -47,6 +51,8 @@ pub struct Overrides {
     pub insecure_bootstrap: bool,
     pub x509pop_cert: Option<PathBuf>,
     pub x509pop_key: Option<PathBuf>,
+    /// A file holding a signed OIDC token for `jwt` node attestation.
+    pub jwt_token_file: Option<PathBuf>,
     /// Address of the local AuthZEN evaluation API (e.g. 127.0.0.1:8181).
     pub authz_bind: Option<String>,
 }
@@ -143,7 +149,16 @@ impl AgentConfig {
         let token = o.join_token.clone().or(f.join_token);
         let pop_cert = o.x509pop_cert.clone().or(f.x509pop_cert);
         let pop_key = o.x509pop_key.clone().or(f.x509pop_key);
+        let jwt_file = o.jwt_token_file.clone().or(f.jwt_token_file);
+        if jwt_file.is_some() && (token.is_some() || pop_cert.is_some() || pop_key.is_some()) {
+            return Err(ConfigError::Conflict(
+                "give one way to attest: a join token, an x509pop certificate and key, or a jwt_token_file",
+            ));
+        }
         let bootstrap = match (token, pop_cert, pop_key) {
+            (None, None, None) if jwt_file.is_some() => {
+                Bootstrap::JwtTokenFile(jwt_file.unwrap_or_default())
+            }
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(ConfigError::Conflict(
                     "give either a join token or an x509pop certificate and key, not both",

@@ -85,4 +85,7 @@ pub enum KeyError {
     UnsupportedAlgorithm(String),
     #[error("the server sent a challenge, but {0} attestation has none")]
     UnexpectedChallenge(&'static str),
+    /// The attestation evidence could not be obtained (a token file, say).
+    #[error("{0}")]
+    Evidence(String),
 }

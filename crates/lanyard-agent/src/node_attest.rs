@@ -33,7 +33,45 @@ pub fn evidence_source(b: &Bootstrap) -> Option<Box<dyn NodeEvidenceSource>> {
             cert_chain: cert_chain.clone(),
             key_pem: key_pem.clone(),
         })),
+        Bootstrap::JwtTokenFile(path) => Some(Box::new(JwtFileSource(path.clone()))),
         Bootstrap::None => None,
+    }
+}
+
+/// A signed OIDC token in a file (a CI job's token written by a step, a projected
+/// token), read afresh for every attestation since such tokens are short-lived and
+/// each attests once.
+#[derive(Debug)]
+pub struct JwtFileSource(pub std::path::PathBuf);
+
+#[tonic::async_trait]
+impl NodeEvidenceSource for JwtFileSource {
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+    async fn first_step(&self, csr: Vec<u8>) -> Result<pb::attest_request::Step, KeyError> {
+        let text = tokio::fs::read_to_string(&self.0).await.map_err(|e| {
+            KeyError::Evidence(format!(
+                "cannot read the jwt token file {}: {e}",
+                self.0.display()
+            ))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(KeyError::Evidence(format!(
+                "the jwt token file {} is empty; write the job's OIDC token to it",
+                self.0.display()
+            )));
+        }
+        Ok(pb::attest_request::Step::Token(pb::TokenAttestation {
+            method: "jwt".to_string(),
+            cluster: String::new(),
+            token: token.to_string(),
+            csr,
+        }))
+    }
+    fn answer(&self, _: &[u8], _: &str) -> Result<Vec<u8>, KeyError> {
+        Err(KeyError::UnexpectedChallenge(self.name()))
     }
 }
 
@@ -153,6 +191,29 @@ mod tests {
             s.answer(b"n", "ecdsa-p256-sha256"),
             Err(KeyError::UnexpectedChallenge("join_token"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_jwt_token_file_is_read_at_every_attestation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let src = evidence_source(&Bootstrap::JwtTokenFile(path.clone())).unwrap();
+        assert_eq!(src.name(), "jwt");
+        let e = src.first_step(vec![]).await.unwrap_err().to_string();
+        assert!(e.contains("cannot read the jwt token file"), "{e}");
+        std::fs::write(&path, "  \n").unwrap();
+        let e = src.first_step(vec![]).await.unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        for token in ["a.b.c", "d.e.f"] {
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            match src.first_step(vec![7]).await.unwrap() {
+                pb::attest_request::Step::Token(t) => {
+                    assert_eq!((t.method.as_str(), t.token.as_str()), ("jwt", token));
+                    assert_eq!(t.csr, [7]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -298,6 +298,10 @@ impl NodeAttested {
 pub struct NodeRefused {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation_type: Option<String>,
+    /// A verifier's stable reason code (`wrong_audience`, `expired`, `replayed`,
+    /// `unknown_issuer`, `bad_signature`, …), when a token or document was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 evidence_kinds!(NodeRefused => NodeRefused);
 
@@ -306,12 +310,22 @@ impl NodeRefused {
     pub fn of(attestation_type: impl Into<String>) -> Self {
         Self {
             attestation_type: Some(attestation_type.into()),
+            refusal: None,
         }
     }
 
     /// A refusal with nothing known but the reason (the event's `reason`).
     pub fn unknown() -> Self {
         Self::default()
+    }
+
+    /// A refusal of `attestation_type` (when known) by a verifier, with its reason
+    /// `code` (when it gave one).
+    pub fn refusal(attestation_type: Option<&str>, code: Option<&str>) -> Self {
+        Self {
+            attestation_type: attestation_type.map(str::to_string),
+            refusal: code.map(str::to_string),
+        }
     }
 }
 

@@ -59,6 +59,9 @@ pub struct FileConfig {
     /// Identity providers whose tokens name people an agent may act for.
     #[serde(default)]
     pub trusted_issuer: Vec<FileTrustedIssuer>,
+    /// Node attestation with signed OIDC tokens (CI jobs, cloud instances).
+    #[serde(default)]
+    pub jwt_attestor: Vec<crate::attest::jwt::FileJwtAttestor>,
 }
 
 /// An external identity provider (OIDC) trusted for person tokens in task-token
@@ -148,6 +151,8 @@ pub struct ServerConfig {
     pub upstream_cert: Option<PathBuf>,
     pub upstream_key: Option<PathBuf>,
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// `[[jwt_attestor]]`: OIDC issuers whose tokens attest nodes.
+    pub jwt_attestors: Vec<crate::attest::jwt::JwtIssuerConfig>,
     /// (trust domain, bundle file) of each federated trust domain.
     pub federation: Vec<(TrustDomain, PathBuf)>,
     /// (issuer, JWKS file) of identity providers trusted for person tokens.
@@ -371,6 +376,11 @@ impl ServerConfig {
             }
             federation.push((td, fed.bundle_file.clone()));
         }
+        let jwt_attestors = f
+            .jwt_attestor
+            .iter()
+            .map(crate::attest::jwt::parse_config)
+            .collect::<Result<Vec<_>, _>>()?;
         let log_level = f.log_level.unwrap_or_else(|| "info".to_string());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(ConfigError::Invalid {
@@ -402,6 +412,7 @@ impl ServerConfig {
             upstream_cert: f.ca.upstream_cert,
             upstream_key: f.ca.upstream_key,
             x509pop_ca_bundle: f.x509pop.ca_bundle,
+            jwt_attestors,
             federation,
             trusted_issuers,
             audit_checkpoint_file: o.audit_checkpoint_file.clone().or(f.audit_checkpoint_file),

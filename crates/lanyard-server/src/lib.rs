@@ -252,7 +252,7 @@ pub async fn start(
         tonic::service::Routes::new(NodeServer::new(node::NodeService::new(
             &shared,
             access.clone(),
-        ))),
+        )?)),
         "agent API",
         &shutdown_rx,
         &mut tasks,

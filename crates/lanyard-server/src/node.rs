@@ -114,19 +114,32 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    pub fn new(shared: &Shared, access: Arc<Access>) -> Self {
-        Self {
-            attestors: Arc::new(node_attestors(shared)),
+    pub fn new(shared: &Shared, access: Arc<Access>) -> Result<Self, crate::state::ServerError> {
+        Ok(Self {
+            attestors: Arc::new(node_attestors(shared)?),
             state: Arc::new(NodeState::of(shared)),
             access,
-        }
+        })
     }
 }
 
 /// The node attestors of a server's configuration.
-pub fn node_attestors(shared: &Shared) -> NodeAttestors {
+pub fn node_attestors(shared: &Shared) -> Result<NodeAttestors, crate::state::ServerError> {
     let td = shared.config.trust_domain.clone();
     let mut a = NodeAttestors::default();
+    if shared.config.jwt_attestors.is_empty() {
+        a.disable(
+            crate::attest::jwt::NAME,
+            "jwt attestation is not enabled on this server; add a [[jwt_attestor]] table (see docs/server-config.md)",
+        );
+    } else {
+        a.add(Arc::new(crate::attest::jwt::JwtNodeAttestor::new(
+            &shared.config.jwt_attestors,
+            shared.store.clone(),
+            shared.clock.clone(),
+            td.clone(),
+        )?));
+    }
     a.add(Arc::new(JoinTokenAttestor::new(
         shared.store.clone(),
         shared.clock.clone(),
@@ -143,7 +156,7 @@ pub fn node_attestors(shared: &Shared) -> NodeAttestors {
             crate::attest::x509pop::HOW_TO_ENABLE,
         ),
     }
-    a
+    Ok(a)
 }
 
 /// Most deliveries accepted in one report.
@@ -527,23 +540,59 @@ fn evidence_of(step: Option<pb::attest_request::Step>) -> Result<(NodeEvidence, 
             },
             x.csr,
         )),
+        Some(pb::attest_request::Step::Token(t)) => {
+            let method = match t.method.as_str() {
+                crate::attest::jwt::NAME => crate::attest::jwt::NAME,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "token attestation method {other:?} is not known; use \"jwt\""
+                    )));
+                }
+            };
+            Ok((
+                NodeEvidence::Token {
+                    method,
+                    cluster: t.cluster,
+                    token: t.token,
+                },
+                t.csr,
+            ))
+        }
         _ => Err(Status::invalid_argument(
-            "the first attestation message must be join_token or x509pop",
+            "the first attestation message must be join_token, x509pop or token",
         )),
     }
 }
 
 /// Attest a node with the method its evidence names and admit it.
+/// A refused attestation: what the agent is told, and what the evidence log
+/// records (the method, and a verifier's stable reason code when there is one).
+struct Refused {
+    status: Status,
+    method: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl From<Status> for Refused {
+    fn from(status: Status) -> Self {
+        Self {
+            status,
+            method: None,
+            code: None,
+        }
+    }
+}
+
 async fn attest_node(
     state: &NodeState,
     attestors: &NodeAttestors,
     first: pb::AttestRequest,
     inbound: &mut Streaming<pb::AttestRequest>,
     tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
-) -> Result<pb::AgentSvid, Status> {
+) -> Result<pb::AgentSvid, Refused> {
     let (evidence, csr) = evidence_of(first.step)?;
     let method = evidence.method();
-    let attestor = attestors.get(method)?;
+    let attestor = attestors.get(method).map_err(Status::from)?;
     // Check the request before spending a single-use credential on it.
     lanyard_ca::verify_csr(&csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut challenger = StreamChallenger {
@@ -551,8 +600,22 @@ async fn attest_node(
         tx,
         method,
     };
-    let node = attestor.attest(evidence, &mut challenger).await?;
-    admit(state, node.agent_id, method, node.selectors, &csr).await
+    let node = match attestor.attest(evidence, &mut challenger).await {
+        Ok(node) => node,
+        Err(e) => {
+            let code = match &e {
+                AttestError::Evidence { code, .. } => Some(*code),
+                _ => None,
+            };
+            tracing::warn!(method, reason = code.unwrap_or_default(), error = %e, "node attestation refused");
+            return Err(Refused {
+                status: e.into(),
+                method: Some(method),
+                code,
+            });
+        }
+    };
+    Ok(admit(state, node.agent_id, method, node.selectors, &csr).await?)
 }
 
 fn to_pb_entry(e: &Entry) -> pb::RegistrationEntry {
@@ -650,9 +713,9 @@ impl pb::node_server::Node for NodeService {
         let attestors = self.attestors.clone();
         tokio::spawn(async move {
             let result = attest_node(&state, &attestors, first, &mut inbound, &tx).await;
-            if let Err(status) = &result
+            if let Err(refused) = &result
                 && matches!(
-                    status.code(),
+                    refused.status.code(),
                     tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
                 )
             {
@@ -660,14 +723,17 @@ impl pb::node_server::Node for NodeService {
                     lanyard_audit::EventKind::NodeRefused,
                     lanyard_audit::Outcome::Denied,
                 );
-                ev.reason = Some(status.message().to_string());
+                ev.reason = Some(refused.status.message().to_string());
+                ev.set_evidence(NodeRefused::refusal(refused.method, refused.code));
                 if let Err(e) = state.audit.record(vec![ev]).await {
                     tracing::error!(error = %e, "evidence log");
                 }
             }
-            let msg = result.map(|svid| pb::AttestResponse {
-                step: Some(pb::attest_response::Step::Result(svid)),
-            });
+            let msg = result
+                .map(|svid| pb::AttestResponse {
+                    step: Some(pb::attest_response::Step::Result(svid)),
+                })
+                .map_err(|r| r.status);
             let _ = tx.send(msg).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

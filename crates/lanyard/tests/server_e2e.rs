@@ -1602,3 +1602,121 @@ async fn a_broken_stored_policy_is_replaced_from_the_local_socket() {
         "{changed:?}"
     );
 }
+
+/// A CI job's OIDC token (GitHub Actions' documented claims, signed by a test key
+/// whose JWKS the server reads from a file) attests a node once; a replay and a
+/// wrong audience are refused with clear messages and recorded with their reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_job_token_attests_a_node_once_and_refusals_name_their_reason() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().unwrap();
+    let signer = KeyPair::generate().unwrap();
+    let raw = signer.public_key_raw();
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "gh1",
+        "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])}]});
+    let jwks_path = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[jwt_attestor]]\npreset = \"github_actions\"\naudience = \"lanyard-server\"\njwks_file = {:?}\nrequire = {{ repository_owner = \"acme\", ref = [\"refs/heads/main\", \"refs/tags/v*\"] }}\n",
+            jwks_path.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), None, Some(&config));
+    let now = lanyard_core::Clock::unix_seconds(&SystemClock);
+    let sign = |jti: &str, aud: &str| {
+        let claims = serde_json::json!({
+            "jti": jti, "sub": "repo:acme/api:ref:refs/heads/main", "aud": aud,
+            "ref": "refs/heads/main", "sha": "a1b2c3", "repository": "acme/api",
+            "repository_owner": "acme", "repository_owner_id": "42", "repository_id": "7",
+            "repository_visibility": "private", "run_id": "4711", "run_number": "3",
+            "run_attempt": "1", "actor": "octocat", "workflow": "deploy",
+            "event_name": "push", "ref_type": "branch", "ref_protected": "true",
+            "environment": "prod",
+            "job_workflow_ref": "acme/api/.github/workflows/deploy.yml@refs/heads/main",
+            "runner_environment": "github-hosted",
+            "iss": "https://token.actions.githubusercontent.com",
+            "nbf": now - 5, "iat": now - 5, "exp": now + 300
+        });
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("gh1".into());
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&signer.serialize_der()),
+        )
+        .unwrap()
+    };
+    let attest = |token: String| {
+        let server = &server;
+        async move {
+            let mut c =
+                node_client(&server.agent_addr, shared_bundles(server.bundle()), None).await;
+            let req = pb::AttestRequest {
+                step: Some(pb::attest_request::Step::Token(pb::TokenAttestation {
+                    method: "jwt".into(),
+                    cluster: String::new(),
+                    token,
+                    csr: csr(&KeyPair::generate().unwrap()),
+                })),
+            };
+            let mut stream = c.attest(tokio_stream::iter(vec![req])).await?.into_inner();
+            match stream.next().await.expect("one response")?.step {
+                Some(pb::attest_response::Step::Result(svid)) => {
+                    Ok::<pb::AgentSvid, tonic::Status>(svid)
+                }
+                other => panic!("unexpected attestation step {other:?}"),
+            }
+        }
+    };
+    let token = sign("job-1", "lanyard-server");
+    let svid = attest(token.clone()).await.unwrap();
+    assert_eq!(
+        svid.spiffe_id,
+        format!("spiffe://{TD}/lanyard/agent/github/acme/api/4711/job-1")
+    );
+    verify(&svid.cert_chain, &server);
+    let agents = server.json(&["agent", "list"]);
+    let agent = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["spiffe_id"] == svid.spiffe_id.as_str())
+        .unwrap_or_else(|| panic!("{agents}"));
+    assert_eq!(agent["attestation_type"], "jwt", "{agent}");
+    let sels = agent["selectors"].to_string();
+    assert!(sels.contains("github:repository:acme/api"), "{sels}");
+    assert!(sels.contains("github:environment:prod"), "{sels}");
+
+    let replay = attest(token).await.unwrap_err();
+    assert_eq!(replay.code(), tonic::Code::PermissionDenied);
+    assert!(
+        replay.message().contains("already attested"),
+        "{}",
+        replay.message()
+    );
+    let wrong_aud = attest(sign("job-2", "someone-else")).await.unwrap_err();
+    assert_eq!(wrong_aud.code(), tonic::Code::PermissionDenied);
+    assert!(
+        wrong_aud.message().contains("lanyard-server"),
+        "{}",
+        wrong_aud.message()
+    );
+    let refused = server_audit(&dir.path().join("data"), "node_refused");
+    let reasons: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e["event"]["evidence"]["refusal"].as_str())
+        .collect();
+    assert_eq!(reasons, ["replayed", "wrong_audience"], "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e["event"]["evidence"]["attestation_type"] == "jwt"),
+        "{refused:?}"
+    );
+}

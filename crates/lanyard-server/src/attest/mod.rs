@@ -9,6 +9,7 @@
 //! (a certificate from a configured CA plus a signed challenge).
 
 pub mod join_token;
+pub mod jwt;
 pub mod x509pop;
 
 use std::collections::BTreeMap;
@@ -20,8 +21,18 @@ use tonic::Status;
 /// What a node presented, protobuf already converted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeEvidence {
-    JoinToken { token: String },
-    X509Pop { cert_chain: Vec<Vec<u8>> },
+    JoinToken {
+        token: String,
+    },
+    X509Pop {
+        cert_chain: Vec<Vec<u8>>,
+    },
+    /// A signed token (`jwt`; `k8s_psat` with its `cluster`).
+    Token {
+        method: &'static str,
+        cluster: String,
+        token: String,
+    },
 }
 
 impl NodeEvidence {
@@ -30,6 +41,7 @@ impl NodeEvidence {
         match self {
             Self::JoinToken { .. } => join_token::NAME,
             Self::X509Pop { .. } => x509pop::NAME,
+            Self::Token { method, .. } => method,
         }
     }
 }
@@ -59,6 +71,15 @@ pub enum AttestError {
     /// The node went away mid-attestation (gRPC `Cancelled`).
     #[error("the agent went away")]
     Gone,
+    /// A verifier refused the token or document: `code` is the stable reason
+    /// recorded in the evidence log; `malformed` when it could not be parsed
+    /// (gRPC `InvalidArgument`, else `PermissionDenied`).
+    #[error("{message}")]
+    Evidence {
+        code: &'static str,
+        message: String,
+        malformed: bool,
+    },
     /// The server failed (datastore, randomness): gRPC `Internal`.
     #[error("{0}")]
     Internal(String),
@@ -73,6 +94,13 @@ impl From<AttestError> for Status {
             AttestError::NotEnabled(_) => Status::failed_precondition(m),
             AttestError::Timeout(_) => Status::deadline_exceeded(m),
             AttestError::Gone => Status::cancelled(m),
+            AttestError::Evidence { malformed, .. } => {
+                if malformed {
+                    Status::invalid_argument(m)
+                } else {
+                    Status::permission_denied(m)
+                }
+            }
             AttestError::Internal(_) => Status::internal(m),
         }
     }

@@ -39,6 +39,10 @@ pub struct AgentArgs {
     /// x509pop node key (PEM PKCS#8).
     #[arg(long)]
     pub x509pop_key: Option<PathBuf>,
+    /// A file holding a signed OIDC token (a CI job's) for `jwt` node attestation;
+    /// read afresh at every attestation.
+    #[arg(long)]
+    pub jwt_token_file: Option<PathBuf>,
     /// Serve the AuthZEN evaluation API for agent-local decisions on ip:port
     /// (plain HTTP; e.g. 127.0.0.1:8181).
     #[arg(long)]
@@ -57,6 +61,7 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
         insecure_bootstrap: a.insecure_bootstrap,
         x509pop_cert: a.x509pop_cert,
         x509pop_key: a.x509pop_key,
+        jwt_token_file: a.jwt_token_file,
         authz_bind: a.authz_bind,
     })
     .map_err(|e| e.to_string())?;
