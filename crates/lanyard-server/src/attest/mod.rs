@@ -18,8 +18,8 @@ use std::sync::Arc;
 use lanyard_core::{Selector, SpiffeId};
 use tonic::Status;
 
-/// What a node presented, protobuf already converted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a node presented, protobuf already converted. `Debug` never shows a token.
+#[derive(Clone, PartialEq, Eq)]
 pub enum NodeEvidence {
     JoinToken {
         token: String,
@@ -33,6 +33,25 @@ pub enum NodeEvidence {
         cluster: String,
         token: String,
     },
+}
+
+impl std::fmt::Debug for NodeEvidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::JoinToken { .. } => f.write_str("JoinToken { token: .. }"),
+            Self::X509Pop { cert_chain } => f
+                .debug_struct("X509Pop")
+                .field("certificates", &cert_chain.len())
+                .finish(),
+            Self::Token {
+                method, cluster, ..
+            } => f
+                .debug_struct("Token")
+                .field("method", method)
+                .field("cluster", cluster)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl NodeEvidence {
@@ -206,6 +225,22 @@ mod tests {
                 .contains("k8s_psat attestation is not enabled")
         );
         assert_eq!(a.names(), ["join_token"]);
+    }
+
+    #[test]
+    fn evidence_debug_never_shows_a_token() {
+        let t = NodeEvidence::JoinToken {
+            token: "s3cret-join".into(),
+        };
+        let j = NodeEvidence::Token {
+            method: "jwt",
+            cluster: String::new(),
+            token: "eyJhbGciOi.s3cret.sig".into(),
+        };
+        for e in [t, j] {
+            let shown = format!("{e:?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
     }
 
     #[test]
