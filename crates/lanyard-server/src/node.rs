@@ -86,6 +86,24 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// An agent SVID for `id` from the agent's CSR (attestation and renewal).
+    fn mint_agent_svid(
+        &self,
+        id: &SpiffeId,
+        csr: &[u8],
+        now: i64,
+    ) -> Result<lanyard_ca::MintedX509, Status> {
+        let ca = self.ca.read().map_err(internal)?;
+        ca.mint_x509_svid(
+            id,
+            SubjectKey::Csr(csr),
+            Some(self.agent_svid_ttl),
+            &[],
+            now,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
     pub fn of(shared: &Shared) -> Self {
         Self {
             store: shared.store.clone(),
@@ -428,17 +446,7 @@ async fn admit(
         )));
     }
     let now = state.clock.unix_seconds();
-    let minted = {
-        let ca = state.ca.read().map_err(internal)?;
-        ca.mint_x509_svid(
-            &id,
-            SubjectKey::Csr(csr),
-            Some(state.agent_svid_ttl),
-            &[],
-            now,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?
-    };
+    let minted = state.mint_agent_svid(&id, csr, now)?;
     let node = Node {
         spiffe_id: id.clone(),
         attestation_type: attestation_type.to_string(),
@@ -748,17 +756,7 @@ impl pb::node_server::Node for NodeService {
         let node = authenticate(&self.state, peer).await?;
         let csr = req.into_inner().csr;
         let now = self.state.clock.unix_seconds();
-        let minted = {
-            let ca = self.state.ca.read().map_err(internal)?;
-            ca.mint_x509_svid(
-                &node.spiffe_id,
-                SubjectKey::Csr(&csr),
-                Some(self.state.agent_svid_ttl),
-                &[],
-                now,
-            )
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
-        };
+        let minted = self.state.mint_agent_svid(&node.spiffe_id, &csr, now)?;
         self.state
             .store
             .set_node_svid(

@@ -187,6 +187,14 @@ struct Issuer {
     keys: Mutex<(Arc<Jwks>, JwksRefreshGate)>,
 }
 
+impl Issuer {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, (Arc<Jwks>, JwksRefreshGate)>, AttestError> {
+        self.keys
+            .lock()
+            .map_err(|_| AttestError::Internal("jwt key cache lock poisoned".into()))
+    }
+}
+
 /// The refusal of a verifier, as the agent and the evidence log see it.
 pub fn refusal(e: &JwtAttestError) -> AttestError {
     AttestError::Evidence {
@@ -241,20 +249,13 @@ impl JwtNodeAttestor {
     }
 
     fn keys(&self, issuer: &Issuer) -> Result<Arc<Jwks>, AttestError> {
-        let guard = issuer
-            .keys
-            .lock()
-            .map_err(|_| AttestError::Internal("jwt key cache lock poisoned".into()))?;
-        Ok(guard.0.clone())
+        Ok(issuer.lock()?.0.clone())
     }
 
     /// Re-read the JWKS file if the gate allows; whether new keys were loaded.
     fn refresh(&self, issuer: &Issuer, kid: Option<&str>) -> Result<bool, AttestError> {
         let now = self.clock.unix_seconds();
-        let mut guard = issuer
-            .keys
-            .lock()
-            .map_err(|_| AttestError::Internal("jwt key cache lock poisoned".into()))?;
+        let mut guard = issuer.lock()?;
         if guard.1.allow_refresh(kid, now).is_err() {
             return Ok(false);
         }
