@@ -461,15 +461,24 @@ async fn ca_taint_rotates_and_drops_the_key() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Once the agent reports it no longer depends on the key, it leaves the bundle.
+    // The slot goes first and the bundle is republished right after: wait for both.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let slots: serde_json::Value =
             serde_json::from_str(&dev.ok(&["ca", "list", "--output", "json"])).unwrap();
-        if !slots
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["subject_key_id"] == old_ski.as_str())
+        let published =
+            lanyard_core::bundle::pem_certificates(dev.ok(&["bundle", "fetch"]).as_bytes())
+                .unwrap()
+                .iter()
+                .any(|c| {
+                    lanyard_core::x509::subject_key_id(c).as_deref() == Some(old_ski.as_str())
+                });
+        if !published
+            && !slots
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["subject_key_id"] == old_ski.as_str())
         {
             break;
         }
