@@ -6,8 +6,11 @@
 //!   client configurations for gRPC.
 //! * [`client`]: gRPC channels to a Lanyard server over SPIFFE mTLS and over the
 //!   local admin Unix socket.
+//! * [`http`]: a narrow HTTP/1.1 client (timeouts, body cap, no redirects) for
+//!   attestation calls to OIDC issuers, the Kubernetes API, GitHub and IMDS.
 
 pub mod client;
+pub mod http;
 pub mod tls;
 
 pub use client::ConnectError;
