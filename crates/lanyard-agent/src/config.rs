@@ -19,6 +19,53 @@ pub enum Bootstrap {
     /// A signed OIDC token (a CI job's, a cloud instance's) read from this file
     /// afresh at every attestation, verified by the server's `jwt` attestor.
     JwtTokenFile(PathBuf),
+    /// A signed OIDC token in this environment variable (GitLab CI's `id_tokens:`),
+    /// read at every attestation, verified by the server's `jwt` attestor.
+    JwtTokenEnv(String),
+    /// A GitHub Actions job's OIDC token, requested afresh for every attestation
+    /// with the job's `ACTIONS_ID_TOKEN_REQUEST_URL` / `_TOKEN`, for `audience`.
+    GithubActions {
+        audience: String,
+    },
+    /// A Kubernetes projected service-account token, re-read from `token_file` at
+    /// every attestation, verified by the server's `k8s_psat` attestor for `cluster`.
+    K8sPsat {
+        cluster: String,
+        token_file: PathBuf,
+    },
+    /// The EC2 instance identity document, read from the instance metadata service
+    /// (IMDSv2) at `imds_url`.
+    AwsIid {
+        imds_url: String,
+    },
+}
+
+/// Where the `k8s_psat` token is mounted unless `k8s_psat_token_file` says otherwise.
+pub const DEFAULT_K8S_PSAT_TOKEN_FILE: &str = "/var/run/secrets/tokens/lanyard-agent";
+/// The EC2 instance metadata service.
+pub const DEFAULT_AWS_IMDS_URL: &str = "http://169.254.169.254";
+
+/// Where a `jwt` token comes from when it is not in a file or a variable
+/// (`jwt_token_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtTokenSource {
+    /// GitHub Actions' token-request endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`).
+    GithubActions,
+}
+
+impl std::str::FromStr for JwtTokenSource {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "github_actions" | "github-actions" => Ok(Self::GithubActions),
+            other => Err(invalid(
+                "jwt_token_source",
+                format!(
+                    "{other:?} is not a token source; the one supported is \"github_actions\" (flag: --jwt-from github-actions); for a token in a file or a variable use jwt_token_file or jwt_token_env"
+                ),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +81,13 @@ pub struct FileConfig {
     pub x509pop_cert: Option<PathBuf>,
     pub x509pop_key: Option<PathBuf>,
     pub jwt_token_file: Option<PathBuf>,
+    pub jwt_token_env: Option<String>,
+    pub jwt_token_source: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub k8s_psat_cluster: Option<String>,
+    pub k8s_psat_token_file: Option<PathBuf>,
+    pub aws_iid: Option<bool>,
+    pub aws_imds_url: Option<String>,
     pub log_level: Option<String>,
     pub authz_bind: Option<String>,
 }
@@ -53,6 +107,21 @@ pub struct Overrides {
     pub x509pop_key: Option<PathBuf>,
     /// A file holding a signed OIDC token for `jwt` node attestation.
     pub jwt_token_file: Option<PathBuf>,
+    /// The environment variable holding a signed OIDC token (GitLab `id_tokens:`).
+    pub jwt_token_env: Option<String>,
+    /// Where to request the `jwt` token: `github_actions` (or `github-actions`).
+    pub jwt_token_source: Option<String>,
+    /// The audience to request the `jwt` token for (with `jwt_token_source`).
+    pub jwt_audience: Option<String>,
+    /// The cluster name for `k8s_psat` attestation, as configured on the server.
+    pub k8s_psat_cluster: Option<String>,
+    /// The projected service-account token file (default
+    /// [`DEFAULT_K8S_PSAT_TOKEN_FILE`]).
+    pub k8s_psat_token_file: Option<PathBuf>,
+    /// Attest with the EC2 instance identity document.
+    pub aws_iid: bool,
+    /// The instance metadata service (default [`DEFAULT_AWS_IMDS_URL`]).
+    pub aws_imds_url: Option<String>,
     /// Address of the local AuthZEN evaluation API (e.g. 127.0.0.1:8181).
     pub authz_bind: Option<String>,
 }
@@ -92,6 +161,142 @@ pub fn read_bundle(path: &Path, td: &TrustDomain) -> Result<Bundle, ConfigError>
     })
 }
 
+/// The one way to attest that the flags and the file name (flags win key by key).
+fn bootstrap(o: &Overrides, f: &FileConfig) -> Result<Bootstrap, ConfigError> {
+    let token = o.join_token.clone().or(f.join_token.clone());
+    let pop_cert = o.x509pop_cert.clone().or(f.x509pop_cert.clone());
+    let pop_key = o.x509pop_key.clone().or(f.x509pop_key.clone());
+    let jwt_file = o.jwt_token_file.clone().or(f.jwt_token_file.clone());
+    let jwt_env = o.jwt_token_env.clone().or(f.jwt_token_env.clone());
+    let jwt_source = o.jwt_token_source.clone().or(f.jwt_token_source.clone());
+    let jwt_audience = o.jwt_audience.clone().or(f.jwt_audience.clone());
+    let k8s_cluster = o.k8s_psat_cluster.clone().or(f.k8s_psat_cluster.clone());
+    let k8s_file = o
+        .k8s_psat_token_file
+        .clone()
+        .or(f.k8s_psat_token_file.clone());
+    let aws_iid = o.aws_iid || f.aws_iid.unwrap_or(false);
+    let imds_url = o.aws_imds_url.clone().or(f.aws_imds_url.clone());
+
+    // Settings that only make sense with their method.
+    if jwt_audience.is_some() && jwt_source.is_none() {
+        return Err(invalid(
+            "jwt_audience",
+            "is only used with jwt_token_source = \"github_actions\" (--jwt-from github-actions), to request the job's token for that audience; remove it, or set jwt_token_source",
+        ));
+    }
+    if k8s_file.is_some() && k8s_cluster.is_none() {
+        return Err(invalid(
+            "k8s_psat_cluster",
+            "is required for k8s_psat attestation (k8s_psat_token_file is set): give the cluster name the server's k8s_psat attestor is configured with (--k8s-psat-cluster NAME)",
+        ));
+    }
+    if imds_url.is_some() && !aws_iid {
+        return Err(invalid(
+            "aws_imds_url",
+            "is only used with aws_iid = true (--aws-iid); remove it, or enable aws_iid",
+        ));
+    }
+
+    let methods: Vec<&'static str> = [
+        token.as_ref().map(|_| "join_token"),
+        (pop_cert.is_some() || pop_key.is_some()).then_some("x509pop_cert/x509pop_key"),
+        jwt_file.as_ref().map(|_| "jwt_token_file"),
+        jwt_env.as_ref().map(|_| "jwt_token_env"),
+        jwt_source.as_ref().map(|_| "jwt_token_source"),
+        k8s_cluster.as_ref().map(|_| "k8s_psat_cluster"),
+        aws_iid.then_some("aws_iid"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if methods.len() > 1 {
+        return Err(ConfigError::SeveralMethods(methods.join(", ")));
+    }
+
+    if let Some(t) = token {
+        return Ok(Bootstrap::JoinToken(t));
+    }
+    match (pop_cert, pop_key) {
+        (Some(c), Some(k)) => {
+            return Ok(Bootstrap::X509Pop {
+                cert_chain: pem_certificates(
+                    &std::fs::read(&c).map_err(|e| invalid("x509pop_cert", e))?,
+                )
+                .map_err(|e| invalid("x509pop_cert", e))?,
+                key_pem: std::fs::read_to_string(&k).map_err(|e| invalid("x509pop_key", e))?,
+            });
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ConfigError::Conflict(
+                "x509pop needs both x509pop_cert and x509pop_key",
+            ));
+        }
+        (None, None) => {}
+    }
+    if let Some(p) = jwt_file {
+        return Ok(Bootstrap::JwtTokenFile(p));
+    }
+    if let Some(var) = jwt_env {
+        let valid = !var.is_empty()
+            && !var.starts_with(|c: char| c.is_ascii_digit())
+            && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(invalid(
+                "jwt_token_env",
+                format!(
+                    "{var:?} is not an environment variable name (letters, digits and _, not starting with a digit), e.g. LANYARD_ID_TOKEN as declared under `id_tokens:` in .gitlab-ci.yml"
+                ),
+            ));
+        }
+        return Ok(Bootstrap::JwtTokenEnv(var));
+    }
+    if let Some(source) = jwt_source {
+        return match source.parse::<JwtTokenSource>()? {
+            JwtTokenSource::GithubActions => {
+                let audience = jwt_audience.filter(|a| !a.trim().is_empty()).ok_or_else(|| {
+                    invalid(
+                        "jwt_audience",
+                        "is required with jwt_token_source = \"github_actions\": the audience the server's [[jwt_attestor]] expects, e.g. lanyard-server (--jwt-attestation-audience AUD)",
+                    )
+                })?;
+                Ok(Bootstrap::GithubActions { audience })
+            }
+        };
+    }
+    if let Some(cluster) = k8s_cluster {
+        if cluster.trim().is_empty() {
+            return Err(invalid(
+                "k8s_psat_cluster",
+                "is empty: give the cluster name the server's k8s_psat attestor is configured with",
+            ));
+        }
+        return Ok(Bootstrap::K8sPsat {
+            cluster,
+            token_file: k8s_file.unwrap_or_else(|| PathBuf::from(DEFAULT_K8S_PSAT_TOKEN_FILE)),
+        });
+    }
+    if aws_iid {
+        let url = imds_url.unwrap_or_else(|| DEFAULT_AWS_IMDS_URL.to_string());
+        let url = url.trim_end_matches('/').to_string();
+        let ok = (url.starts_with("http://") || url.starts_with("https://"))
+            && !url.contains(['?', '#'])
+            && url
+                .split_once("://")
+                .is_some_and(|(_, rest)| !rest.is_empty());
+        if !ok {
+            return Err(invalid(
+                "aws_imds_url",
+                format!(
+                    "{url:?} is not an http:// or https:// base URL without query (the default is {DEFAULT_AWS_IMDS_URL})"
+                ),
+            ));
+        }
+        return Ok(Bootstrap::AwsIid { imds_url: url });
+    }
+    Ok(Bootstrap::None)
+}
+
 impl AgentConfig {
     pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
         let f: FileConfig = match &o.config {
@@ -110,13 +315,13 @@ impl AgentConfig {
         let td = o
             .trust_domain
             .clone()
-            .or(f.trust_domain)
+            .or(f.trust_domain.clone())
             .ok_or(ConfigError::Missing("trust_domain"))?;
         let trust_domain = TrustDomain::new(&td).map_err(|e| invalid("trust_domain", e))?;
         let server_address = o
             .server_address
             .clone()
-            .or(f.server_address)
+            .or(f.server_address.clone())
             .unwrap_or_else(|| "127.0.0.1:8081".to_string());
         if server_address.parse::<std::net::SocketAddr>().is_err()
             && server_address
@@ -132,53 +337,21 @@ impl AgentConfig {
         let data_dir = o
             .data_dir
             .clone()
-            .or(f.data_dir)
+            .or(f.data_dir.clone())
             .ok_or(ConfigError::Missing("data_dir"))?;
         let socket_path = o
             .socket_path
             .clone()
-            .or(f.socket_path)
+            .or(f.socket_path.clone())
             .unwrap_or_else(|| data_dir.join("agent.sock"));
-        let trust_bundle = match o.trust_bundle.clone().or(f.trust_bundle) {
+        let trust_bundle = match o.trust_bundle.clone().or(f.trust_bundle.clone()) {
             Some(p) => {
                 Some(read_bundle(&p, &trust_domain).map_err(|e| invalid("trust_bundle", e))?)
             }
             None => None,
         };
         let insecure_bootstrap = o.insecure_bootstrap || f.insecure_bootstrap.unwrap_or(false);
-        let token = o.join_token.clone().or(f.join_token);
-        let pop_cert = o.x509pop_cert.clone().or(f.x509pop_cert);
-        let pop_key = o.x509pop_key.clone().or(f.x509pop_key);
-        let jwt_file = o.jwt_token_file.clone().or(f.jwt_token_file);
-        if jwt_file.is_some() && (token.is_some() || pop_cert.is_some() || pop_key.is_some()) {
-            return Err(ConfigError::Conflict(
-                "give one way to attest: a join token, an x509pop certificate and key, or a jwt_token_file",
-            ));
-        }
-        let bootstrap = match (token, pop_cert, pop_key) {
-            (None, None, None) if jwt_file.is_some() => {
-                Bootstrap::JwtTokenFile(jwt_file.unwrap_or_default())
-            }
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(ConfigError::Conflict(
-                    "give either a join token or an x509pop certificate and key, not both",
-                ));
-            }
-            (Some(t), None, None) => Bootstrap::JoinToken(t),
-            (None, Some(c), Some(k)) => Bootstrap::X509Pop {
-                cert_chain: pem_certificates(
-                    &std::fs::read(&c).map_err(|e| invalid("x509pop_cert", e))?,
-                )
-                .map_err(|e| invalid("x509pop_cert", e))?,
-                key_pem: std::fs::read_to_string(&k).map_err(|e| invalid("x509pop_key", e))?,
-            },
-            (None, Some(_), None) | (None, None, Some(_)) => {
-                return Err(ConfigError::Conflict(
-                    "x509pop needs both x509pop_cert and x509pop_key",
-                ));
-            }
-            (None, None, None) => Bootstrap::None,
-        };
+        let bootstrap = bootstrap(o, &f)?;
         let authz_bind = match o.authz_bind.clone().or(f.authz_bind) {
             None => None,
             Some(a) => Some(a.parse().map_err(|_| {
@@ -202,5 +375,211 @@ impl AgentConfig {
             log_level: f.log_level.unwrap_or_else(|| "info".to_string()),
             authz_bind,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn base() -> Overrides {
+        Overrides {
+            trust_domain: Some("example.org".into()),
+            data_dir: Some(PathBuf::from("/tmp/lanyard-agent-config-test")),
+            ..Overrides::default()
+        }
+    }
+
+    fn from_file(toml: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, toml).unwrap();
+        AgentConfig::load(&Overrides {
+            config: Some(path),
+            ..base()
+        })
+    }
+
+    fn err(o: Overrides) -> String {
+        AgentConfig::load(&o).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn k8s_psat_takes_a_cluster_and_defaults_the_token_file() {
+        let c = AgentConfig::load(&Overrides {
+            k8s_psat_cluster: Some("prod-eu".into()),
+            ..base()
+        })
+        .unwrap();
+        match c.bootstrap {
+            Bootstrap::K8sPsat {
+                cluster,
+                token_file,
+            } => {
+                assert_eq!(cluster, "prod-eu");
+                assert_eq!(token_file, PathBuf::from(DEFAULT_K8S_PSAT_TOKEN_FILE));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = from_file("k8s_psat_cluster = \"c1\"\nk8s_psat_token_file = \"/run/t\"\n").unwrap();
+        assert!(
+            matches!(c.bootstrap, Bootstrap::K8sPsat { ref token_file, .. } if token_file == Path::new("/run/t")),
+            "{:?}",
+            c.bootstrap
+        );
+        let e = err(Overrides {
+            k8s_psat_token_file: Some("/run/t".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`k8s_psat_cluster`") && e.contains("--k8s-psat-cluster"),
+            "{e}"
+        );
+        let e = err(Overrides {
+            k8s_psat_cluster: Some("  ".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`k8s_psat_cluster`") && e.contains("empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn github_actions_needs_an_audience_and_a_known_source() {
+        let c =
+            from_file("jwt_token_source = \"github_actions\"\njwt_audience = \"lanyard-server\"\n")
+                .unwrap();
+        assert!(
+            matches!(c.bootstrap, Bootstrap::GithubActions { ref audience } if audience == "lanyard-server"),
+            "{:?}",
+            c.bootstrap
+        );
+        // The flag's spelling.
+        let c = AgentConfig::load(&Overrides {
+            jwt_token_source: Some("github-actions".into()),
+            jwt_audience: Some("aud".into()),
+            ..base()
+        })
+        .unwrap();
+        assert!(matches!(c.bootstrap, Bootstrap::GithubActions { .. }));
+        let e = err(Overrides {
+            jwt_token_source: Some("github_actions".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`jwt_audience`") && e.contains("is required"),
+            "{e}"
+        );
+        let e = err(Overrides {
+            jwt_token_source: Some("circleci".into()),
+            jwt_audience: Some("aud".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`jwt_token_source`") && e.contains("\"circleci\""),
+            "{e}"
+        );
+        let e = err(Overrides {
+            jwt_audience: Some("aud".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`jwt_audience`") && e.contains("only used with"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_gitlab_token_variable_must_be_a_variable_name() {
+        let c = from_file("jwt_token_env = \"LANYARD_ID_TOKEN\"\n").unwrap();
+        assert!(
+            matches!(c.bootstrap, Bootstrap::JwtTokenEnv(ref v) if v == "LANYARD_ID_TOKEN"),
+            "{:?}",
+            c.bootstrap
+        );
+        for bad in ["", "1TOKEN", "MY-TOKEN", "$TOKEN"] {
+            let e = err(Overrides {
+                jwt_token_env: Some(bad.into()),
+                ..base()
+            });
+            assert!(e.contains("`jwt_token_env`"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn aws_iid_defaults_to_the_link_local_metadata_service() {
+        let c = from_file("aws_iid = true\n").unwrap();
+        assert!(
+            matches!(c.bootstrap, Bootstrap::AwsIid { ref imds_url } if imds_url == DEFAULT_AWS_IMDS_URL),
+            "{:?}",
+            c.bootstrap
+        );
+        let c = AgentConfig::load(&Overrides {
+            aws_iid: true,
+            aws_imds_url: Some("http://127.0.0.1:9999/".into()),
+            ..base()
+        })
+        .unwrap();
+        assert!(
+            matches!(c.bootstrap, Bootstrap::AwsIid { ref imds_url } if imds_url == "http://127.0.0.1:9999"),
+            "{:?}",
+            c.bootstrap
+        );
+        for bad in ["169.254.169.254", "ftp://x", "http://x/?a=b", "http://"] {
+            let e = err(Overrides {
+                aws_iid: true,
+                aws_imds_url: Some(bad.into()),
+                ..base()
+            });
+            assert!(e.contains("`aws_imds_url`"), "{bad}: {e}");
+        }
+        let e = err(Overrides {
+            aws_imds_url: Some("http://127.0.0.1:1".into()),
+            ..base()
+        });
+        assert!(e.contains("`aws_imds_url`") && e.contains("aws_iid"), "{e}");
+        let e = from_file("aws_iid = \"yes\"\n").unwrap_err().to_string();
+        assert!(e.contains("aws_iid"), "{e}");
+    }
+
+    #[test]
+    fn exactly_one_way_to_attest() {
+        let e = err(Overrides {
+            join_token: Some("t".into()),
+            aws_iid: true,
+            ..base()
+        });
+        assert!(
+            e.contains("one way to attest") && e.contains("join_token, aws_iid"),
+            "{e}"
+        );
+        let e = from_file("jwt_token_env = \"T\"\nk8s_psat_cluster = \"c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jwt_token_env, k8s_psat_cluster"), "{e}");
+        let e = err(Overrides {
+            jwt_token_file: Some("/t".into()),
+            jwt_token_source: Some("github_actions".into()),
+            jwt_audience: Some("a".into()),
+            ..base()
+        });
+        assert!(e.contains("jwt_token_file, jwt_token_source"), "{e}");
+        let e = err(Overrides {
+            x509pop_cert: Some("/c".into()),
+            ..base()
+        });
+        assert!(e.contains("both x509pop_cert and x509pop_key"), "{e}");
+        assert!(matches!(
+            AgentConfig::load(&base()).unwrap().bootstrap,
+            Bootstrap::None
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = from_file("k8s_cluster = \"c\"\n").unwrap_err().to_string();
+        assert!(e.contains("k8s_cluster"), "{e}");
     }
 }

@@ -16,6 +16,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, reason: String },
     #[error("{0}")]
     Conflict(&'static str),
+    /// More than one way to attest is configured (the keys, comma-separated).
+    #[error("give one way to attest, not several: {0} are set; keep one of them")]
+    SeveralMethods(String),
 }
 
 impl ConfigError {

@@ -189,7 +189,7 @@ async fn attest(
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let Some(source) = evidence_source(&cfg.bootstrap) else {
         return Err(tonic::Status::failed_precondition(
-            "no stored agent SVID and no join token or x509pop key: give --join-token or --x509pop-cert/--x509pop-key",
+            "no stored agent SVID and no way to attest: give one of --join-token, --x509pop-cert/--x509pop-key, --jwt-token-file, --jwt-token-env, --jwt-from github-actions, --k8s-psat-cluster or --aws-iid (or the same keys in the config file)",
         ));
     };
     let first = source

@@ -43,6 +43,33 @@ pub struct AgentArgs {
     /// read afresh at every attestation.
     #[arg(long)]
     pub jwt_token_file: Option<PathBuf>,
+    /// The environment variable holding a signed OIDC token for `jwt` node
+    /// attestation (GitLab CI: the name declared under `id_tokens:`).
+    #[arg(long, value_name = "VAR")]
+    pub jwt_token_env: Option<String>,
+    /// Request the `jwt` node attestation token from the CI platform: `github-actions`
+    /// (the job's ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN; needs `permissions: id-token:
+    /// write`), with --jwt-attestation-audience.
+    #[arg(long = "jwt-from", value_name = "SOURCE")]
+    pub jwt_token_source: Option<String>,
+    /// The audience to request the `jwt` node attestation token for (what the
+    /// server's [[jwt_attestor]] expects, e.g. lanyard-server); with --jwt-from.
+    #[arg(long = "jwt-attestation-audience", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Attest with a Kubernetes projected service-account token (`k8s_psat`), for
+    /// this cluster name as configured on the server.
+    #[arg(long, value_name = "NAME")]
+    pub k8s_psat_cluster: Option<String>,
+    /// The projected service-account token file (default
+    /// /var/run/secrets/tokens/lanyard-agent); re-read at every attestation.
+    #[arg(long, value_name = "FILE")]
+    pub k8s_psat_token_file: Option<PathBuf>,
+    /// Attest with the EC2 instance identity document (`aws_iid`, via IMDSv2).
+    #[arg(long)]
+    pub aws_iid: bool,
+    /// The instance metadata service (default http://169.254.169.254).
+    #[arg(long, value_name = "URL")]
+    pub aws_imds_url: Option<String>,
     /// Serve the AuthZEN evaluation API for agent-local decisions on ip:port
     /// (plain HTTP; e.g. 127.0.0.1:8181).
     #[arg(long)]
@@ -62,6 +89,13 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
         x509pop_cert: a.x509pop_cert,
         x509pop_key: a.x509pop_key,
         jwt_token_file: a.jwt_token_file,
+        jwt_token_env: a.jwt_token_env,
+        jwt_token_source: a.jwt_token_source,
+        jwt_audience: a.jwt_audience,
+        k8s_psat_cluster: a.k8s_psat_cluster,
+        k8s_psat_token_file: a.k8s_psat_token_file,
+        aws_iid: a.aws_iid,
+        aws_imds_url: a.aws_imds_url,
         authz_bind: a.authz_bind,
     })
     .map_err(|e| e.to_string())?;
