@@ -193,6 +193,7 @@ impl Event {
         match self.kind {
             K::NodeAttested => self.exact::<NodeAttested>(),
             K::NodeRefused => self.exact::<NodeRefused>(),
+            K::NodeAttestationRefused => self.exact::<NodeAttestationRefused>(),
             K::AgentSvidIssued | K::AgentSvidRenewed => self.exact::<AgentSvid>(),
             K::AgentCloneSuspected => self.exact::<AgentCloneSuspected>(),
             K::X509SvidIssued => self.exact::<X509SvidIssued>(),
@@ -304,6 +305,27 @@ pub struct NodeRefused {
     pub refusal: Option<String>,
 }
 evidence_kinds!(NodeRefused => NodeRefused);
+
+/// `node_attestation_refused`: the method whose verifier refused the node's
+/// evidence and its stable reason code (`wrong_audience`, `expired`, `replayed`,
+/// `unknown_issuer`, `bad_signature`, `alg_not_allowed`, `claim_mismatch`,
+/// `account_not_allowed`, `already_attested`, …); the event's `reason` is the
+/// message the agent got. Never the token or document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAttestationRefused {
+    pub attestation_type: String,
+    pub refusal: String,
+}
+evidence_kinds!(NodeAttestationRefused => NodeAttestationRefused);
+
+impl NodeAttestationRefused {
+    pub fn new(attestation_type: &str, refusal: &str) -> Self {
+        Self {
+            attestation_type: attestation_type.to_string(),
+            refusal: refusal.to_string(),
+        }
+    }
+}
 
 impl NodeRefused {
     /// A refusal of an attestation of this type.

@@ -513,6 +513,18 @@ fn cases() -> Vec<(&'static str, Event, Event)> {
     let typed = ev.with(acc.task_token_issued("txn-1", "t-1", EXP));
     out.push(("task_token_issued", typed, hand));
 
+    // node_attestation_refused: a verifier refused a token.
+    let ev = next(K::NodeAttestationRefused, Outcome::Denied);
+    let mut hand = ev.clone();
+    hand.evidence
+        .insert("attestation_type".into(), "jwt".into());
+    hand.evidence
+        .insert("refusal".into(), "wrong_audience".into());
+    out.push((
+        "node_attestation_refused",
+        ev.with(NodeAttestationRefused::new("jwt", "wrong_audience")),
+        hand,
+    ));
     out
 }
 
@@ -703,6 +715,11 @@ const GOLDEN: &[(&str, &str, &str)] = &[
         r#"{"version":1,"id":"00000000000000000000000000000026","time":1800000000038,"kind":"task_token_issued","actor":"spiffe://example.org/lanyard/agent/join_token/n1","subject":"spiffe://example.org/web","evidence":{"expires_at":1800003600,"jti":"t-1","person_issuer":"https://idp.example","purpose":"summarize-tickets","tools":["search","read"],"txn":"txn-1"},"policy_ids":[],"decision":null,"outcome":"success","reason":null,"owner":null,"trace_id":"txn-1","parent_id":null,"server_id":"server-1"}"#,
         "3ee52bb1ac7040da50bc8a890314b467e885867572000b4aac2ae992d5e44969",
     ),
+    (
+        "node_attestation_refused",
+        r#"{"version":1,"id":"00000000000000000000000000000027","time":1800000000039,"kind":"node_attestation_refused","actor":"spiffe://example.org/lanyard/agent/join_token/n1","subject":"spiffe://example.org/web","evidence":{"attestation_type":"jwt","refusal":"wrong_audience"},"policy_ids":[],"decision":null,"outcome":"denied","reason":null,"owner":null,"trace_id":null,"parent_id":null,"server_id":"server-1"}"#,
+        "34ffc9d662259b95b97d8e183c029ca423d7774ac4d8f9ba78ef43afdd35dd1c",
+    ),
 ];
 
 #[test]
@@ -763,7 +780,8 @@ fn every_kind_has_a_case_and_every_case_checks() {
         "token_exchanged",
         "token_exchange_refused",
         "task_token_issued",
-        "agent_clone_suspected"
+        "agent_clone_suspected",
+        "node_attestation_refused"
     ]))
     .unwrap();
     for k in all {

@@ -74,6 +74,9 @@ pub enum EventKind {
     /// An agent SVID that a renewal had superseded was presented: a copy of the
     /// agent's key and SVID is in use.
     AgentCloneSuspected,
+    /// A node's token or identity document was refused by its verifier
+    /// (`jwt`, `k8s_psat`, `aws_iid`): wrong audience, expired, replayed, …
+    NodeAttestationRefused,
 }
 
 /// How it ended.

@@ -72,7 +72,7 @@ pub enum PsatConfigError {
     BadServiceAccount(String),
     /// No service account is allowed.
     #[error(
-        "cluster {0:?} allows no service account; list the agent's as namespace:name (e.g. lanyard:lanyard-agent) in service_account_allow_list"
+        "cluster {0:?} allows no service account; list the agent's as namespace:name (e.g. lanyard:lanyard-agent) in service_accounts"
     )]
     NoServiceAccounts(String),
     /// Issuer or audience invalid.
@@ -98,7 +98,7 @@ pub enum PsatRefusal {
     NoNodeBinding,
     /// The service account is not allowed.
     #[error(
-        "service account {got} of cluster {cluster:?} is not allowed to attest; allowed: {}; add it to the cluster's service_account_allow_list or run the agent under an allowed one",
+        "service account {got} of cluster {cluster:?} is not allowed to attest; allowed: {}; add it to the cluster's service_accounts or run the agent under an allowed one",
         allowed.join(", ")
     )]
     ServiceAccountNotAllowed {

@@ -62,6 +62,12 @@ pub struct FileConfig {
     /// Node attestation with signed OIDC tokens (CI jobs, cloud instances).
     #[serde(default)]
     pub jwt_attestor: Vec<crate::attest::jwt::FileJwtAttestor>,
+    /// Node attestation with Kubernetes projected service-account tokens, per
+    /// cluster.
+    #[serde(default)]
+    pub k8s_psat: Vec<crate::attest::k8s_psat::FileK8sPsat>,
+    /// Node attestation with EC2 instance identity documents.
+    pub aws_iid: Option<crate::attest::aws_iid::FileAwsIid>,
 }
 
 /// An external identity provider (OIDC) trusted for person tokens in task-token
@@ -153,6 +159,10 @@ pub struct ServerConfig {
     pub x509pop_ca_bundle: Option<PathBuf>,
     /// `[[jwt_attestor]]`: OIDC issuers whose tokens attest nodes.
     pub jwt_attestors: Vec<crate::attest::jwt::JwtIssuerConfig>,
+    /// `[[k8s_psat]]`: Kubernetes clusters whose agents attest with projected tokens.
+    pub k8s_psat_clusters: Vec<crate::attest::k8s_psat::K8sClusterConfig>,
+    /// `[aws_iid]`: EC2 instances attesting with identity documents.
+    pub aws_iid: Option<lanyard_nodeattest::AwsIidConfig>,
     /// (trust domain, bundle file) of each federated trust domain.
     pub federation: Vec<(TrustDomain, PathBuf)>,
     /// (issuer, JWKS file) of identity providers trusted for person tokens.
@@ -381,6 +391,16 @@ impl ServerConfig {
             .iter()
             .map(crate::attest::jwt::parse_config)
             .collect::<Result<Vec<_>, _>>()?;
+        let k8s_psat_clusters = f
+            .k8s_psat
+            .iter()
+            .map(crate::attest::k8s_psat::parse_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        let aws_iid = f
+            .aws_iid
+            .as_ref()
+            .map(crate::attest::aws_iid::parse_config)
+            .transpose()?;
         let log_level = f.log_level.unwrap_or_else(|| "info".to_string());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(ConfigError::Invalid {
@@ -413,6 +433,8 @@ impl ServerConfig {
             upstream_key: f.ca.upstream_key,
             x509pop_ca_bundle: f.x509pop.ca_bundle,
             jwt_attestors,
+            k8s_psat_clusters,
+            aws_iid,
             federation,
             trusted_issuers,
             audit_checkpoint_file: o.audit_checkpoint_file.clone().or(f.audit_checkpoint_file),

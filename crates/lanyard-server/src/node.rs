@@ -12,8 +12,9 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use futures_util::Stream;
 use lanyard_audit::evidence::{
-    AgentCloneSuspected, AgentSvid, JwtSvidIssued, NodeAttested, NodeRefused, Process,
-    ReportsDropped, SecretRefused, SecretReleased, WorkloadSvidDelivered, X509SvidIssued,
+    AgentCloneSuspected, AgentSvid, JwtSvidIssued, NodeAttestationRefused, NodeAttested,
+    NodeRefused, Process, ReportsDropped, SecretRefused, SecretReleased, WorkloadSvidDelivered,
+    X509SvidIssued,
 };
 use lanyard_ca::SubjectKey;
 use lanyard_core::{Clock, Selector, SpiffeId, TrustDomain};
@@ -157,6 +158,31 @@ pub fn node_attestors(shared: &Shared) -> Result<NodeAttestors, crate::state::Se
             shared.clock.clone(),
             td.clone(),
         )?));
+    }
+    if shared.config.k8s_psat_clusters.is_empty() {
+        a.disable(
+            lanyard_nodeattest::k8s_psat::NAME,
+            "k8s_psat attestation is not enabled on this server; add a [[k8s_psat]] table per cluster (see docs/attestation.md)",
+        );
+    } else {
+        a.add(Arc::new(crate::attest::k8s_psat::K8sPsatAttestor::new(
+            &shared.config.k8s_psat_clusters,
+            shared.store.clone(),
+            shared.clock.clone(),
+            td.clone(),
+        )?));
+    }
+    match &shared.config.aws_iid {
+        Some(cfg) => a.add(Arc::new(crate::attest::aws_iid::AwsIidAttestor::new(
+            cfg.clone(),
+            shared.store.clone(),
+            shared.clock.clone(),
+            td.clone(),
+        ))),
+        None => a.disable(
+            lanyard_nodeattest::aws_iid::NAME,
+            "aws_iid attestation is not enabled on this server; add an [aws_iid] table with the accounts and AWS's region certificates (see docs/attestation.md)",
+        ),
     }
     a.add(Arc::new(JoinTokenAttestor::new(
         shared.store.clone(),
@@ -551,9 +577,10 @@ fn evidence_of(step: Option<pb::attest_request::Step>) -> Result<(NodeEvidence, 
         Some(pb::attest_request::Step::Token(t)) => {
             let method = match t.method.as_str() {
                 crate::attest::jwt::NAME => crate::attest::jwt::NAME,
+                lanyard_nodeattest::k8s_psat::NAME => lanyard_nodeattest::k8s_psat::NAME,
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "token attestation method {other:?} is not known; use \"jwt\""
+                        "token attestation method {other:?} is not known; use \"jwt\" or \"k8s_psat\""
                     )));
                 }
             };
@@ -566,8 +593,11 @@ fn evidence_of(step: Option<pb::attest_request::Step>) -> Result<(NodeEvidence, 
                 t.csr,
             ))
         }
+        Some(pb::attest_request::Step::AwsIid(a)) => {
+            Ok((NodeEvidence::AwsIid { payload: a.payload }, a.csr))
+        }
         _ => Err(Status::invalid_argument(
-            "the first attestation message must be join_token, x509pop or token",
+            "the first attestation message must be join_token, x509pop, token or aws_iid",
         )),
     }
 }
@@ -727,12 +757,27 @@ impl pb::node_server::Node for NodeService {
                     tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
                 )
             {
-                let mut ev = state.audit.event(
-                    lanyard_audit::EventKind::NodeRefused,
-                    lanyard_audit::Outcome::Denied,
-                );
+                // A verifier's refusal of a token or document names its reason
+                // (`node_attestation_refused`); other refusals stay `node_refused`.
+                let mut ev = match (refused.method, refused.code) {
+                    (Some(method), Some(code)) => {
+                        let mut ev = state.audit.event(
+                            lanyard_audit::EventKind::NodeAttestationRefused,
+                            lanyard_audit::Outcome::Denied,
+                        );
+                        ev.set_evidence(NodeAttestationRefused::new(method, code));
+                        ev
+                    }
+                    (method, code) => {
+                        let mut ev = state.audit.event(
+                            lanyard_audit::EventKind::NodeRefused,
+                            lanyard_audit::Outcome::Denied,
+                        );
+                        ev.set_evidence(NodeRefused::refusal(method, code));
+                        ev
+                    }
+                };
                 ev.reason = Some(refused.status.message().to_string());
-                ev.set_evidence(NodeRefused::refusal(refused.method, refused.code));
                 if let Err(e) = state.audit.record(vec![ev]).await {
                     tracing::error!(error = %e, "evidence log");
                 }

@@ -1707,7 +1707,7 @@ async fn a_ci_job_token_attests_a_node_once_and_refusals_name_their_reason() {
         "{}",
         wrong_aud.message()
     );
-    let refused = server_audit(&dir.path().join("data"), "node_refused");
+    let refused = server_audit(&dir.path().join("data"), "node_attestation_refused");
     let reasons: Vec<&str> = refused
         .iter()
         .filter_map(|e| e["event"]["evidence"]["refusal"].as_str())

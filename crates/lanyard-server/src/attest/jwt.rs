@@ -1,30 +1,32 @@
 //! `jwt`: a signed OIDC token proves the node — a CI job's (GitHub Actions, GitLab
 //! CI), a cloud instance's (GCP, Azure) or any issuer's. The token is verified
-//! offline (pure, in `lanyard_nodeattest`) against the issuer's JWKS from a file;
-//! a token naming a key the JWKS lacks re-reads the file, at most once per
-//! interval. Each token attests once within its lifetime: its replay key is
+//! offline (pure, in `lanyard_nodeattest`) against the issuer's keys — a JWKS
+//! file, or fetched through OIDC discovery over HTTPS ([`super::keys`]); a token
+//! naming a key the cache lacks refreshes it, at most once per interval. Each token attests once within its lifetime: its replay key is
 //! recorded durably in the datastore, which every server shares.
 //!
 //! Configuration (`[[jwt_attestor]]`, docs/server-config.md): a `preset`
 //! (`github_actions`, `gitlab_ci`, `gcp_instance_identity`, `azure_managed_identity`)
 //! or a generic issuer (`kind`, `issuer`, `agent_id`, `selectors`), the exact
-//! `audience`, the `jwks_file`, and `require`d claims (exact or glob).
+//! `audience`, the keys (`jwks_file`, or `discovery_url`/`ca_file`, default the
+//! issuer's discovery), and `require`d claims (exact or glob).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use lanyard_core::duration::parse_duration;
 use lanyard_core::{Clock, TrustDomain};
-use lanyard_nodeattest::discovery::DEFAULT_REFRESH_INTERVAL;
 use lanyard_nodeattest::presets;
 use lanyard_nodeattest::{
-    AgentIdTemplate, ClaimRequirement, ClaimSelector, Jwks, JwksRefreshGate, JwtAttestError,
-    JwtAttestation, JwtAttestor, TokenPolicy, UnverifiedToken,
+    AgentIdTemplate, ClaimRequirement, ClaimSelector, Jwks, JwtAttestError, JwtAttestation,
+    JwtAttestor, TokenPolicy, UnverifiedToken,
 };
 use lanyard_store::{AnyStore, Store};
 use serde::Deserialize;
 
+use super::keys::{IssuerKeys, KeySettings, KeySource, key_source};
 use super::{AttestError, AttestedNode, Challenger, NodeAttestor, NodeEvidence};
 use crate::config::ConfigError;
 use crate::state::ServerError;
@@ -45,8 +47,15 @@ pub struct FileJwtAttestor {
     pub issuer: Option<String>,
     /// The exact audience the token must carry.
     pub audience: String,
-    /// The issuer's JWKS (JSON).
-    pub jwks_file: PathBuf,
+    /// The issuer's JWKS (JSON) in a file; absent: fetched by OIDC discovery.
+    pub jwks_file: Option<PathBuf>,
+    /// Where the issuer's discovery document is (default: the issuer's
+    /// `/.well-known/openid-configuration`); HTTPS only.
+    pub discovery_url: Option<String>,
+    /// CA certificates (PEM) for fetching keys; default the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How often fetched keys are refreshed (default 5m).
+    pub jwks_refresh_interval: Option<String>,
     /// Generic: the agent ID template, e.g. `/lanyard/agent/ci/{project}/{job_id}`.
     pub agent_id: Option<String>,
     /// Generic: claim → selector name.
@@ -85,7 +94,8 @@ impl Patterns {
 #[derive(Debug, Clone)]
 pub struct JwtIssuerConfig {
     pub attestor: JwtAttestor,
-    pub jwks_file: PathBuf,
+    pub keys: KeySource,
+    pub refresh: Duration,
 }
 
 fn invalid(reason: impl std::fmt::Display) -> ConfigError {
@@ -167,32 +177,35 @@ pub fn parse_config(f: &FileJwtAttestor) -> Result<JwtIssuerConfig, ConfigError>
             .map_err(|e| invalid(format!("require.{claim}: {e}")))?;
         policy = policy.require(r);
     }
+    let attestor = base.with_policy(policy);
+    let (keys, refresh) = key_source(
+        KEY,
+        KeySettings {
+            issuer: attestor.policy().issuer(),
+            jwks_file: f.jwks_file.as_deref(),
+            discovery_url: f.discovery_url.as_deref(),
+            ca_file: f.ca_file.as_deref(),
+            refresh_interval: f.jwks_refresh_interval.as_deref(),
+        },
+    )?;
     Ok(JwtIssuerConfig {
-        attestor: base.with_policy(policy),
-        jwks_file: f.jwks_file.clone(),
+        attestor,
+        keys,
+        refresh,
     })
 }
 
 /// Read and parse a JWKS file.
 pub fn read_jwks(path: &Path) -> Result<Jwks, ServerError> {
     let bytes = std::fs::read(path).map_err(|e| ServerError::io("cannot read", path, e))?;
-    Jwks::parse(&bytes).map_err(|e| ServerError::bad_file("jwt_attestor.jwks_file", path, e))
+    Jwks::parse(&bytes).map_err(|e| ServerError::bad_file("jwks_file", path, e))
 }
 
-/// One configured issuer with its current keys.
+/// One configured issuer with its keys.
 #[derive(Debug)]
 struct Issuer {
     attestor: JwtAttestor,
-    jwks_file: PathBuf,
-    keys: Mutex<(Arc<Jwks>, JwksRefreshGate)>,
-}
-
-impl Issuer {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, (Arc<Jwks>, JwksRefreshGate)>, AttestError> {
-        self.keys
-            .lock()
-            .map_err(|_| AttestError::Internal("jwt key cache lock poisoned".into()))
-    }
+    keys: Arc<IssuerKeys>,
 }
 
 /// The refusal of a verifier, as the agent and the evidence log see it.
@@ -214,15 +227,15 @@ pub struct JwtNodeAttestor {
 }
 
 impl JwtNodeAttestor {
-    /// Load every issuer's JWKS (a file that cannot be read stops the server: it
-    /// names the file).
+    /// Load every issuer's keys (a file that cannot be read stops the server: it
+    /// names the file; fetched keys are loaded in the background and refreshed on
+    /// a schedule, so this must run inside the server's runtime).
     pub fn new(
         configs: &[JwtIssuerConfig],
         store: AnyStore,
         clock: Arc<dyn Clock>,
         trust_domain: TrustDomain,
     ) -> Result<Self, ServerError> {
-        let now = clock.unix_seconds();
         let mut issuers: Vec<Issuer> = Vec::new();
         for c in configs {
             let iss = c.attestor.policy().issuer();
@@ -231,13 +244,11 @@ impl JwtNodeAttestor {
                     "two [[jwt_attestor]] tables name the issuer {iss}; merge them into one"
                 ))));
             }
-            let jwks = read_jwks(&c.jwks_file)?;
-            let mut gate = JwksRefreshGate::new(DEFAULT_REFRESH_INTERVAL);
-            gate.record_refresh(now);
+            let keys = Arc::new(IssuerKeys::new(c.keys.clone(), clock.clone())?);
+            IssuerKeys::spawn_refresh(&keys, c.refresh);
             issuers.push(Issuer {
                 attestor: c.attestor.clone(),
-                jwks_file: c.jwks_file.clone(),
-                keys: Mutex::new((Arc::new(jwks), gate)),
+                keys,
             });
         }
         Ok(Self {
@@ -248,32 +259,8 @@ impl JwtNodeAttestor {
         })
     }
 
-    fn keys(&self, issuer: &Issuer) -> Result<Arc<Jwks>, AttestError> {
-        Ok(issuer.lock()?.0.clone())
-    }
-
-    /// Re-read the JWKS file if the gate allows; whether new keys were loaded.
-    fn refresh(&self, issuer: &Issuer, kid: Option<&str>) -> Result<bool, AttestError> {
-        let now = self.clock.unix_seconds();
-        let mut guard = issuer.lock()?;
-        if guard.1.allow_refresh(kid, now).is_err() {
-            return Ok(false);
-        }
-        match read_jwks(&issuer.jwks_file) {
-            Ok(jwks) => {
-                guard.0 = Arc::new(jwks);
-                Ok(true)
-            }
-            Err(e) => {
-                // Keep the last good keys.
-                tracing::warn!(error = %e, "jwt attestor: JWKS refresh failed; keeping the last keys");
-                Ok(false)
-            }
-        }
-    }
-
     /// Verify `token` with its issuer's keys (refreshing them once on an unknown key).
-    fn verify(&self, token: &str) -> Result<JwtAttestation, AttestError> {
+    async fn verify(&self, token: &str) -> Result<JwtAttestation, AttestError> {
         let parsed =
             UnverifiedToken::parse(token).map_err(|e| refusal(&JwtAttestError::from(e)))?;
         let iss = parsed.issuer().unwrap_or_default();
@@ -301,12 +288,25 @@ impl JwtNodeAttestor {
                 .attestor
                 .attest(token, jwks, &self.trust_domain, self.clock.as_ref())
         };
-        match attest(self.keys(issuer)?.as_ref()) {
+        match attest(issuer.keys.current()?.as_ref()) {
             Err(e)
                 if e.wants_jwks_refresh()
-                    && self.refresh(issuer, parsed.header().kid.as_deref())? =>
+                    && issuer
+                        .keys
+                        .refresh_for_unknown_kid(parsed.header().kid.as_deref())
+                        .await? =>
             {
-                attest(self.keys(issuer)?.as_ref()).map_err(|e| refusal(&e))
+                attest(issuer.keys.current()?.as_ref()).map_err(|e| refusal(&e))
+            }
+            Err(e) if e.wants_jwks_refresh() && issuer.keys.unavailable().is_some() => {
+                Err(AttestError::Evidence {
+                    code: "keys_unavailable",
+                    message: format!(
+                        "jwt attestation refused: {}",
+                        issuer.keys.unavailable().unwrap_or_default()
+                    ),
+                    malformed: false,
+                })
             }
             other => other.map_err(|e| refusal(&e)),
         }
@@ -335,7 +335,7 @@ impl NodeAttestor for JwtNodeAttestor {
                 "{method} evidence given to the jwt attestor"
             )));
         }
-        let admitted = self.verify(&token)?;
+        let admitted = self.verify(&token).await?;
         for s in &admitted.skipped {
             tracing::info!(skipped = ?s, "jwt attestation: a claim did not become a selector");
         }
@@ -366,6 +366,7 @@ impl NodeAttestor for JwtNodeAttestor {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{Key, NoChallenges};
     use super::*;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -374,31 +375,6 @@ mod tests {
 
     const ISS: &str = "https://token.actions.githubusercontent.com";
     const NOW: i64 = 1_800_000_000;
-
-    struct Key {
-        kid: String,
-        pair: rcgen::KeyPair,
-    }
-
-    impl Key {
-        fn new(kid: &str) -> Self {
-            Self {
-                kid: kid.to_string(),
-                pair: rcgen::KeyPair::generate().unwrap(),
-            }
-        }
-        fn jwk(&self) -> Value {
-            let raw = self.pair.public_key_raw();
-            json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
-                "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])})
-        }
-        fn sign(&self, claims: &Value) -> String {
-            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-            h.kid = Some(self.kid.clone());
-            let k = jsonwebtoken::EncodingKey::from_ec_der(&self.pair.serialize_der());
-            jsonwebtoken::encode(&h, claims, &k).unwrap()
-        }
-    }
 
     /// The claims GitHub documents for an Actions ID token.
     fn github_claims(jti: &str, aud: &str) -> Value {
@@ -415,18 +391,13 @@ mod tests {
         })
     }
 
-    fn write_jwks(dir: &Path, keys: &[&Key]) -> PathBuf {
-        let path = dir.join("jwks.json");
-        let doc = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
-        std::fs::write(&path, doc.to_string()).unwrap();
-        path
-    }
+    use super::super::testutil::write_jwks;
 
     fn file(jwks_file: PathBuf) -> FileJwtAttestor {
         FileJwtAttestor {
             preset: Some("github_actions".into()),
             audience: "lanyard-server".into(),
-            jwks_file,
+            jwks_file: Some(jwks_file),
             require: [("repository_owner".to_string(), Patterns::One("acme".into()))]
                 .into_iter()
                 .collect(),
@@ -445,14 +416,6 @@ mod tests {
             TrustDomain::new("example.org").unwrap(),
         )
         .unwrap()
-    }
-
-    struct NoChallenges;
-    #[tonic::async_trait]
-    impl Challenger for NoChallenges {
-        async fn challenge(&mut self, _: Vec<u8>, _: String) -> Result<Vec<u8>, AttestError> {
-            panic!("jwt attestation sends no challenge")
-        }
     }
 
     async fn run(a: &JwtNodeAttestor, token: String) -> Result<AttestedNode, AttestError> {
@@ -566,7 +529,10 @@ mod tests {
         let t1 = new.sign(&github_claims("j3", "lanyard-server"));
         // Just after start-up the gate holds: no refresh yet.
         assert_eq!(code(run(&a, t1.clone()).await).0, "unknown_key");
-        clock.advance(DEFAULT_REFRESH_INTERVAL + std::time::Duration::from_secs(1));
+        clock.advance(
+            lanyard_nodeattest::discovery::DEFAULT_REFRESH_INTERVAL
+                + std::time::Duration::from_secs(1),
+        );
         run(&a, t1).await.unwrap();
     }
 

@@ -5,11 +5,19 @@
 //! ([`NodeAttestors`]), and admits the node with what it returns; a method the
 //! server is not configured for is refused with how to enable it.
 //!
-//! Methods: [`join_token`] (single-use token, consumed durably) and [`x509pop`]
-//! (a certificate from a configured CA plus a signed challenge).
+//! Methods: [`join_token`] (single-use token, consumed durably), [`x509pop`] (a
+//! certificate from a configured CA plus a signed challenge), and, without any
+//! distributed secret, [`jwt`] (CI jobs' and clouds' OIDC tokens), [`k8s_psat`]
+//! (Kubernetes projected service-account tokens) and [`aws_iid`] (EC2 instance
+//! identity documents). [`keys`] fetches and caches token issuers' keys.
 
+pub mod aws_iid;
 pub mod join_token;
 pub mod jwt;
+pub mod k8s_psat;
+pub mod keys;
+#[cfg(test)]
+mod testutil;
 pub mod x509pop;
 
 use std::collections::BTreeMap;
@@ -33,6 +41,10 @@ pub enum NodeEvidence {
         cluster: String,
         token: String,
     },
+    /// An EC2 instance identity document with its signatures (JSON).
+    AwsIid {
+        payload: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for NodeEvidence {
@@ -50,6 +62,10 @@ impl std::fmt::Debug for NodeEvidence {
                 .field("method", method)
                 .field("cluster", cluster)
                 .finish_non_exhaustive(),
+            Self::AwsIid { payload } => f
+                .debug_struct("AwsIid")
+                .field("payload_bytes", &payload.len())
+                .finish(),
         }
     }
 }
@@ -61,6 +77,7 @@ impl NodeEvidence {
             Self::JoinToken { .. } => join_token::NAME,
             Self::X509Pop { .. } => x509pop::NAME,
             Self::Token { method, .. } => method,
+            Self::AwsIid { .. } => aws_iid::NAME,
         }
     }
 }
