@@ -43,6 +43,15 @@ pub struct EntryFacts {
     pub admin: bool,
     pub downstream: bool,
     pub has_expiry: bool,
+    /// What every agent that may serve the entry is known to have proved: for an
+    /// entry parented to an attested agent, that node's selectors; for one
+    /// parented to a node alias, the selectors all of the alias's definitions
+    /// share (an agent matching any definition serves it); else none.
+    pub parent_selectors: Vec<String>,
+    /// The attestation methods behind `parent_selectors` (`github`, `k8s_psat`,
+    /// `aws_iid`, `join_token`, …: the agent's attestation type and the selectors'
+    /// types).
+    pub parent_attestors: Vec<String>,
 }
 
 /// An exception as policy sees it.
@@ -267,6 +276,8 @@ impl CompiledPolicies {
                 "admin": e.admin,
                 "downstream": e.downstream,
                 "has_expiry": e.has_expiry,
+                "parent_selectors": e.parent_selectors,
+                "parent_attestors": e.parent_attestors,
             },
             "parents": []
         });

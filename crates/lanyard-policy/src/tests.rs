@@ -16,6 +16,8 @@ fn entry(id: &str, selectors: &[&str]) -> EntryFacts {
         admin: false,
         downstream: false,
         has_expiry: false,
+        parent_selectors: Vec::new(),
+        parent_attestors: Vec::new(),
     }
 }
 
@@ -421,4 +423,62 @@ when { principal.path like "/team-a/*" && resource.subject_path like "/team-a/*"
         subject: String::new(),
     };
     assert!(!p.evaluate_admin(&team, &unknown).unwrap().allowed);
+}
+
+#[test]
+fn the_ci_fleet_example_gives_prod_identities_only_to_protected_prod_jobs() {
+    let text = include_str!("../../../examples/policies/ci-fleets.cedar");
+    let p = CompiledPolicies::compile(PolicyKind::Registration, text).unwrap();
+    let with_parent = |id: &str, env: &str, parent: &[&str]| {
+        let mut e = entry(id, &["unix:uid:1001"]);
+        e.environment = env.into();
+        e.parent_id = "spiffe://example.org/nodes/ci/api-deploy".into();
+        e.parent_selectors = parent.iter().map(|s| s.to_string()).collect();
+        e.parent_attestors = vec!["github".into()];
+        local(RegistrationAction::Create, e)
+    };
+    let prod_job = [
+        "github:environment:prod",
+        "github:ref_protected:true",
+        "github:repository:acme/api",
+    ];
+    let decide = |r: &RegistrationRequest| p.evaluate_registration(r).unwrap();
+    assert!(
+        decide(&with_parent(
+            "spiffe://example.org/prod/deploy",
+            "prod",
+            &prod_job
+        ))
+        .allowed
+    );
+    for parent in [
+        &["github:environment:prod", "github:repository:acme/api"][..],
+        &["github:ref_protected:true", "github:environment:staging"][..],
+        &[][..],
+    ] {
+        let d = decide(&with_parent(
+            "spiffe://example.org/prod/deploy",
+            "prod",
+            parent,
+        ));
+        assert!(!d.allowed, "{parent:?}");
+        assert_eq!(
+            d.policy_ids,
+            ["prod-only-for-protected-prod-jobs"],
+            "{parent:?}"
+        );
+    }
+    // A staging identity needs no prod job; a CI identity needs a GitHub parent.
+    assert!(
+        decide(&with_parent(
+            "spiffe://example.org/staging/deploy",
+            "staging",
+            &[]
+        ))
+        .allowed
+    );
+    let mut ci = with_parent("spiffe://example.org/ci/api/deploy", "dev", &[]);
+    assert!(decide(&ci).allowed);
+    ci.entry.parent_attestors = vec!["join_token".into()];
+    assert!(!decide(&ci).allowed);
 }

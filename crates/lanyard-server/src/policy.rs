@@ -201,7 +201,57 @@ pub fn entry_facts(shared: &Shared, spec: &EntrySpec) -> EntryFacts {
         admin: spec.admin,
         downstream: spec.downstream,
         has_expiry: spec.expires_at.is_some(),
+        parent_selectors: Vec::new(),
+        parent_attestors: Vec::new(),
     }
+}
+
+/// What every agent that may serve an entry parented to `parent` has proved:
+/// (selectors, attestation methods). An attested node: its selectors and type. A
+/// node alias (entries of that ID parented to the server): the selectors all its
+/// definitions share. Anything else: nothing.
+pub async fn parent_facts(
+    shared: &Shared,
+    parent: &SpiffeId,
+) -> Result<(Vec<String>, Vec<String>), Status> {
+    let internal = |e: lanyard_store::StoreError| Status::internal(format!("datastore: {e}"));
+    let (selectors, mut attestors): (Vec<String>, Vec<String>) =
+        if let Some(node) = shared.store.get_node(parent).await.map_err(internal)? {
+            (
+                node.selectors.iter().map(ToString::to_string).collect(),
+                vec![node.attestation_type.clone()],
+            )
+        } else {
+            let aliases: Vec<Vec<String>> = shared
+                .store
+                .list_entries_by_parent(&shared.server_id)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .filter(|e| &e.spec.spiffe_id == parent && !e.spec.selectors.is_empty())
+                .map(|e| e.spec.selectors.iter().map(ToString::to_string).collect())
+                .collect();
+            let shared_by_all = aliases
+                .split_first()
+                .map(|(first, rest)| {
+                    first
+                        .iter()
+                        .filter(|s| rest.iter().all(|other| other.contains(s)))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            (shared_by_all, Vec::new())
+        };
+    for s in &selectors {
+        if let Some((kind, _)) = s.split_once(':')
+            && !attestors.iter().any(|a| a == kind)
+        {
+            attestors.push(kind.to_string());
+        }
+    }
+    attestors.sort();
+    Ok((selectors, attestors))
 }
 
 /// Record a refusal and turn it into the caller's error.
@@ -242,10 +292,13 @@ pub async fn check_entry(
     spec: &EntrySpec,
 ) -> Result<Vec<String>, Status> {
     let (_, p) = active(&shared.store, &shared.policies, PolicyKind::Registration).await?;
+    let mut entry = entry_facts(shared, spec);
+    (entry.parent_selectors, entry.parent_attestors) =
+        parent_facts(shared, &spec.parent_id).await?;
     let req = RegistrationRequest {
         caller: caller.to_policy(),
         action,
-        entry: entry_facts(shared, spec),
+        entry,
     };
     let d = p
         .evaluate_registration(&req)

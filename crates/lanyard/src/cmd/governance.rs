@@ -141,6 +141,11 @@ struct SampleEntry {
     downstream: bool,
     #[serde(default)]
     has_expiry: bool,
+    /// What the parent agent (or node alias) proved, e.g. github:environment:prod.
+    #[serde(default)]
+    parent_selectors: Vec<String>,
+    #[serde(default)]
+    parent_attestors: Vec<String>,
 }
 
 fn default_x509() -> u64 {
@@ -235,6 +240,8 @@ pub async fn policy_test(
                 admin: e.admin,
                 downstream: e.downstream,
                 has_expiry: e.has_expiry,
+                parent_selectors: e.parent_selectors,
+                parent_attestors: e.parent_attestors,
             },
         })
         .map_err(|e| e.to_string())?;
