@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod h2shim;
 pub mod lifecycle;
 pub mod node_attest;
+pub mod oneshot;
 pub mod state;
 pub mod sync;
 pub mod sync_update;
@@ -39,6 +40,9 @@ pub struct RunningAgent {
     /// The AuthZEN listener, when `authz_bind` is set.
     pub authz_addr: Option<SocketAddr>,
     pub state: Arc<state::AgentState>,
+    /// The Workload API service the socket serves (one-shot mode calls it
+    /// in-process for its own process).
+    pub workload: workload::WorkloadService,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), AgentError>>,
 }
@@ -182,6 +186,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
             }
         }
     });
+    let workload = svc.clone();
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
@@ -200,6 +205,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         socket_path: path,
         authz_addr,
         state,
+        workload,
         shutdown,
         tasks,
     })

@@ -81,12 +81,34 @@ struct Inner {
     tainted: std::collections::HashSet<String>,
 }
 
+/// How the agent's sessions with the server are going, for callers that wait on
+/// them (one-shot mode waits until the first entry-stream update is applied).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The agent's SPIFFE ID, once it holds an agent SVID.
+    pub agent_id: Option<SpiffeId>,
+    /// Entry-stream updates applied (and their SVIDs minted) since the agent started.
+    pub updates: u64,
+    /// How the last failed session failed.
+    pub last_failure: Option<SessionFailure>,
+}
+
+/// A session's failure as the server (or the agent itself) reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFailure {
+    pub code: tonic::Code,
+    pub message: String,
+    /// Whether it failed during node attestation.
+    pub attesting: bool,
+}
+
 /// Shared agent state.
 #[derive(Debug)]
 pub struct AgentState {
     pub trust_domain: TrustDomain,
     inner: RwLock<Inner>,
     changes: watch::Sender<u64>,
+    progress: watch::Sender<Progress>,
     /// The trust bundles used to verify the server (and to validate JWT-SVIDs).
     pub bundles: Arc<RwLock<BundleSet>>,
     /// Runtime authorization for agent-local decisions, as the server syncs it.
@@ -104,6 +126,7 @@ impl AgentState {
                 ..Inner::default()
             }),
             changes,
+            progress: watch::channel(Progress::default()).0,
             bundles: Arc::new(RwLock::new(set)),
             authz: crate::authz::SyncedAuthz::default(),
         }
@@ -111,6 +134,29 @@ impl AgentState {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// How the sessions are going (see [`Progress`]).
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    pub(crate) fn note_agent_id(&self, id: &SpiffeId) {
+        self.progress.send_if_modified(|p| {
+            let changed = p.agent_id.as_ref() != Some(id);
+            p.agent_id = Some(id.clone());
+            changed
+        });
+    }
+
+    pub(crate) fn note_update(&self) {
+        self.progress
+            .send_modify(|p| p.updates = p.updates.saturating_add(1));
+    }
+
+    pub(crate) fn note_failure(&self, failure: SessionFailure) {
+        self.progress
+            .send_modify(|p| p.last_failure = Some(failure));
     }
 
     fn notify(&self) {

@@ -30,7 +30,7 @@ use crate::lifecycle::{
     holdings_changed, rotation_point,
 };
 use crate::node_attest::evidence_source;
-use crate::state::{AgentState, CachedSvid};
+use crate::state::{AgentState, CachedSvid, SessionFailure};
 use lanyard_fs::{FsError, write_private};
 
 /// The server's unary calls a session makes: implemented by the gRPC client, and by
@@ -169,6 +169,19 @@ async fn attest(
     cfg: &AgentConfig,
     state: &AgentState,
 ) -> Result<(AgentSvid, Bundle), tonic::Status> {
+    // The evidence first: a missing token or an unreachable metadata service is
+    // reported as such, whether or not the server is reachable.
+    let (key_pkcs8, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let Some(source) = evidence_source(&cfg.bootstrap) else {
+        return Err(tonic::Status::failed_precondition(
+            "no stored agent SVID and no way to attest: give one of --join-token, --x509pop-cert/--x509pop-key, --jwt-token-file, --jwt-token-env, --jwt-from github-actions, --k8s-psat-cluster or --aws-iid (or the same keys in the config file)",
+        ));
+    };
+    let first = source
+        .first_step(csr)
+        .await
+        .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
     let channel = if cfg.insecure_bootstrap && state.bundle().is_none() {
         tracing::warn!(
             "insecure bootstrap: the server's certificate is NOT verified for this first contact"
@@ -185,17 +198,6 @@ async fn attest(
     }
     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = NodeClient::new(channel);
-    let (key_pkcs8, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let Some(source) = evidence_source(&cfg.bootstrap) else {
-        return Err(tonic::Status::failed_precondition(
-            "no stored agent SVID and no way to attest: give one of --join-token, --x509pop-cert/--x509pop-key, --jwt-token-file, --jwt-token-env, --jwt-from github-actions, --k8s-psat-cluster or --aws-iid (or the same keys in the config file)",
-        ));
-    };
-    let first = source
-        .first_step(csr)
-        .await
-        .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
     let _ = tx.send(pb::AttestRequest { step: Some(first) }).await;
     let mut stream = client
         .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -340,7 +342,14 @@ pub async fn run(
                 renewed = Some(*identity);
                 (SessionEnd::Renewed, None)
             }
-            Err(e) => (SessionEnd::from_status(&e), Some(e)),
+            Err(e) => {
+                state.note_failure(SessionFailure {
+                    code: e.code(),
+                    message: e.message().to_string(),
+                    attesting: life.phase() == Phase::Attesting,
+                });
+                (SessionEnd::from_status(&e), Some(e))
+            }
         };
         node.set(None).await;
         life = life.on(Event::Ended(end));
@@ -420,6 +429,7 @@ async fn session(
         }
     };
     *life = life.on(Event::Identified);
+    state.note_agent_id(&identity.spiffe_id);
     let resolver = Arc::new(SvidResolver::new(
         certified_key(&identity.chain, &identity.key_pkcs8).map_err(internal)?,
     ));
@@ -498,7 +508,9 @@ impl<A: NodeApi> Session<'_, A> {
         {
             let _ = write_private(&bundle_file(self.data_dir), doc.as_bytes());
         }
-        reconcile(&mut self.api, self.state, self.clock).await
+        let minted = reconcile(&mut self.api, self.state, self.clock).await;
+        self.state.note_update();
+        minted
     }
 
     /// One tick: mint and rotate SVIDs, renew the agent SVID when

@@ -69,6 +69,15 @@ impl WorkloadService {
         self
     }
 
+    /// The selectors the workload attestors find for `peer` (one-shot mode names
+    /// them when no entry matches).
+    pub async fn selectors(
+        &self,
+        peer: &PeerCredentials,
+    ) -> Result<Vec<Selector>, crate::attestor::AttestError> {
+        self.attestors.attest(peer).await
+    }
+
     /// Header check and attestation: the caller's selectors and who it is.
     async fn caller<T>(&self, req: &Request<T>) -> Result<(Vec<Selector>, Recipient), Status> {
         match req.metadata().get("workload.spiffe.io") {

@@ -134,7 +134,7 @@ enum Command {
         #[command(subcommand)]
         command: Option<AgentCommand>,
         #[command(flatten)]
-        run: cmd::agent::AgentArgs,
+        run: Box<cmd::agent::AgentArgs>,
     },
     /// Server and agent in one process with an entry for your uid: try Lanyard now.
     Dev {
@@ -732,7 +732,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
         }),
-        Command::Agent { command: None, run } => runtime()?.block_on(cmd::agent::run(run)),
+        Command::Agent { command: None, run } => runtime()?.block_on(cmd::agent::run(*run)),
         Command::Dev {
             dir,
             trust_domain,

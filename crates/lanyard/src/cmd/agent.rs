@@ -74,31 +74,128 @@ pub struct AgentArgs {
     /// (plain HTTP; e.g. 127.0.0.1:8181).
     #[arg(long)]
     pub authz_bind: Option<String>,
+    /// One-shot mode for CI jobs: attest, fetch the SVIDs of the entries that match
+    /// the job, then --write them to a directory or run `-- CMD…` with a Workload API
+    /// socket; the agent's identity and keys live in a temporary directory removed
+    /// at exit (unless --data-dir is given).
+    #[arg(long)]
+    pub oneshot: bool,
+    /// One-shot: write svid.pem, svid.key (0600), bundle.pem and the JWT-SVIDs to DIR
+    /// and exit.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "oneshot",
+        conflicts_with = "command"
+    )]
+    pub write: Option<PathBuf>,
+    /// One-shot with --write: also write a JWT-SVID for this audience (repeatable;
+    /// the n-th, from 0, goes to jwt_svid.<n>.token).
+    #[arg(long = "jwt-audience", value_name = "AUD", requires = "write")]
+    pub jwt_audiences: Vec<String>,
+    /// One-shot: how long to wait for attestation, the entries and the SVIDs, e.g.
+    /// 30s, 2m, 90 (seconds).
+    #[arg(long, value_name = "DURATION", requires = "oneshot", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// One-shot: the command to run with SPIFFE_ENDPOINT_SOCKET set (after `--`).
+    #[arg(last = true, value_name = "CMD", requires = "oneshot")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `30`, `30s`, `2m` or `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s, 2m or 90"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: use s, m or h (e.g. 30s, 2m)")),
+    };
+    if secs == 0 {
+        return Err("the timeout must be at least 1s".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn overrides(a: &AgentArgs) -> Overrides {
+    Overrides {
+        config: a.config.clone(),
+        trust_domain: a.trust_domain.clone(),
+        server_address: a.server_address.clone(),
+        data_dir: a.data_dir.clone(),
+        socket_path: a.socket_path.clone(),
+        join_token: a.join_token.clone(),
+        trust_bundle: a.trust_bundle.clone(),
+        insecure_bootstrap: a.insecure_bootstrap,
+        x509pop_cert: a.x509pop_cert.clone(),
+        x509pop_key: a.x509pop_key.clone(),
+        jwt_token_file: a.jwt_token_file.clone(),
+        jwt_token_env: a.jwt_token_env.clone(),
+        jwt_token_source: a.jwt_token_source.clone(),
+        jwt_audience: a.jwt_audience.clone(),
+        k8s_psat_cluster: a.k8s_psat_cluster.clone(),
+        k8s_psat_token_file: a.k8s_psat_token_file.clone(),
+        aws_iid: a.aws_iid,
+        aws_imds_url: a.aws_imds_url.clone(),
+        authz_bind: a.authz_bind.clone(),
+    }
+}
+
+/// `lanyard agent --oneshot`: see [`lanyard_agent::oneshot`].
+async fn oneshot(a: AgentArgs) -> Result<ExitCode, String> {
+    use lanyard_agent::oneshot::{self as os, Action};
+    let action = match (&a.write, a.command.is_empty()) {
+        (Some(dir), true) => Action::Write {
+            dir: dir.clone(),
+            jwt_audiences: a.jwt_audiences.clone(),
+        },
+        (None, false) => Action::Run {
+            command: a.command.clone(),
+        },
+        _ => {
+            return Err(
+                "--oneshot needs --write DIR (write the SVIDs and exit) or `-- CMD ARGS…` (run CMD with a Workload API socket)".into(),
+            );
+        }
+    };
+    if a.socket_path.is_some() {
+        return Err(
+            "--socket-path is not used with --oneshot: the socket is made in a private temporary directory and passed to the command as SPIFFE_ENDPOINT_SOCKET".into(),
+        );
+    }
+    // Before anything is on disk, so that an interrupt still cleans up.
+    let interrupts = os::Interrupts::install().map_err(|e| e.to_string())?;
+    let workspace = os::Workspace::new().map_err(|e| e.to_string())?;
+    let mut o = overrides(&a);
+    // Only --data-dir keeps the agent's identity; a config file's data_dir and
+    // socket_path (a long-running agent's) are not used.
+    o.data_dir = Some(a.data_dir.clone().unwrap_or_else(|| workspace.data_dir()));
+    o.socket_path = Some(workspace.socket_path());
+    let cfg = AgentConfig::load(&o).map_err(|e| e.to_string())?;
+    crate::cmd::server::init_tracing(&cfg.log_level);
+    let code = os::run(
+        cfg,
+        action,
+        a.timeout.unwrap_or(os::DEFAULT_TIMEOUT),
+        workspace,
+        interrupts,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(ExitCode::from(code))
 }
 
 pub async fn run(a: AgentArgs) -> Result<ExitCode, String> {
-    let cfg = AgentConfig::load(&Overrides {
-        config: a.config,
-        trust_domain: a.trust_domain,
-        server_address: a.server_address,
-        data_dir: a.data_dir,
-        socket_path: a.socket_path,
-        join_token: a.join_token,
-        trust_bundle: a.trust_bundle,
-        insecure_bootstrap: a.insecure_bootstrap,
-        x509pop_cert: a.x509pop_cert,
-        x509pop_key: a.x509pop_key,
-        jwt_token_file: a.jwt_token_file,
-        jwt_token_env: a.jwt_token_env,
-        jwt_token_source: a.jwt_token_source,
-        jwt_audience: a.jwt_audience,
-        k8s_psat_cluster: a.k8s_psat_cluster,
-        k8s_psat_token_file: a.k8s_psat_token_file,
-        aws_iid: a.aws_iid,
-        aws_imds_url: a.aws_imds_url,
-        authz_bind: a.authz_bind,
-    })
-    .map_err(|e| e.to_string())?;
+    if a.oneshot {
+        return oneshot(a).await;
+    }
+    let cfg = AgentConfig::load(&overrides(&a)).map_err(|e| e.to_string())?;
     crate::cmd::server::init_tracing(&cfg.log_level);
     let agent = lanyard_agent::start(cfg).await.map_err(|e| e.to_string())?;
     let authzen = agent
