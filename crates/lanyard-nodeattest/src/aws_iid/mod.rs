@@ -136,7 +136,7 @@ pub enum IidRefusal {
     DocumentMismatch,
     /// The account is not allowed.
     #[error(
-        "AWS account {account} is not allowed to attest (allowed: {}); add it to the aws_iid account allow-list",
+        "AWS account {account} is not allowed to attest (allowed: {}); add it to `accounts` in the server's [aws_iid] table",
         allowed.join(", ")
     )]
     AccountNotAllowed {
@@ -147,7 +147,7 @@ pub enum IidRefusal {
     },
     /// The instance attested before.
     #[error(
-        "instance {agent_id} has already attested and aws_iid allows one attestation per instance (an identity document never expires, so a second one may be a copy); evict the agent first, or enable re-attestation"
+        "instance {agent_id} has already attested and aws_iid allows one attestation per instance (an identity document never expires, so a second one may be a copy); evict the agent first (lanyard agent evict), or set allow_reattestation = true in [aws_iid]"
     )]
     AlreadyAttested {
         /// The agent ID of the instance.

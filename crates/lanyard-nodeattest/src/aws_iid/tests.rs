@@ -320,5 +320,5 @@ fn one_attestation_per_instance() {
     check_first_attestation(&id, true, true).unwrap();
     let e = check_first_attestation(&id, true, false).unwrap_err();
     assert_eq!(e.reason(), "already_attested");
-    assert!(e.to_string().contains("re-attestation"));
+    assert!(e.to_string().contains("allow_reattestation"));
 }

@@ -1,0 +1,554 @@
+//! End-to-end node attestation without static secrets, against loopback
+//! emulators of the platforms (lanyard_testkit's `TestIssuer`: an OIDC issuer over
+//! HTTPS with discovery, JWKS, GitHub/GitLab/Kubernetes claim sets and the
+//! Kubernetes TokenReview API; `TestImds`: EC2's instance metadata service):
+//! the real `lanyard server` fetches keys by OIDC discovery, verifies, refuses with
+//! clear messages, and records every refusal as a `node_attestation_refused` event
+//! naming its reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{ServerProc, TD, node_client, shared_bundles};
+use lanyard_core::{BundleSet, SystemClock, X509Svid};
+use lanyard_proto::node as pb;
+use lanyard_testkit::oidc::{GithubJob, GitlabJob, K8sPod, KeyAlg, Mint, ReviewFailure};
+use lanyard_testkit::{TestImds, TestIssuer};
+use rcgen::{CertificateParams, KeyPair};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+fn csr() -> Vec<u8> {
+    CertificateParams::default()
+        .serialize_request(&KeyPair::generate().unwrap())
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+/// Attest with one first message; the agent SVID or the refusal.
+async fn attest(
+    server: &ServerProc,
+    step: pb::attest_request::Step,
+) -> Result<pb::AgentSvid, tonic::Status> {
+    let mut c = node_client(&server.agent_addr, shared_bundles(server.bundle()), None).await;
+    let req = pb::AttestRequest { step: Some(step) };
+    let mut stream = c.attest(tokio_stream::iter(vec![req])).await?.into_inner();
+    match stream.next().await.expect("one response")?.step {
+        Some(pb::attest_response::Step::Result(svid)) => Ok(svid),
+        other => panic!("unexpected attestation step {other:?}"),
+    }
+}
+
+fn token_step(method: &str, cluster: &str, token: String) -> pb::attest_request::Step {
+    pb::attest_request::Step::Token(pb::TokenAttestation {
+        method: method.into(),
+        cluster: cluster.into(),
+        token,
+        csr: csr(),
+    })
+}
+
+fn verify(chain: &[Vec<u8>], server: &ServerProc) -> X509Svid {
+    let set: BundleSet = [server.bundle()].into_iter().collect();
+    X509Svid::validate(chain.to_vec(), &set, &SystemClock).unwrap()
+}
+
+/// Events of `kind` in the server's evidence log.
+fn events(data: &std::path::Path, kind: &str) -> Vec<Value> {
+    let o = std::process::Command::new(common::bin())
+        .args(["audit", "query", "--data-dir"])
+        .arg(data)
+        .args(["--kind", kind, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice::<Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn refusal_codes(data: &std::path::Path) -> Vec<String> {
+    events(data, "node_attestation_refused")
+        .iter()
+        .map(|e| {
+            let ev = &e["event"];
+            assert!(ev["reason"].as_str().is_some_and(|r| r.len() > 20), "{ev}");
+            format!(
+                "{}:{}",
+                ev["evidence"]["attestation_type"].as_str().unwrap(),
+                ev["evidence"]["refusal"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The refusal's code and message, asserting the message names `hint`.
+fn refused(r: Result<pb::AgentSvid, tonic::Status>, hint: &str) -> tonic::Code {
+    let e = r.expect_err("the attestation must be refused");
+    eprintln!("refused ({:?}): {}", e.code(), e.message());
+    assert!(
+        e.message().contains(hint),
+        "{hint:?} not in the refusal: {}",
+        e.message()
+    );
+    e.code()
+}
+
+fn agent_selectors(server: &ServerProc, id: &str) -> String {
+    let agents = server.json(&["agent", "list"]);
+    agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["spiffe_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {agents}"))["selectors"]
+        .to_string()
+}
+
+/// GitHub Actions and GitLab CI tokens from issuers the server knows only by URL
+/// (keys by OIDC discovery over HTTPS with the issuers' CA): each attests once;
+/// every forgery and mismatch the issue lists is refused with a clear message and
+/// an event naming its reason; made-up key IDs cost the issuer at most one JWKS
+/// fetch per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_job_tokens_attest_through_oidc_discovery_and_every_refusal_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let gh = TestIssuer::start_with_path("/gha");
+    let gl = TestIssuer::start();
+    let stranger = TestIssuer::start();
+    gh.write_ca(dir.path().join("gh-ca.pem"));
+    gl.write_ca(dir.path().join("gl-ca.pem"));
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[jwt_attestor]]
+preset = "github_actions"
+issuer = "{gh}"
+audience = "lanyard-server"
+ca_file = "{gh_ca}"
+require = {{ repository_owner = "acme", ref = ["refs/heads/main", "refs/tags/v*"] }}
+
+[[jwt_attestor]]
+preset = "gitlab_ci"
+issuer = "{gl}"
+audience = "https://lanyard.example"
+ca_file = "{gl_ca}"
+require = {{ project_path = "acme/*" }}
+"#,
+            gh = gh.issuer(),
+            gl = gl.issuer(),
+            gh_ca = dir.path().join("gh-ca.pem").display(),
+            gl_ca = dir.path().join("gl-ca.pem").display(),
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProc::start(&data, None, Some(&config));
+
+    // GitHub: the documented claim set of a push to main in the prod environment.
+    let job = GithubJob {
+        environment: Some("prod".into()),
+        run_id: "4711".into(),
+        ..Default::default()
+    };
+    let token = gh.mint(gh.github_claims(&job));
+    let svid = attest(&server, token_step("jwt", "", token.clone()))
+        .await
+        .unwrap();
+    assert!(
+        svid.spiffe_id.starts_with(&format!(
+            "spiffe://{TD}/lanyard/agent/github/acme/api/4711/"
+        )),
+        "{}",
+        svid.spiffe_id
+    );
+    verify(&svid.cert_chain, &server);
+    let sels = agent_selectors(&server, &svid.spiffe_id);
+    for want in [
+        "github:repository:acme/api",
+        "github:ref:refs/heads/main",
+        "github:environment:prod",
+        "github:ref_protected:true",
+    ] {
+        assert!(sels.contains(want), "{want} not in {sels}");
+    }
+    assert!(gh.fetch_count("/.well-known/openid-configuration") >= 1);
+
+    // GitLab: a pipeline job of acme/api on main.
+    let gl_job = GitlabJob {
+        audience: "https://lanyard.example".into(),
+        ..Default::default()
+    };
+    let svid = attest(
+        &server,
+        token_step("jwt", "", gl.mint(gl.gitlab_claims(&gl_job))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        svid.spiffe_id
+            .starts_with(&format!("spiffe://{TD}/lanyard/agent/gitlab/")),
+        "{}",
+        svid.spiffe_id
+    );
+    let sels = agent_selectors(&server, &svid.spiffe_id);
+    assert!(sels.contains("gitlab:project_path:acme/api"), "{sels}");
+
+    // Every refusal: a clear message to the agent, and an event with its code.
+    use tonic::Code::PermissionDenied;
+    let with = |extra: Value| {
+        let mut j = job.clone();
+        j.extra = extra.as_object().unwrap().clone();
+        gh.github_claims(&j)
+    };
+    let cases: Vec<(String, &str, tonic::Code)> = vec![
+        (token.clone(), "already attested", PermissionDenied),
+        (
+            gh.mint(gh.github_claims(&GithubJob {
+                audience: "someone-else".into(),
+                ..job.clone()
+            })),
+            "lanyard-server",
+            PermissionDenied,
+        ),
+        (
+            gh.mint(gh.github_claims(&GithubJob {
+                now: lanyard_core::Clock::unix_seconds(&SystemClock) - 3600,
+                ..job.clone()
+            })),
+            "expired",
+            PermissionDenied,
+        ),
+        (
+            stranger.mint(stranger.github_claims(&job)),
+            "no jwt attestor on this server trusts the issuer",
+            PermissionDenied,
+        ),
+        (
+            gh.mint_with(gh.github_claims(&job), Mint::alg_none()),
+            "none",
+            PermissionDenied,
+        ),
+        (
+            gh.mint_with(gh.github_claims(&job), Mint::hs256(b"shared-secret")),
+            "HS256",
+            PermissionDenied,
+        ),
+        (
+            gh.mint_with(gh.github_claims(&job), Mint::foreign(KeyAlg::Es256)),
+            "foreign-",
+            PermissionDenied,
+        ),
+        (
+            gh.mint(with(json!({"repository_owner": null}))),
+            "repository_owner",
+            PermissionDenied,
+        ),
+        (
+            gh.mint(with(json!({"ref": "refs/heads/feature-x"}))),
+            "refs/heads/feature-x",
+            PermissionDenied,
+        ),
+    ];
+    for (token, hint, code) in cases {
+        assert_eq!(
+            refused(attest(&server, token_step("jwt", "", token)).await, hint),
+            code
+        );
+    }
+    let codes = refusal_codes(&data);
+    assert_eq!(
+        codes,
+        [
+            "jwt:replayed",
+            "jwt:wrong_audience",
+            "jwt:expired",
+            "jwt:unknown_issuer",
+            "jwt:unsupported_algorithm",
+            "jwt:unsupported_algorithm",
+            "jwt:unknown_key",
+            "jwt:missing_claim",
+            "jwt:claim_mismatch",
+        ],
+        "{codes:?}"
+    );
+
+    // A flood of made-up key IDs: at most one JWKS fetch in the refresh interval.
+    let before = gh.fetch_count("/jwks");
+    for _ in 0..5 {
+        let t = gh.mint_with(gh.github_claims(&job), Mint::foreign(KeyAlg::Rs256));
+        let _ = attest(&server, token_step("jwt", "", t)).await.unwrap_err();
+    }
+    assert!(
+        gh.fetch_count("/jwks") <= before + 1,
+        "{} JWKS fetches for 5 unknown key IDs",
+        gh.fetch_count("/jwks") - before
+    );
+}
+
+fn pod(node_uid: &str) -> K8sPod {
+    K8sPod {
+        namespace: "lanyard".into(),
+        service_account: "lanyard-agent".into(),
+        node_name: Some("node-1".into()),
+        node_uid: Some(node_uid.into()),
+        ..Default::default()
+    }
+}
+
+/// Kubernetes projected service-account tokens: cluster `prod` checked by a
+/// TokenReview against its API server, cluster `edge` offline with keys by OIDC
+/// discovery. SPIRE's selectors, the node-UID agent ID, and refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projected_service_account_tokens_attest_by_token_review_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let prod = TestIssuer::start();
+    let edge = TestIssuer::start_with(lanyard_testkit::oidc::IssuerOptions {
+        alg: KeyAlg::Es256,
+        ..Default::default()
+    });
+    prod.write_ca(dir.path().join("prod-ca.pem"));
+    edge.write_ca(dir.path().join("edge-ca.pem"));
+    std::fs::write(dir.path().join("reviewer.token"), prod.reviewer_token()).unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[k8s_psat]]
+cluster = "prod"
+service_accounts = ["lanyard:lanyard-agent"]
+issuer = "{prod}"
+kube_api_url = "{prod}"
+kube_ca_file = "{prod_ca}"
+kube_token_file = "{reviewer}"
+
+[[k8s_psat]]
+cluster = "edge"
+service_accounts = ["lanyard:lanyard-agent"]
+issuer = "{edge}"
+ca_file = "{edge_ca}"
+"#,
+            prod = prod.issuer(),
+            edge = edge.issuer(),
+            prod_ca = dir.path().join("prod-ca.pem").display(),
+            edge_ca = dir.path().join("edge-ca.pem").display(),
+            reviewer = dir.path().join("reviewer.token").display(),
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProc::start(&data, None, Some(&config));
+
+    let token = prod.mint(prod.k8s_claims(&pod("node-uid-1")));
+    let svid = attest(&server, token_step("k8s_psat", "prod", token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        svid.spiffe_id,
+        format!("spiffe://{TD}/lanyard/agent/k8s_psat/prod/node-uid-1")
+    );
+    verify(&svid.cert_chain, &server);
+    let sels = agent_selectors(&server, &svid.spiffe_id);
+    for want in [
+        "k8s_psat:cluster:prod",
+        "k8s_psat:agent_ns:lanyard",
+        "k8s_psat:agent_sa:lanyard-agent",
+        "k8s_psat:agent_node_name:node-1",
+        "k8s_psat:agent_node_uid:node-uid-1",
+        "k8s_psat:agent_pod_name:",
+        "k8s_psat:agent_pod_uid:",
+    ] {
+        assert!(sels.contains(want), "{want} not in {sels}");
+    }
+    assert!(prod.fetch_count("/apis/authentication.k8s.io/v1/tokenreviews") >= 1);
+
+    let svid = attest(
+        &server,
+        token_step(
+            "k8s_psat",
+            "edge",
+            edge.mint(edge.k8s_claims(&pod("node-uid-2"))),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        svid.spiffe_id,
+        format!("spiffe://{TD}/lanyard/agent/k8s_psat/edge/node-uid-2")
+    );
+
+    // Refusals.
+    let other_sa = K8sPod {
+        service_account: "default".into(),
+        ..pod("node-uid-3")
+    };
+    assert_eq!(
+        refused(
+            attest(&server, token_step("k8s_psat", "prod", token)).await,
+            "already attested"
+        ),
+        tonic::Code::PermissionDenied
+    );
+    refused(
+        attest(
+            &server,
+            token_step("k8s_psat", "prod", prod.mint(prod.k8s_claims(&other_sa))),
+        )
+        .await,
+        "lanyard:default",
+    );
+    refused(
+        attest(
+            &server,
+            token_step(
+                "k8s_psat",
+                "staging",
+                prod.mint(prod.k8s_claims(&pod("n4"))),
+            ),
+        )
+        .await,
+        "no [[k8s_psat]] cluster \"staging\"",
+    );
+    // A token of another cluster's issuer: the API server does not authenticate it.
+    refused(
+        attest(
+            &server,
+            token_step("k8s_psat", "prod", edge.mint(edge.k8s_claims(&pod("n5")))),
+        )
+        .await,
+        "did not authenticate",
+    );
+    prod.set_review_failure(Some(ReviewFailure::Forbidden));
+    refused(
+        attest(
+            &server,
+            token_step("k8s_psat", "prod", prod.mint(prod.k8s_claims(&pod("n6")))),
+        )
+        .await,
+        "system:auth-delegator",
+    );
+    prod.set_review_failure(None);
+    // Offline: a token signed by a key the edge issuer never published.
+    refused(
+        attest(
+            &server,
+            token_step(
+                "k8s_psat",
+                "edge",
+                edge.mint_with(edge.k8s_claims(&pod("n7")), Mint::foreign(KeyAlg::Es256)),
+            ),
+        )
+        .await,
+        "foreign-",
+    );
+    let codes = refusal_codes(&data);
+    assert_eq!(
+        codes,
+        [
+            "k8s_psat:replayed",
+            "k8s_psat:service_account_not_allowed",
+            "k8s_psat:unknown_cluster",
+            "k8s_psat:token_review_not_authenticated",
+            "k8s_psat:token_review_failed",
+            "k8s_psat:unknown_key",
+        ],
+        "{codes:?}"
+    );
+}
+
+/// An EC2 instance identity document in AWS's format, signed by a test key whose
+/// certificate the server is configured with, attests the instance once; a
+/// tampered document and another account are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_identity_document_attests_an_instance_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = TestImds::start();
+    imds.write_certificate(dir.path().join("aws-us-east-1.pem"));
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[aws_iid]\naccounts = [\"123456789012\"]\n[[aws_iid.certificate]]\nregion = \"us-east-1\"\nfile = \"{}\"\n",
+            dir.path().join("aws-us-east-1.pem").display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProc::start(&data, None, Some(&config));
+    let step = |payload: Value| {
+        pb::attest_request::Step::AwsIid(pb::AwsIidAttestation {
+            payload: payload.to_string().into_bytes(),
+            csr: csr(),
+        })
+    };
+    let doc = imds.document();
+    let svid = attest(
+        &server,
+        step(json!({"document": doc, "rsa2048": imds.rsa2048()})),
+    )
+    .await
+    .unwrap();
+    let id =
+        format!("spiffe://{TD}/lanyard/agent/aws_iid/123456789012/us-east-1/i-0123456789abcdef0");
+    assert_eq!(svid.spiffe_id, id);
+    verify(&svid.cert_chain, &server);
+    let sels = agent_selectors(&server, &id);
+    for want in [
+        "aws_iid:account:123456789012",
+        "aws_iid:region:us-east-1",
+        "aws_iid:instance:id:i-0123456789abcdef0",
+        "aws_iid:image:id:ami-0abcdef1234567890",
+        "aws_iid:instance:type:t3.micro",
+    ] {
+        assert!(sels.contains(want), "{want} not in {sels}");
+    }
+    // The same instance again (the `signature` form, equally valid): refused.
+    refused(
+        attest(
+            &server,
+            step(json!({"document": doc, "signature": imds.signature()})),
+        )
+        .await,
+        "already attested",
+    );
+    // A document edited after signing.
+    let tampered = doc.replace("t3.micro", "m7i.48xlarge");
+    refused(
+        attest(
+            &server,
+            step(json!({"document": tampered, "signature": imds.signature()})),
+        )
+        .await,
+        "signature",
+    );
+    // Another account's instance, correctly signed.
+    imds.set_document(&lanyard_testkit::imds::InstanceDocument {
+        account_id: "210987654321".into(),
+        ..Default::default()
+    });
+    refused(
+        attest(
+            &server,
+            step(json!({"document": imds.document(), "rsa2048": imds.rsa2048()})),
+        )
+        .await,
+        "210987654321",
+    );
+    let codes = refusal_codes(&data);
+    assert_eq!(
+        codes,
+        [
+            "aws_iid:already_attested",
+            "aws_iid:bad_signature",
+            "aws_iid:account_not_allowed"
+        ],
+        "{codes:?}"
+    );
+}
