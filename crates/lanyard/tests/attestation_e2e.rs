@@ -552,3 +552,147 @@ async fn an_instance_identity_document_attests_an_instance_once() {
         "{codes:?}"
     );
 }
+
+/// The real agent attests with what the platform gives it — a projected
+/// service-account token file (re-read at each attestation) and the instance
+/// metadata service (IMDSv2) — and one-shot mode writes the SVID of the entry its
+/// node alias grants.
+#[test]
+fn the_agent_attests_from_a_projected_token_file_and_from_imds() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = TestIssuer::start();
+    let imds = TestImds::start();
+    k8s.write_jwks(dir.path().join("k8s-jwks.json"));
+    imds.write_certificate(dir.path().join("aws.pem"));
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[k8s_psat]]
+cluster = "prod"
+service_accounts = ["lanyard:lanyard-agent"]
+issuer = "{iss}"
+jwks_file = "{jwks}"
+
+[aws_iid]
+accounts = ["123456789012"]
+[[aws_iid.certificate]]
+file = "{cert}"
+"#,
+            iss = k8s.issuer(),
+            jwks = dir.path().join("k8s-jwks.json").display(),
+            cert = dir.path().join("aws.pem").display(),
+        ),
+    )
+    .unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), None, Some(&config));
+    let uid =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()).to_string();
+    let server_id = format!("spiffe://{TD}/lanyard/server");
+    for (alias, selector, workload) in [
+        (
+            "/nodes/k8s/prod",
+            "k8s_psat:cluster:prod",
+            "/k8s/prod/node-agent",
+        ),
+        (
+            "/nodes/aws/main",
+            "aws_iid:account:123456789012",
+            "/aws/batch",
+        ),
+    ] {
+        let alias = format!("spiffe://{TD}{alias}");
+        server.ok(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &alias,
+            "--parent-id",
+            &server_id,
+            "--selector",
+            selector,
+            "--owner",
+            "platform",
+            "--environment",
+            "prod",
+        ]);
+        server.ok(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &format!("spiffe://{TD}{workload}"),
+            "--parent-id",
+            &alias,
+            "--selector",
+            &format!("unix:uid:{uid}"),
+            "--owner",
+            "platform",
+            "--environment",
+            "prod",
+        ]);
+    }
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
+    let token_file = dir.path().join("lanyard-agent.token");
+    let oneshot = |method: &[&str], out: &std::path::Path| {
+        std::process::Command::new(common::bin())
+            .args([
+                "agent",
+                "--oneshot",
+                "--trust-domain",
+                TD,
+                "--server-address",
+            ])
+            .arg(&server.agent_addr)
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .args(method)
+            .arg("--write")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let id_of = |out: &std::path::Path| {
+        let pem = std::fs::read(out.join("svid.pem")).unwrap();
+        let chain = lanyard_core::bundle::pem_certificates(&pem).unwrap();
+        verify(&chain, &server).spiffe_id().to_string()
+    };
+
+    // Kubernetes: the kubelet writes (and refreshes) the projected token.
+    std::fs::write(&token_file, k8s.mint(k8s.k8s_claims(&pod("node-uid-9")))).unwrap();
+    let k8s_args = [
+        "--k8s-psat-cluster",
+        "prod",
+        "--k8s-psat-token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let out = dir.path().join("k8s-out");
+    let o = oneshot(&k8s_args, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(id_of(&out), format!("spiffe://{TD}/k8s/prod/node-agent"));
+    // The same token file again: the token was spent; the agent says why.
+    let o = oneshot(&k8s_args, &dir.path().join("k8s-again"));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already attested"), "{err}");
+    // The kubelet refreshed the token: the agent re-reads it and attests.
+    std::fs::write(&token_file, k8s.mint(k8s.k8s_claims(&pod("node-uid-9")))).unwrap();
+    let o = oneshot(&k8s_args, &dir.path().join("k8s-fresh"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // EC2: the identity document from IMDSv2.
+    let out = dir.path().join("aws-out");
+    let imds_url = imds.url();
+    let o = oneshot(&["--aws-iid", "--aws-imds-url", &imds_url], &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(id_of(&out), format!("spiffe://{TD}/aws/batch"));
+    assert!(imds.tokens_issued() >= 1, "IMDSv2 session token requested");
+    let o = oneshot(
+        &["--aws-iid", "--aws-imds-url", &imds_url],
+        &dir.path().join("aws-again"),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already attested"), "{err}");
+}
