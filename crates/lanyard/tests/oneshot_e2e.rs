@@ -253,6 +253,19 @@ fn a_ci_job_writes_its_svids_and_openssl_accepts_them() {
     }
     assert!(!out.join("svids").exists(), "one identity matched");
     s.assert_nothing_left();
+    // The agent reported, before it stopped, which process received the SVIDs.
+    let o = Command::new(common::bin())
+        .args(["audit", "query", "--data-dir"])
+        .arg(s.dir.path().join("data"))
+        .args(["--kind", "workload_svid_delivered", "--output", "json"])
+        .output()
+        .unwrap();
+    let delivered = text(&o.stdout);
+    assert!(
+        delivered.contains(WORKLOAD_ID) && delivered.contains("/lanyard"),
+        "{delivered}{}",
+        text(&o.stderr)
+    );
 
     // A job of another repository attests, but nothing is registered for it: a
     // bounded wait, then a message naming the agent and the selectors it had.
