@@ -353,16 +353,14 @@ impl AwsIidSource {
     }
 
     fn client(&self) -> Result<HttpClient, KeyError> {
-        let client = match HttpClient::new(&self.roots) {
-            // Plain http uses no roots: without a system trust store (a minimal
-            // image), a throwaway root stands in so that IMDS is still reachable.
-            Err(_) if self.imds_url.starts_with("http://") => throwaway_root()
-                .and_then(|pem| HttpClient::new(&Roots::Pem(pem)).map_err(|e| e.to_string()))
-                .map_err(|e| KeyError::Evidence(format!("instance metadata service: {e}")))?,
-            other => {
-                other.map_err(|e| KeyError::Evidence(format!("instance metadata service: {e}")))?
-            }
+        // IMDS is plain http: it needs no CA roots (a minimal image may have none).
+        let roots = if self.imds_url.starts_with("http://") {
+            &Roots::None
+        } else {
+            &self.roots
         };
+        let client = HttpClient::new(roots)
+            .map_err(|e| KeyError::Evidence(format!("instance metadata service: {e}")))?;
         Ok(client
             .with_timeout(self.timeout)
             .with_max_body(lanyard_nodeattest::aws_iid::MAX_EVIDENCE_BYTES))
@@ -447,16 +445,6 @@ impl AwsIidSource {
             rsa2048,
         })
     }
-}
-
-/// A self-signed certificate no server presents, as the root store of a client that
-/// only speaks plain http.
-fn throwaway_root() -> Result<Vec<u8>, String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = rcgen::CertificateParams::new(vec!["lanyard.invalid".to_string()])
-        .and_then(|p| p.self_signed(&key))
-        .map_err(|e| e.to_string())?;
-    Ok(cert.pem().into_bytes())
 }
 
 #[tonic::async_trait]
@@ -704,7 +692,7 @@ mod tests {
 
     /// Roots that do not depend on the machine's trust store (the servers are http).
     fn test_roots() -> Roots {
-        Roots::Pem(throwaway_root().unwrap())
+        Roots::None
     }
 
     fn env(vars: &[(&str, &str)]) -> EnvLookup {

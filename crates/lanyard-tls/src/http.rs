@@ -38,6 +38,8 @@ pub enum Roots {
     PemFile(PathBuf),
     /// Only these PEM certificates.
     Pem(Vec<u8>),
+    /// None: plain `http://` only (IMDS); an `https://` URL is refused.
+    None,
 }
 
 /// Why an HTTP exchange failed.
@@ -163,6 +165,8 @@ impl HttpResponse {
 #[derive(Clone)]
 pub struct HttpClient {
     tls: Arc<rustls::ClientConfig>,
+    /// Whether `https://` is configured (not [`Roots::None`]).
+    https: bool,
     timeout: Duration,
     max_body: usize,
 }
@@ -218,6 +222,7 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, HttpError> {
             from_pem(path.display().to_string(), &bytes, &mut store)?;
         }
         Roots::Pem(bytes) => from_pem("given".into(), bytes, &mut store)?,
+        Roots::None => {}
     }
     Ok(store)
 }
@@ -236,6 +241,7 @@ impl HttpClient {
             .with_no_client_auth();
         Ok(Self {
             tls: Arc::new(cfg),
+            https: !matches!(roots, Roots::None),
             timeout: DEFAULT_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
         })
@@ -254,6 +260,12 @@ impl HttpClient {
     /// Send `req` and read the whole answer.
     pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let target = Target::parse(&req.url)?;
+        if target.https && !self.https {
+            return Err(HttpError::BadUrl {
+                url: target.authority,
+                reason: "this client speaks plain http:// only (no CA roots configured)".into(),
+            });
+        }
         let host = target.authority.clone();
         match tokio::time::timeout(self.timeout, self.exchange(&target, req)).await {
             Ok(r) => r,
@@ -615,8 +627,19 @@ mod tests {
         );
         let e = HttpClient::new(&Roots::Pem(b"not pem".to_vec())).unwrap_err();
         assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
+        let plain = HttpClient::new(&Roots::None).unwrap();
+        let e = futures_block(plain.send(HttpRequest::get("https://h.example/")));
+        assert!(e.unwrap_err().to_string().contains("plain http"));
         let e = HttpClient::new(&Roots::PemFile("/nonexistent/ca.pem".into())).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
