@@ -308,7 +308,7 @@ evidence_kinds!(NodeRefused => NodeRefused);
 
 /// `node_attestation_refused`: the method whose verifier refused the node's
 /// evidence and its stable reason code (`wrong_audience`, `expired`, `replayed`,
-/// `unknown_issuer`, `bad_signature`, `alg_not_allowed`, `claim_mismatch`,
+/// `unknown_issuer`, `bad_signature`, `unsupported_algorithm`, `claim_mismatch`,
 /// `account_not_allowed`, `already_attested`, …); the event's `reason` is the
 /// message the agent got. Never the token or document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -120,6 +120,34 @@ pub fn parse_config(f: &FileJwtAttestor) -> Result<JwtIssuerConfig, ConfigError>
     generic_only("kind", f.kind.is_some())?;
     generic_only("agent_id", f.agent_id.is_some())?;
     generic_only("selectors", !f.selectors.is_empty())?;
+    let preset = f.preset.as_deref().unwrap_or_default();
+    if f.issuer.is_some() && matches!(preset, "gcp_instance_identity" | "azure_managed_identity") {
+        return Err(invalid(format!(
+            "the {preset} preset fixes the issuer; remove `issuer`"
+        )));
+    }
+    if !f.project_ids.is_empty() && preset != "gcp_instance_identity" {
+        return Err(invalid(
+            "`project_ids` is only for the gcp_instance_identity preset; use `require` for other issuers",
+        ));
+    }
+    if f.tenant_id.is_some() && preset != "azure_managed_identity" {
+        return Err(invalid(
+            "`tenant_id` is only for the azure_managed_identity preset",
+        ));
+    }
+    // GitHub and GitLab sign tokens for every repository and project they host:
+    // without a requirement, any job anywhere would attest.
+    if f.require.is_empty() && matches!(preset, "github_actions" | "gitlab_ci") {
+        let example = if preset == "github_actions" {
+            "require = { repository_owner = \"acme\" }"
+        } else {
+            "require = { namespace_path = \"acme\" }"
+        };
+        return Err(invalid(format!(
+            "the {preset} preset needs `require`: its issuer signs tokens for every job it runs, so name yours, e.g. {example}"
+        )));
+    }
     let base = match f.preset.as_deref() {
         Some("github_actions") => match &f.issuer {
             Some(iss) => presets::github_actions_for_issuer(iss, &f.audience),
@@ -178,12 +206,20 @@ pub fn parse_config(f: &FileJwtAttestor) -> Result<JwtIssuerConfig, ConfigError>
         policy = policy.require(r);
     }
     let attestor = base.with_policy(policy);
+    let azure_discovery = match (preset, &f.tenant_id, &f.jwks_file) {
+        ("azure_managed_identity", Some(tenant), None) => {
+            Some(presets::azure_discovery_url(tenant))
+        }
+        _ => None,
+    };
     let (keys, refresh) = key_source(
         KEY,
         KeySettings {
             issuer: attestor.policy().issuer(),
             jwks_file: f.jwks_file.as_deref(),
-            discovery_url: f.discovery_url.as_deref(),
+            // Azure's issuer (sts.windows.net) serves no discovery document of its
+            // own; the tenant's v2.0 document lists the same signing keys.
+            discovery_url: f.discovery_url.as_deref().or(azure_discovery.as_deref()),
             ca_file: f.ca_file.as_deref(),
             refresh_interval: f.jwks_refresh_interval.as_deref(),
         },
@@ -578,6 +614,46 @@ mod tests {
                 ..generic
             })
             .contains("agent_id")
+        );
+        // Multi-tenant issuers need a requirement naming the customer's jobs.
+        assert!(
+            err(FileJwtAttestor {
+                require: BTreeMap::new(),
+                ..base.clone()
+            })
+            .contains("needs `require`")
+        );
+        // Keys that would be silently ignored are errors.
+        assert!(
+            err(FileJwtAttestor {
+                project_ids: vec!["p".into()],
+                ..base.clone()
+            })
+            .contains("only for the gcp_instance_identity preset")
+        );
+        let azure = FileJwtAttestor {
+            preset: Some("azure_managed_identity".into()),
+            tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+            audience: "https://management.azure.com/".into(),
+            jwks_file: None,
+            require: BTreeMap::new(),
+            ..Default::default()
+        };
+        assert!(
+            err(FileJwtAttestor {
+                issuer: Some("https://sts.windows.net/x/".into()),
+                ..azure.clone()
+            })
+            .contains("fixes the issuer")
+        );
+        // Azure's keys come from the tenant's login.microsoftonline.com document.
+        let cfg = parse_config(&azure).unwrap();
+        let KeySource::Discovery { discovery_url, .. } = cfg.keys else {
+            panic!("{:?}", cfg.keys)
+        };
+        assert_eq!(
+            discovery_url,
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/.well-known/openid-configuration"
         );
     }
 }
