@@ -23,7 +23,7 @@ use lanyard_nodeattest::{
     AgentIdTemplate, ClaimRequirement, ClaimSelector, Jwks, JwtAttestError, JwtAttestation,
     JwtAttestor, TokenPolicy, UnverifiedToken,
 };
-use lanyard_store::{AnyStore, Store};
+use lanyard_store::AnyStore;
 use serde::Deserialize;
 
 use super::keys::{IssuerKeys, KeySettings, KeySource, key_source};
@@ -324,28 +324,16 @@ impl JwtNodeAttestor {
                 .attestor
                 .attest(token, jwks, &self.trust_domain, self.clock.as_ref())
         };
-        match attest(issuer.keys.current()?.as_ref()) {
-            Err(e)
-                if e.wants_jwks_refresh()
-                    && issuer
-                        .keys
-                        .refresh_for_unknown_kid(parsed.header().kid.as_deref())
-                        .await? =>
-            {
-                attest(issuer.keys.current()?.as_ref()).map_err(|e| refusal(&e))
-            }
-            Err(e) if e.wants_jwks_refresh() && issuer.keys.unavailable().is_some() => {
-                Err(AttestError::Evidence {
-                    code: "keys_unavailable",
-                    message: format!(
-                        "jwt attestation refused: {}",
-                        issuer.keys.unavailable().unwrap_or_default()
-                    ),
-                    malformed: false,
-                })
-            }
-            other => other.map_err(|e| refusal(&e)),
-        }
+        issuer
+            .keys
+            .verify_with(
+                NAME,
+                parsed.header().kid.as_deref(),
+                JwtAttestError::wants_jwks_refresh,
+                attest,
+            )
+            .await?
+            .map_err(|e| refusal(&e))
     }
 }
 
@@ -375,24 +363,15 @@ impl NodeAttestor for JwtNodeAttestor {
         for s in &admitted.skipped {
             tracing::info!(skipped = ?s, "jwt attestation: a claim did not become a selector");
         }
-        let now = self.clock.unix_seconds();
-        let first = self
-            .store
-            .record_attestation_token(
-                &admitted.replay_key().to_hex(),
-                NAME,
-                admitted.expires_at(),
-                now,
-            )
-            .await
-            .map_err(|e| AttestError::Internal(e.to_string()))?;
-        if !first {
-            return Err(AttestError::Evidence {
-                code: "replayed",
-                message: "jwt attestation refused: this token already attested a node (a token attests once within its lifetime); request a fresh token".to_string(),
-                malformed: false,
-            });
-        }
+        super::spend_token(
+            &self.store,
+            NAME,
+            &admitted.replay_key(),
+            admitted.expires_at(),
+            self.clock.unix_seconds(),
+            "request a fresh token",
+        )
+        .await?;
         Ok(AttestedNode {
             agent_id: admitted.agent_id,
             selectors: admitted.selectors,

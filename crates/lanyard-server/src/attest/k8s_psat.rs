@@ -18,7 +18,7 @@ use lanyard_core::{Clock, TrustDomain};
 use lanyard_nodeattest::k8s_psat::DEFAULT_AUDIENCE;
 pub use lanyard_nodeattest::k8s_psat::NAME;
 use lanyard_nodeattest::{PsatAttestation, PsatCluster, PsatRefusal, TokenReview, UnverifiedToken};
-use lanyard_store::{AnyStore, Store};
+use lanyard_store::AnyStore;
 use lanyard_tls::http::{HttpClient, HttpRequest, Roots};
 use serde::Deserialize;
 
@@ -261,27 +261,17 @@ impl K8sPsatAttestor {
         let clock = self.clock.as_ref();
         match &c.check {
             Check::Offline(keys) => {
-                let attempt =
-                    |jwks: &lanyard_nodeattest::Jwks| c.cluster.verify(token, jwks, td, clock);
-                match attempt(keys.current()?.as_ref()) {
-                    Err(e) if e.wants_jwks_refresh() => {
-                        let kid = UnverifiedToken::parse(token)
-                            .ok()
-                            .and_then(|t| t.header().kid.clone());
-                        if keys.refresh_for_unknown_kid(kid.as_deref()).await? {
-                            attempt(keys.current()?.as_ref()).map_err(|e| refusal(&e))
-                        } else if let Some(why) = keys.unavailable() {
-                            Err(AttestError::Evidence {
-                                code: "keys_unavailable",
-                                message: format!("k8s_psat attestation refused: {why}"),
-                                malformed: false,
-                            })
-                        } else {
-                            Err(refusal(&e))
-                        }
-                    }
-                    other => other.map_err(|e| refusal(&e)),
-                }
+                let kid = UnverifiedToken::parse(token)
+                    .ok()
+                    .and_then(|t| t.header().kid.clone());
+                keys.verify_with(
+                    NAME,
+                    kid.as_deref(),
+                    PsatRefusal::wants_jwks_refresh,
+                    |jwks| c.cluster.verify(token, jwks, td, clock),
+                )
+                .await?
+                .map_err(|e| refusal(&e))
             }
             Check::Review {
                 url,
@@ -375,24 +365,15 @@ impl NodeAttestor for K8sPsatAttestor {
             });
         };
         let admitted = self.verify(c, &token).await?;
-        let now = self.clock.unix_seconds();
-        let first = self
-            .store
-            .record_attestation_token(
-                &admitted.replay_key.to_hex(),
-                NAME,
-                admitted.expires_at,
-                now,
-            )
-            .await
-            .map_err(|e| AttestError::Internal(e.to_string()))?;
-        if !first {
-            return Err(AttestError::Evidence {
-                code: "replayed",
-                message: "k8s_psat attestation refused: this token already attested a node (a token attests once within its lifetime); the agent re-reads its projected token, which the kubelet refreshes".to_string(),
-                malformed: false,
-            });
-        }
+        super::spend_token(
+            &self.store,
+            NAME,
+            &admitted.replay_key,
+            admitted.expires_at,
+            self.clock.unix_seconds(),
+            "the agent re-reads its projected token, which the kubelet refreshes",
+        )
+        .await?;
         Ok(AttestedNode {
             agent_id: admitted.agent_id,
             selectors: admitted.selectors,

@@ -213,6 +213,35 @@ impl IssuerKeys {
         Ok(self.refresh_now().await)
     }
 
+    /// Run `attempt` with the cached keys; when it fails for a key the cache lacks
+    /// (`wants_refresh`), refresh once if the gate allows and try again. The
+    /// verifier's own result, or (outer error) the refusal `keys_unavailable` when
+    /// the issuer's keys were never fetched.
+    pub async fn verify_with<T, E>(
+        &self,
+        method: &str,
+        kid: Option<&str>,
+        wants_refresh: impl Fn(&E) -> bool,
+        attempt: impl Fn(&Jwks) -> Result<T, E>,
+    ) -> Result<Result<T, E>, AttestError> {
+        match attempt(self.current()?.as_ref()) {
+            Err(e) if wants_refresh(&e) => {
+                if self.refresh_for_unknown_kid(kid).await? {
+                    return Ok(attempt(self.current()?.as_ref()));
+                }
+                match self.unavailable() {
+                    Some(why) => Err(AttestError::Evidence {
+                        code: "keys_unavailable",
+                        message: format!("{method} attestation refused: {why}"),
+                        malformed: false,
+                    }),
+                    None => Ok(Err(e)),
+                }
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Refresh on a schedule while `keys` lives: at once, then every `every`
     /// (retrying failures sooner, every 10 s until the first success). Files are
     /// only re-read on unknown key IDs, so this is for fetched keys.

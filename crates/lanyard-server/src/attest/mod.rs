@@ -142,6 +142,35 @@ impl From<AttestError> for Status {
     }
 }
 
+/// Record that the token with `replay_key` attested (durably, in the datastore
+/// every server shares, until `expires_at`); a token seen before is refused as
+/// `replayed`, with `fresh` saying how the agent gets a new one.
+pub(crate) async fn spend_token(
+    store: &lanyard_store::AnyStore,
+    method: &'static str,
+    replay_key: &lanyard_nodeattest::ReplayKey,
+    expires_at: i64,
+    now: i64,
+    fresh: &str,
+) -> Result<(), AttestError> {
+    use lanyard_store::Store;
+    let first = store
+        .record_attestation_token(&replay_key.to_hex(), method, expires_at, now)
+        .await
+        .map_err(|e| AttestError::Internal(e.to_string()))?;
+    if first {
+        Ok(())
+    } else {
+        Err(AttestError::Evidence {
+            code: "replayed",
+            message: format!(
+                "{method} attestation refused: this token already attested a node (a token attests once within its lifetime); {fresh}"
+            ),
+            malformed: false,
+        })
+    }
+}
+
 /// The conversation with the node during attestation: a challenge goes out, the
 /// node's answer comes back (bounded in time by the implementation).
 #[tonic::async_trait]
