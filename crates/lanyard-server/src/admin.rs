@@ -415,6 +415,15 @@ impl pb::admin_server::Admin for AdminService {
             &spec,
         )
         .await?;
+        crate::policy::check_alias_children(
+            &self.shared,
+            &who.facts,
+            &actor,
+            lanyard_policy::RegistrationAction::Create,
+            &spec,
+            None,
+        )
+        .await?;
         let e = self
             .shared
             .store
@@ -468,6 +477,15 @@ impl pb::admin_server::Admin for AdminService {
             &actor,
             lanyard_policy::RegistrationAction::Update,
             &spec,
+        )
+        .await?;
+        crate::policy::check_alias_children(
+            &self.shared,
+            &caller,
+            &actor,
+            lanyard_policy::RegistrationAction::Update,
+            &spec,
+            Some(id),
         )
         .await?;
         let expected = (r.expected_revision > 0).then_some(r.expected_revision);

@@ -206,6 +206,58 @@ pub fn entry_facts(shared: &Shared, spec: &EntrySpec) -> EntryFacts {
     }
 }
 
+/// The selectors every definition of a node alias shares (an agent matching any
+/// one definition serves the alias's entries, so only these are guaranteed).
+pub fn alias_guarantees(definitions: &[Vec<String>]) -> Vec<String> {
+    definitions
+        .split_first()
+        .map(|(first, rest)| {
+            first
+                .iter()
+                .filter(|s| rest.iter().all(|other| other.contains(s)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The attestation methods behind `selectors` (their types), plus `node_type`.
+pub fn attestors_of(selectors: &[String], node_type: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = node_type.map(str::to_string).into_iter().collect();
+    for s in selectors {
+        if let Some((kind, _)) = s.split_once(':')
+            && !out.iter().any(|a| a == kind)
+        {
+            out.push(kind.to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn internal(e: lanyard_store::StoreError) -> Status {
+    Status::internal(format!("datastore: {e}"))
+}
+
+/// The stored definitions (selectors) of node alias `alias`, leaving out entry
+/// `except` (the one an update replaces).
+async fn alias_definitions(
+    shared: &Shared,
+    alias: &SpiffeId,
+    except: Option<&str>,
+) -> Result<Vec<Vec<String>>, Status> {
+    Ok(shared
+        .store
+        .list_entries_by_parent(&shared.server_id)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|e| &e.spec.spiffe_id == alias && !e.spec.selectors.is_empty())
+        .filter(|e| Some(e.id.as_str()) != except)
+        .map(|e| e.spec.selectors.iter().map(ToString::to_string).collect())
+        .collect())
+}
+
 /// What every agent that may serve an entry parented to `parent` has proved:
 /// (selectors, attestation methods). An attested node: its selectors and type. A
 /// node alias (entries of that ID parented to the server): the selectors all its
@@ -214,44 +266,80 @@ pub async fn parent_facts(
     shared: &Shared,
     parent: &SpiffeId,
 ) -> Result<(Vec<String>, Vec<String>), Status> {
-    let internal = |e: lanyard_store::StoreError| Status::internal(format!("datastore: {e}"));
-    let (selectors, mut attestors): (Vec<String>, Vec<String>) =
-        if let Some(node) = shared.store.get_node(parent).await.map_err(internal)? {
-            (
-                node.selectors.iter().map(ToString::to_string).collect(),
-                vec![node.attestation_type.clone()],
+    if let Some(node) = shared.store.get_node(parent).await.map_err(internal)? {
+        let selectors: Vec<String> = node.selectors.iter().map(ToString::to_string).collect();
+        let attestors = attestors_of(&selectors, Some(&node.attestation_type));
+        return Ok((selectors, attestors));
+    }
+    let selectors = alias_guarantees(&alias_definitions(shared, parent, None).await?);
+    let attestors = attestors_of(&selectors, None);
+    Ok((selectors, attestors))
+}
+
+/// A change to a node alias definition (an entry parented to the server with
+/// selectors) changes what its children's servers are guaranteed to have proved:
+/// each child entry must still be allowed with the alias as it would become,
+/// or the change is refused naming the child. `replaces`: the entry id an update
+/// rewrites. (Deleting a definition only narrows who serves the children.)
+pub async fn check_alias_children(
+    shared: &Shared,
+    caller: &CallerFacts,
+    actor: &str,
+    action: RegistrationAction,
+    spec: &EntrySpec,
+    replaces: Option<&str>,
+) -> Result<(), Status> {
+    if spec.parent_id != shared.server_id || spec.selectors.is_empty() {
+        return Ok(());
+    }
+    let children = shared
+        .store
+        .list_entries_by_parent(&spec.spiffe_id)
+        .await
+        .map_err(internal)?;
+    if children.is_empty() {
+        return Ok(());
+    }
+    let mut definitions = alias_definitions(shared, &spec.spiffe_id, replaces).await?;
+    definitions.push(spec.selectors.iter().map(ToString::to_string).collect());
+    let guaranteed = alias_guarantees(&definitions);
+    let attestors = attestors_of(&guaranteed, None);
+    let (_, p) = active(&shared.store, &shared.policies, PolicyKind::Registration).await?;
+    for child in children {
+        let mut facts = entry_facts(shared, &child.spec);
+        facts.parent_selectors = guaranteed.clone();
+        facts.parent_attestors = attestors.clone();
+        let d = p
+            .evaluate_registration(&RegistrationRequest {
+                caller: caller.to_policy(),
+                action: RegistrationAction::Update,
+                entry: facts,
+            })
+            .map_err(|e| Status::internal(format!("registration policy: {e}")))?;
+        if !d.allowed {
+            let status = refuse(
+                shared,
+                EventKind::EntryRefused,
+                actor,
+                Some(spec.spiffe_id.to_string()),
+                action.name(),
+                &d,
             )
-        } else {
-            let aliases: Vec<Vec<String>> = shared
-                .store
-                .list_entries_by_parent(&shared.server_id)
-                .await
-                .map_err(internal)?
-                .into_iter()
-                .filter(|e| &e.spec.spiffe_id == parent && !e.spec.selectors.is_empty())
-                .map(|e| e.spec.selectors.iter().map(ToString::to_string).collect())
-                .collect();
-            let shared_by_all = aliases
-                .split_first()
-                .map(|(first, rest)| {
-                    first
-                        .iter()
-                        .filter(|s| rest.iter().all(|other| other.contains(s)))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            (shared_by_all, Vec::new())
-        };
-    for s in &selectors {
-        if let Some((kind, _)) = s.split_once(':')
-            && !attestors.iter().any(|a| a == kind)
-        {
-            attestors.push(kind.to_string());
+            .await;
+            if status.code() != tonic::Code::PermissionDenied {
+                return Err(status);
+            }
+            return Err(Status::permission_denied(format!(
+                "this definition of node alias {} would let agents that have proved only [{}] serve its entry {} ({}), which registration policy refuses: {}",
+                spec.spiffe_id,
+                guaranteed.join(", "),
+                child.spec.spiffe_id,
+                child.id,
+                status.message()
+            )));
         }
     }
-    attestors.sort();
-    Ok((selectors, attestors))
+    Ok(())
 }
 
 /// Record a refusal and turn it into the caller's error.
@@ -364,4 +452,38 @@ pub async fn check_admin(
         _ => EventKind::AdminCallRefused,
     };
     Err(refuse(shared, kind, actor, subject, op.name(), &d).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defs(d: &[&[&str]]) -> Vec<Vec<String>> {
+        d.iter()
+            .map(|s| s.iter().map(|x| x.to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn an_alias_guarantees_only_what_every_definition_requires() {
+        assert!(alias_guarantees(&[]).is_empty());
+        let one = defs(&[&["github:environment:prod", "github:ref_protected:true"]]);
+        assert_eq!(alias_guarantees(&one), one[0]);
+        let two = defs(&[
+            &["github:environment:prod", "github:ref_protected:true"],
+            &["github:environment:prod", "k8s_psat:cluster:prod"],
+        ]);
+        assert_eq!(alias_guarantees(&two), ["github:environment:prod"]);
+        assert_eq!(
+            attestors_of(
+                &[
+                    "k8s_psat:cluster:a".into(),
+                    "github:x:y".into(),
+                    "github:z:w".into()
+                ],
+                Some("k8s_psat")
+            ),
+            ["github", "k8s_psat"]
+        );
+    }
 }

@@ -696,3 +696,97 @@ file = "{cert}"
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("already attested"), "{err}");
 }
+
+/// Registration for fleets under the example policy: a prod identity is allowed
+/// only under a node alias whose every definition requires protected prod jobs,
+/// and a later, looser definition of that alias is refused naming the entry it
+/// would expose.
+#[test]
+fn the_fleet_policy_keeps_prod_identities_to_protected_prod_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), None, None);
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/policies/ci-fleets.cedar");
+    server.ok(&[
+        "policy",
+        "set",
+        "--kind",
+        "registration",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    let server_id = format!("spiffe://{TD}/lanyard/server");
+    let entry = |id: &str, parent: &str, selectors: &[&str], env: &str| {
+        let mut args = vec![
+            "entry".to_string(),
+            "create".into(),
+            "--spiffe-id".into(),
+            format!("spiffe://{TD}{id}"),
+            "--parent-id".into(),
+            parent.to_string(),
+            "--owner".into(),
+            "team-api".into(),
+            "--environment".into(),
+            env.into(),
+        ];
+        for s in selectors {
+            args.push("--selector".into());
+            args.push((*s).to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        server.cli(&args)
+    };
+    let protected = format!("spiffe://{TD}/nodes/ci/api-prod");
+    let loose = format!("spiffe://{TD}/nodes/ci/api-any");
+    for (alias, sels) in [
+        (
+            &protected,
+            &[
+                "github:repository:acme/api",
+                "github:environment:prod",
+                "github:ref_protected:true",
+            ][..],
+        ),
+        (&loose, &["github:repository:acme/api"][..]),
+    ] {
+        let o = entry(
+            &alias[format!("spiffe://{TD}").len()..],
+            &server_id,
+            sels,
+            "ci",
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = entry("/prod/deploy", &protected, &["unix:uid:1001"], "prod");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = entry("/prod/deploy-any", &loose, &["unix:uid:1001"], "prod");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("prod-only-for-protected-prod-jobs"), "{err}");
+    // A second, looser definition of the protected alias would let any job of the
+    // repository serve /prod/deploy: refused, naming it.
+    let o = entry(
+        "/nodes/ci/api-prod",
+        &server_id,
+        &["github:repository:acme/api"],
+        "ci",
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/prod/deploy") && err.contains("prod-only-for-protected-prod-jobs"),
+        "{err}"
+    );
+    // A definition that keeps the guarantees is fine.
+    let o = entry(
+        "/nodes/ci/api-prod",
+        &server_id,
+        &[
+            "github:repository:acme/web",
+            "github:environment:prod",
+            "github:ref_protected:true",
+        ],
+        "ci",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
