@@ -27,6 +27,14 @@ pub enum Bootstrap {
     GithubActions {
         audience: String,
     },
+    /// A cloud VM's identity token for `audience` from its metadata service at
+    /// `metadata_url` (GCP: the instance identity token; Azure: a managed-identity
+    /// token), requested afresh for every attestation.
+    CloudToken {
+        cloud: Cloud,
+        audience: String,
+        metadata_url: String,
+    },
     /// A Kubernetes projected service-account token, re-read from `token_file` at
     /// every attestation, verified by the server's `k8s_psat` attestor for `cluster`.
     K8sPsat {
@@ -45,12 +53,33 @@ pub const DEFAULT_K8S_PSAT_TOKEN_FILE: &str = "/var/run/secrets/tokens/lanyard-a
 /// The EC2 instance metadata service.
 pub const DEFAULT_AWS_IMDS_URL: &str = "http://169.254.169.254";
 
+/// A cloud whose metadata service hands a VM an identity token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cloud {
+    /// GCP's instance identity token (`.../service-accounts/default/identity`).
+    Gcp,
+    /// Azure's managed-identity token (`/metadata/identity/oauth2/token`).
+    Azure,
+}
+
+impl Cloud {
+    /// The metadata service's address on the VM.
+    pub fn default_metadata_url(self) -> &'static str {
+        match self {
+            Self::Gcp => "http://metadata.google.internal",
+            Self::Azure => "http://169.254.169.254",
+        }
+    }
+}
+
 /// Where a `jwt` token comes from when it is not in a file or a variable
 /// (`jwt_token_source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtTokenSource {
     /// GitHub Actions' token-request endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`).
     GithubActions,
+    /// A VM's metadata service.
+    Cloud(Cloud),
 }
 
 impl std::str::FromStr for JwtTokenSource {
@@ -58,10 +87,12 @@ impl std::str::FromStr for JwtTokenSource {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "github_actions" | "github-actions" => Ok(Self::GithubActions),
+            "gcp_metadata" | "gcp-metadata" => Ok(Self::Cloud(Cloud::Gcp)),
+            "azure_imds" | "azure-imds" => Ok(Self::Cloud(Cloud::Azure)),
             other => Err(invalid(
                 "jwt_token_source",
                 format!(
-                    "{other:?} is not a token source; the one supported is \"github_actions\" (flag: --jwt-from github-actions); for a token in a file or a variable use jwt_token_file or jwt_token_env"
+                    "{other:?} is not a token source; use \"github_actions\", \"gcp_metadata\" or \"azure_imds\" (flag: --jwt-from github-actions|gcp-metadata|azure-imds); for a token in a file or a variable use jwt_token_file or jwt_token_env"
                 ),
             )),
         }
@@ -84,6 +115,7 @@ pub struct FileConfig {
     pub jwt_token_env: Option<String>,
     pub jwt_token_source: Option<String>,
     pub jwt_audience: Option<String>,
+    pub jwt_metadata_url: Option<String>,
     pub k8s_psat_cluster: Option<String>,
     pub k8s_psat_token_file: Option<PathBuf>,
     pub aws_iid: Option<bool>,
@@ -113,6 +145,8 @@ pub struct Overrides {
     pub jwt_token_source: Option<String>,
     /// The audience to request the `jwt` token for (with `jwt_token_source`).
     pub jwt_audience: Option<String>,
+    /// The metadata service for `gcp_metadata` / `azure_imds` (default the cloud's).
+    pub jwt_metadata_url: Option<String>,
     /// The cluster name for `k8s_psat` attestation, as configured on the server.
     pub k8s_psat_cluster: Option<String>,
     /// The projected service-account token file (default
@@ -170,6 +204,7 @@ fn bootstrap(o: &Overrides, f: &FileConfig) -> Result<Bootstrap, ConfigError> {
     let jwt_env = o.jwt_token_env.clone().or(f.jwt_token_env.clone());
     let jwt_source = o.jwt_token_source.clone().or(f.jwt_token_source.clone());
     let jwt_audience = o.jwt_audience.clone().or(f.jwt_audience.clone());
+    let jwt_metadata_url = o.jwt_metadata_url.clone().or(f.jwt_metadata_url.clone());
     let k8s_cluster = o.k8s_psat_cluster.clone().or(f.k8s_psat_cluster.clone());
     let k8s_file = o
         .k8s_psat_token_file
@@ -183,6 +218,15 @@ fn bootstrap(o: &Overrides, f: &FileConfig) -> Result<Bootstrap, ConfigError> {
         return Err(invalid(
             "jwt_audience",
             "is only used with jwt_token_source = \"github_actions\" (--jwt-from github-actions), to request the job's token for that audience; remove it, or set jwt_token_source",
+        ));
+    }
+    let cloud_source = jwt_source
+        .as_deref()
+        .is_some_and(|s| matches!(s.parse::<JwtTokenSource>(), Ok(JwtTokenSource::Cloud(_))));
+    if jwt_metadata_url.is_some() && !cloud_source {
+        return Err(invalid(
+            "jwt_metadata_url",
+            "is only used with jwt_token_source = \"gcp_metadata\" or \"azure_imds\"; remove it, or set jwt_token_source",
         ));
     }
     if k8s_file.is_some() && k8s_cluster.is_none() {
@@ -261,6 +305,32 @@ fn bootstrap(o: &Overrides, f: &FileConfig) -> Result<Bootstrap, ConfigError> {
                     )
                 })?;
                 Ok(Bootstrap::GithubActions { audience })
+            }
+            JwtTokenSource::Cloud(cloud) => {
+                let audience = jwt_audience.filter(|a| !a.trim().is_empty()).ok_or_else(|| {
+                    invalid(
+                        "jwt_audience",
+                        "is required with a cloud jwt_token_source: the audience the server's [[jwt_attestor]] expects (GCP: the identity token's audience; Azure: the resource, e.g. api://lanyard) (--jwt-attestation-audience AUD)",
+                    )
+                })?;
+                let url = jwt_metadata_url
+                    .unwrap_or_else(|| cloud.default_metadata_url().to_string())
+                    .trim_end_matches('/')
+                    .to_string();
+                if !url.starts_with("http://") || url.contains(['?', '#']) || url.len() <= 7 {
+                    return Err(invalid(
+                        "jwt_metadata_url",
+                        format!(
+                            "{url:?} is not an http:// base URL without query (the default is {})",
+                            cloud.default_metadata_url()
+                        ),
+                    ));
+                }
+                Ok(Bootstrap::CloudToken {
+                    cloud,
+                    audience,
+                    metadata_url: url,
+                })
             }
         };
     }
@@ -442,6 +512,58 @@ mod tests {
         });
         assert!(
             e.contains("`k8s_psat_cluster`") && e.contains("empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cloud_token_sources_need_an_audience_and_an_http_metadata_url() {
+        let c = from_file(
+            "jwt_token_source = \"gcp_metadata\"\njwt_audience = \"https://l.example\"\n",
+        )
+        .unwrap();
+        match c.bootstrap {
+            Bootstrap::CloudToken {
+                cloud: Cloud::Gcp,
+                ref metadata_url,
+                ..
+            } => assert_eq!(metadata_url, "http://metadata.google.internal"),
+            ref other => panic!("{other:?}"),
+        }
+        let c = AgentConfig::load(&Overrides {
+            jwt_token_source: Some("azure-imds".into()),
+            jwt_audience: Some("api://lanyard".into()),
+            jwt_metadata_url: Some("http://127.0.0.1:9/".into()),
+            ..base()
+        })
+        .unwrap();
+        assert!(matches!(
+            c.bootstrap,
+            Bootstrap::CloudToken { cloud: Cloud::Azure, ref metadata_url, .. } if metadata_url == "http://127.0.0.1:9"
+        ));
+        let e = err(Overrides {
+            jwt_token_source: Some("azure_imds".into()),
+            ..base()
+        });
+        assert!(e.contains("`jwt_audience`"), "{e}");
+        let e = err(Overrides {
+            jwt_token_source: Some("gcp_metadata".into()),
+            jwt_audience: Some("a".into()),
+            jwt_metadata_url: Some("https://metadata/".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`jwt_metadata_url`") && e.contains("http://"),
+            "{e}"
+        );
+        let e = err(Overrides {
+            jwt_token_source: Some("github_actions".into()),
+            jwt_audience: Some("a".into()),
+            jwt_metadata_url: Some("http://x".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`jwt_metadata_url`") && e.contains("gcp_metadata"),
             "{e}"
         );
     }

@@ -45,6 +45,16 @@ pub fn evidence_source(b: &Bootstrap) -> Option<Box<dyn NodeEvidenceSource>> {
         })),
         Bootstrap::JwtTokenFile(path) => Some(Box::new(JwtFileSource(path.clone()))),
         Bootstrap::JwtTokenEnv(var) => Some(Box::new(JwtEnvSource::new(var.clone()))),
+        Bootstrap::CloudToken {
+            cloud,
+            audience,
+            metadata_url,
+        } => Some(Box::new(CloudTokenSource {
+            cloud: *cloud,
+            audience: audience.clone(),
+            metadata_url: metadata_url.clone(),
+            timeout: Duration::from_secs(5),
+        })),
         Bootstrap::GithubActions { audience } => {
             Some(Box::new(GithubActionsSource::new(audience.clone())))
         }
@@ -267,6 +277,112 @@ impl NodeEvidenceSource for GithubActionsSource {
             csr,
             "the `value` GitHub's OIDC token endpoint answered",
         )
+    }
+    fn answer(&self, _: &[u8], _: &str) -> Result<Vec<u8>, KeyError> {
+        Err(KeyError::UnexpectedChallenge(self.name()))
+    }
+}
+
+/// A VM's identity token from its cloud's metadata service, fresh per attestation:
+/// GCP `GET /computeMetadata/v1/instance/service-accounts/default/identity
+/// ?audience=AUD&format=full` (`Metadata-Flavor: Google`; the body is the token, with
+/// the `google.compute_engine` claims the `gcp_instance_identity` preset reads);
+/// Azure `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=AUD`
+/// (`Metadata: true`; the token is the answer's `access_token`).
+#[derive(Debug)]
+pub struct CloudTokenSource {
+    pub cloud: crate::config::Cloud,
+    pub audience: String,
+    pub metadata_url: String,
+    pub timeout: Duration,
+}
+
+impl CloudTokenSource {
+    fn request(&self) -> HttpRequest {
+        let aud = url_encode(&self.audience);
+        match self.cloud {
+            crate::config::Cloud::Gcp => HttpRequest::get(&format!(
+                "{}/computeMetadata/v1/instance/service-accounts/default/identity?audience={aud}&format=full",
+                self.metadata_url
+            ))
+            .header("Metadata-Flavor", "Google"),
+            crate::config::Cloud::Azure => HttpRequest::get(&format!(
+                "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={aud}",
+                self.metadata_url
+            ))
+            .header("Metadata", "true"),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self.cloud {
+            crate::config::Cloud::Gcp => "GCP metadata server",
+            crate::config::Cloud::Azure => "Azure instance metadata service",
+        }
+    }
+
+    /// Fetch the token.
+    pub async fn token(&self) -> Result<String, KeyError> {
+        let what = self.what();
+        let client = HttpClient::new(&Roots::None)
+            .map_err(|e| KeyError::Evidence(format!("{what}: {e}")))?
+            .with_timeout(self.timeout)
+            .with_max_body(64 * 1024);
+        let resp = client.send(self.request()).await.map_err(|e| {
+            KeyError::Evidence(format!(
+                "cannot reach the {what} at {} ({e}); is this a {} VM?",
+                self.metadata_url,
+                match self.cloud {
+                    crate::config::Cloud::Gcp => "GCP",
+                    crate::config::Cloud::Azure => "Azure",
+                }
+            ))
+        })?;
+        if resp.status != 200 {
+            let hint = match (self.cloud, resp.status) {
+                (crate::config::Cloud::Azure, 400) => {
+                    " (no managed identity is assigned to this VM, or the resource is unknown)"
+                }
+                (crate::config::Cloud::Gcp, 404) => " (the VM has no service account)",
+                _ => "",
+            };
+            return Err(KeyError::Evidence(format!(
+                "the {what} answered HTTP {}{hint}: {}",
+                resp.status,
+                resp.snippet()
+            )));
+        }
+        match self.cloud {
+            crate::config::Cloud::Gcp => {
+                let token = String::from_utf8(resp.body).map_err(|_| {
+                    KeyError::Evidence(format!("the {what} answered a token that is not text"))
+                })?;
+                Ok(token.trim().to_string())
+            }
+            crate::config::Cloud::Azure => {
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    access_token: String,
+                }
+                let a: Answer = serde_json::from_slice(&resp.body).map_err(|e| {
+                    KeyError::Evidence(format!(
+                        "the {what} answered HTTP 200 but not JSON with a string `access_token` ({e})"
+                    ))
+                })?;
+                Ok(a.access_token)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeEvidenceSource for CloudTokenSource {
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+    async fn first_step(&self, csr: Vec<u8>) -> Result<pb::attest_request::Step, KeyError> {
+        let token = self.token().await?;
+        token_step("jwt", "", &token, csr, self.what())
     }
     fn answer(&self, _: &[u8], _: &str) -> Result<Vec<u8>, KeyError> {
         Err(KeyError::UnexpectedChallenge(self.name()))

@@ -790,3 +790,211 @@ fn the_fleet_policy_keeps_prod_identities_to_protected_prod_jobs() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A loopback metadata service: answers every request with `status` and `body`,
+/// and hands back the raw requests (to check the headers clients must send).
+fn metadata_server(
+    status: u16,
+    body: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 8192];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// GCP and Azure VMs: the agent asks the VM's metadata service for its identity
+/// token (with the header each cloud requires), and the server's presets admit it
+/// with the cloud's documented claims as selectors.
+#[test]
+fn cloud_vms_attest_with_tokens_from_their_metadata_services() {
+    const TENANT: &str = "9e85e111-1103-48fc-a933-9533fe47de05";
+    let dir = tempfile::tempdir().unwrap();
+    let keys = TestIssuer::start();
+    keys.write_jwks(dir.path().join("jwks.json"));
+    let jwks = dir.path().join("jwks.json");
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[jwt_attestor]]
+preset = "gcp_instance_identity"
+audience = "https://lanyard.example"
+project_ids = ["acme-prod"]
+jwks_file = "{jwks}"
+
+[[jwt_attestor]]
+preset = "azure_managed_identity"
+tenant_id = "{TENANT}"
+audience = "api://lanyard"
+jwks_file = "{jwks}"
+"#,
+            jwks = jwks.display()
+        ),
+    )
+    .unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), None, Some(&config));
+    let now = lanyard_core::Clock::unix_seconds(&SystemClock);
+    // GCP's documented `format=full` identity token.
+    let gcp_token = keys.mint(json!({
+        "iss": "https://accounts.google.com", "aud": "https://lanyard.example",
+        "azp": "112233445566778899000", "sub": "112233445566778899000",
+        "email": "vm@acme-prod.iam.gserviceaccount.com", "email_verified": true,
+        "iat": now - 5, "exp": now + 3600,
+        "google": {"compute_engine": {
+            "project_id": "acme-prod", "project_number": 123456789012u64,
+            "zone": "europe-west1-b", "instance_id": "4567890123456789012",
+            "instance_name": "batch-1", "instance_creation_timestamp": now - 86400
+        }}
+    }));
+    // An Azure managed identity's access token (v1), as IMDS returns it.
+    let azure_token = keys.mint(json!({
+        "iss": format!("https://sts.windows.net/{TENANT}/"), "aud": "api://lanyard",
+        "tid": TENANT, "sub": "d1f0b2a4-1111-4222-8333-944455556666",
+        "oid": "d1f0b2a4-1111-4222-8333-944455556666", "appid": "abc",
+        "xms_mirid": "/subscriptions/sub-1/resourcegroups/rg-1/providers/Microsoft.Compute/virtualMachines/vm-1",
+        "iat": now - 5, "nbf": now - 5, "exp": now + 3600
+    }));
+    let (gcp_url, gcp_seen) = metadata_server(200, gcp_token);
+    let (azure_url, azure_seen) = metadata_server(
+        200,
+        json!({"access_token": azure_token, "token_type": "Bearer", "resource": "api://lanyard"})
+            .to_string(),
+    );
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
+    let uid =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()).to_string();
+    let server_id = format!("spiffe://{TD}/lanyard/server");
+    for (alias, selector, workload) in [
+        (
+            "/nodes/gcp/acme-prod",
+            "gcp_iit:project-id:acme-prod",
+            "/gcp/batch",
+        ),
+        (
+            "/nodes/azure/rg-1",
+            "azure_msi:vm-name:rg-1:vm-1",
+            "/azure/batch",
+        ),
+    ] {
+        let alias = format!("spiffe://{TD}{alias}");
+        server.ok(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &alias,
+            "--parent-id",
+            &server_id,
+            "--selector",
+            selector,
+            "--owner",
+            "platform",
+            "--environment",
+            "prod",
+        ]);
+        server.ok(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &format!("spiffe://{TD}{workload}"),
+            "--parent-id",
+            &alias,
+            "--selector",
+            &format!("unix:uid:{uid}"),
+            "--owner",
+            "platform",
+            "--environment",
+            "prod",
+        ]);
+    }
+    for (from, aud, url, seen, header, want) in [
+        (
+            "gcp-metadata",
+            "https://lanyard.example",
+            &gcp_url,
+            &gcp_seen,
+            "metadata-flavor: google",
+            "/gcp/batch",
+        ),
+        (
+            "azure-imds",
+            "api://lanyard",
+            &azure_url,
+            &azure_seen,
+            "metadata: true",
+            "/azure/batch",
+        ),
+    ] {
+        let out = dir.path().join(from);
+        let o = std::process::Command::new(common::bin())
+            .args([
+                "agent",
+                "--oneshot",
+                "--trust-domain",
+                TD,
+                "--server-address",
+            ])
+            .arg(&server.agent_addr)
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .args([
+                "--jwt-from",
+                from,
+                "--jwt-attestation-audience",
+                aud,
+                "--jwt-metadata-url",
+                url,
+            ])
+            .arg("--write")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{from}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let pem = std::fs::read(out.join("svid.pem")).unwrap();
+        let chain = lanyard_core::bundle::pem_certificates(&pem).unwrap();
+        assert_eq!(
+            verify(&chain, &server).spiffe_id().to_string(),
+            format!("spiffe://{TD}{want}")
+        );
+        let requests = seen.lock().unwrap().join("\n").to_ascii_lowercase();
+        assert!(requests.contains(header), "{from}: {requests}");
+        assert!(
+            requests.contains(&format!("={}", aud.replace(':', "%3a").replace('/', "%2f"))),
+            "{from}: {requests}"
+        );
+    }
+    let agents = server.json(&["agent", "list"]).to_string();
+    for want in [
+        "gcp_iit:project-id:acme-prod",
+        "gcp_iit:zone:europe-west1-b",
+        "gcp_iit:sa:vm@acme-prod.iam.gserviceaccount.com",
+        "azure_msi:tenant-id:9e85e111-1103-48fc-a933-9533fe47de05",
+        "azure_msi:subscription-id:sub-1",
+        "azure_msi:vm-name:rg-1:vm-1",
+    ] {
+        assert!(agents.contains(want), "{want} not in {agents}");
+    }
+}

@@ -47,15 +47,20 @@ pub struct AgentArgs {
     /// attestation (GitLab CI: the name declared under `id_tokens:`).
     #[arg(long, value_name = "VAR")]
     pub jwt_token_env: Option<String>,
-    /// Request the `jwt` node attestation token from the CI platform: `github-actions`
+    /// Request the `jwt` node attestation token from the platform: `github-actions`
     /// (the job's ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN; needs `permissions: id-token:
-    /// write`), with --jwt-attestation-audience.
+    /// write`), `gcp-metadata` (the VM's instance identity token) or `azure-imds`
+    /// (the VM's managed-identity token), with --jwt-attestation-audience.
     #[arg(long = "jwt-from", value_name = "SOURCE")]
     pub jwt_token_source: Option<String>,
     /// The audience to request the `jwt` node attestation token for (what the
     /// server's [[jwt_attestor]] expects, e.g. lanyard-server); with --jwt-from.
     #[arg(long = "jwt-attestation-audience", value_name = "AUD")]
     pub jwt_audience: Option<String>,
+    /// The VM metadata service for --jwt-from gcp-metadata|azure-imds (default
+    /// http://metadata.google.internal or http://169.254.169.254).
+    #[arg(long, value_name = "URL")]
+    pub jwt_metadata_url: Option<String>,
     /// Attest with a Kubernetes projected service-account token (`k8s_psat`), for
     /// this cluster name as configured on the server.
     #[arg(long, value_name = "NAME")]
@@ -139,6 +144,7 @@ fn overrides(a: &AgentArgs) -> Overrides {
         jwt_token_env: a.jwt_token_env.clone(),
         jwt_token_source: a.jwt_token_source.clone(),
         jwt_audience: a.jwt_audience.clone(),
+        jwt_metadata_url: a.jwt_metadata_url.clone(),
         k8s_psat_cluster: a.k8s_psat_cluster.clone(),
         k8s_psat_token_file: a.k8s_psat_token_file.clone(),
         aws_iid: a.aws_iid,
