@@ -18,6 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "envoy/config/core/v3/base.proto",
         "envoy/type/v3/http_status.proto",
         "google/rpc/status.proto",
+        // Envoy secret discovery service (SDS), served by the agent: hand-written,
+        // wire-compatible subsets of the upstream files.
+        "envoy/service/secret/v3/sds.proto",
+        "envoy/service/discovery/v3/discovery.proto",
+        "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+        "envoy/extensions/transport_sockets/tls/v3/common.proto",
+        "envoy/extensions/transport_sockets/tls/v3/tls_spiffe_validator_config.proto",
+        "envoy/config/core/v3/extension.proto",
+        "envoy/type/v3/semantic_version.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

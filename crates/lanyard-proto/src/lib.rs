@@ -30,8 +30,10 @@ pub mod workload {
     tonic::include_proto!("_");
 }
 
-/// Envoy's external authorization gRPC API (`envoy.service.auth.v3.Authorization/Check`)
-/// and the types it uses: hand-written, wire-compatible subsets of the upstream protos
+/// Envoy's external authorization gRPC API (`envoy.service.auth.v3.Authorization/Check`),
+/// its secret discovery service (`envoy.service.secret.v3.SecretDiscoveryService`, with
+/// `envoy.service.discovery.v3` requests and responses and the TLS `Secret` types) and
+/// the types they use: hand-written, wire-compatible subsets of the upstream protos
 /// (proto/envoy/...). Nested to mirror the proto packages so generated `super::` paths
 /// resolve.
 pub mod envoy {
@@ -39,6 +41,35 @@ pub mod envoy {
         pub mod auth {
             pub mod v3 {
                 tonic::include_proto!("envoy.service.auth.v3");
+            }
+        }
+
+        pub mod discovery {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
+
+        pub mod secret {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.secret.v3");
+            }
+        }
+    }
+
+    pub mod extensions {
+        pub mod transport_sockets {
+            pub mod tls {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.transport_sockets.tls.v3");
+
+                    /// The type URL of [`Secret`] in `Any` and in discovery requests.
+                    pub const SECRET_TYPE_URL: &str =
+                        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+                    /// The type URL of [`SpiffeCertValidatorConfig`] in `Any`.
+                    pub const SPIFFE_VALIDATOR_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
+                }
             }
         }
     }
@@ -59,7 +90,8 @@ pub mod envoy {
     }
 }
 
-/// `google.rpc.Status` (subset: no `details`), used by Envoy's `CheckResponse`.
+/// `google.rpc.Status` (subset: no `details`), used by Envoy's `CheckResponse` and as
+/// the `error_detail` of xDS NACKs.
 pub mod google {
     pub mod rpc {
         tonic::include_proto!("google.rpc");
