@@ -137,7 +137,7 @@ impl Default for UnixAttestor {
     }
 }
 
-fn start_time(proc_root: &Path, pid: i32) -> Result<u64, AttestError> {
+pub(crate) fn start_time(proc_root: &Path, pid: i32) -> Result<u64, AttestError> {
     let stat =
         std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).map_err(|e| {
             AttestError::Proc {
@@ -155,6 +155,20 @@ fn start_time(proc_root: &Path, pid: i32) -> Result<u64, AttestError> {
             pid,
             reason: "malformed stat".to_string(),
         })
+}
+
+/// The supplementary group IDs in `/proc/PID/status` text (its `Groups:` line; an
+/// empty line means none). `None`: no such line, or a value that is not a gid.
+pub fn supplementary_gids(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    let mut out: Vec<u32> = Vec::new();
+    for g in line.split_whitespace() {
+        let g = g.parse().ok()?;
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    Some(out)
 }
 
 /// User or group names by id.
@@ -282,6 +296,23 @@ impl UnixAttestor {
         }
         if let Some(g) = self.groups.lookup(gid) {
             push("group", g);
+        }
+        // Supplementary groups: the kernel's list for the process, not /etc/group's
+        // membership lines (a process may have dropped or gained groups since login).
+        let status = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("status"))
+            .map_err(|e| AttestError::Proc {
+            pid,
+            reason: e.to_string(),
+        })?;
+        let groups = supplementary_gids(&status).ok_or_else(|| AttestError::Proc {
+            pid,
+            reason: "no readable Groups: line in its status".to_string(),
+        })?;
+        for g in groups {
+            push("supplementary_gid", g.to_string());
+            if let Some(name) = self.groups.lookup(g) {
+                push("supplementary_group", name);
+            }
         }
         // The binary: /proc/<pid>/exe opens exactly the running file, even if the
         // path has since been replaced.
@@ -436,6 +467,50 @@ mod tests {
         );
         std::fs::remove_file(&p).unwrap();
         assert_eq!(f.lookup(1000), None, "an unreadable file names nobody");
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_the_status_groups_line() {
+        let status = "Name:\tnginx\nUid:\t33\t33\t33\t33\nGid:\t33\t33\t33\t33\nGroups:\t4 27 33 4 \nNgid:\t0\n";
+        assert_eq!(supplementary_gids(status), Some(vec![4, 27, 33]));
+        assert_eq!(supplementary_gids("Groups:\t\n"), Some(vec![]));
+        assert_eq!(supplementary_gids("Groups:\t4 x\n"), None);
+        assert_eq!(supplementary_gids("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn attests_supplementary_groups_from_a_proc_root() {
+        // A fake /proc: pid 42 with groups 0 and 4242 (no name in /etc/group).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("42");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(
+            p.join("stat"),
+            "42 (w) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0",
+        )
+        .unwrap();
+        std::fs::write(p.join("status"), "Name:\tw\nGroups:\t0 4242\n").unwrap();
+        let a = UnixAttestor::new(dir.path().to_path_buf());
+        let s: Vec<String> = a
+            .attest(42, 1000, 1000)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(s.contains(&"unix:supplementary_gid:0".to_string()), "{s:?}");
+        assert!(
+            s.contains(&"unix:supplementary_gid:4242".to_string()),
+            "{s:?}"
+        );
+        assert!(
+            s.contains(&"unix:supplementary_group:root".to_string()),
+            "{s:?}"
+        );
+        assert!(
+            !s.iter()
+                .any(|x| x.starts_with("unix:supplementary_group:") && x.ends_with("4242")),
+            "{s:?}"
+        );
     }
 
     #[test]

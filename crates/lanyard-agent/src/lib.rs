@@ -6,10 +6,12 @@
 
 pub mod attestor;
 pub mod authz;
+pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod evidence;
 pub mod h2shim;
+pub mod k8s;
 pub mod lifecycle;
 pub mod node_attest;
 pub mod oneshot;

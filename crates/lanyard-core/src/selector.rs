@@ -34,7 +34,7 @@ pub enum SelectorError {
     #[error("the selector is {len} bytes long; at most {MAX_SELECTOR_LEN} bytes are allowed")]
     TooLong { len: usize },
     #[error(
-        "unknown unix selector {0:?}; use one of unix:uid:<n>, unix:gid:<n>, unix:user:<name>, unix:group:<name>, unix:path:</abs/path>, unix:sha256:<hex>"
+        "unknown unix selector {0:?}; use one of unix:uid:<n>, unix:gid:<n>, unix:user:<name>, unix:group:<name>, unix:supplementary_gid:<n>, unix:supplementary_group:<name>, unix:path:</abs/path>, unix:sha256:<hex>"
     )]
     UnknownUnixKind(String),
     #[error("{kind} must be a decimal number from 0 to 4294967295, got {value:?}")]
@@ -122,8 +122,12 @@ fn validate_unix(value: &str) -> Result<(), SelectorError> {
         .split_once(':')
         .ok_or_else(|| SelectorError::UnknownUnixKind(value.to_string()))?;
     match sub {
-        "uid" | "gid" => {
-            let kind = if sub == "uid" { "unix:uid" } else { "unix:gid" };
+        "uid" | "gid" | "supplementary_gid" => {
+            let kind = match sub {
+                "uid" => "unix:uid",
+                "gid" => "unix:gid",
+                _ => "unix:supplementary_gid",
+            };
             // Reject "+1", "01"-style ambiguity is harmless, but signs and spaces are not numbers.
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.parse::<u32>().is_err() {
                 return Err(SelectorError::NotAnId {
@@ -132,7 +136,7 @@ fn validate_unix(value: &str) -> Result<(), SelectorError> {
                 });
             }
         }
-        "user" | "group" => {
+        "user" | "group" | "supplementary_group" => {
             if v.is_empty() {
                 return Err(SelectorError::EmptyValue(format!("unix:{sub}:")));
             }
@@ -197,6 +201,8 @@ mod tests {
             "unix:uid:1000",
             "unix:uid:4294967295",
             "unix:gid:100",
+            "unix:supplementary_gid:27",
+            "unix:supplementary_group:docker",
             "unix:user:www-data",
             "unix:group:staff",
             "unix:path:/usr/bin/python3",
