@@ -15,6 +15,7 @@ pub mod k8s;
 pub mod lifecycle;
 pub mod node_attest;
 pub mod oneshot;
+pub mod sds;
 pub mod state;
 pub mod sync;
 pub mod sync_update;
@@ -189,10 +190,15 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         }
     });
     let workload = svc.clone();
+    // Envoy SDS on the same socket, attesting callers the same way.
+    let sds = lanyard_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(
+        sds::SdsService::new(svc.clone(), sds::SdsConfig::default()),
+    );
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(svc.clone()))
+            .add_service(sds)
             .add_service(lanyard_proto::secrets::secrets_server::SecretsServer::new(
                 svc,
             ))

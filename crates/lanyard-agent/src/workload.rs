@@ -88,6 +88,15 @@ impl WorkloadService {
                 ));
             }
         }
+        self.attest_caller(req).await
+    }
+
+    /// Attestation alone, for services on the same socket whose clients send no
+    /// Workload API header (Envoy SDS, [`crate::sds`]).
+    pub(crate) async fn attest_caller<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(Vec<Selector>, Recipient), Status> {
         let cred = req.extensions().get::<PeerInfo>().copied().ok_or_else(|| {
             Status::unavailable("workload attestation failed: no peer credentials")
         })?;
@@ -123,6 +132,18 @@ impl WorkloadService {
             return Err(Status::permission_denied("no identity issued"));
         }
         Ok((selectors, who))
+    }
+
+    pub(crate) fn state(&self) -> &Arc<AgentState> {
+        &self.state
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub(crate) fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
     }
 
     fn bundle_or_unavailable(&self) -> Result<Bundle, Status> {
@@ -247,7 +268,7 @@ where
 }
 
 /// At most 5 s, or until just after the soonest entry expiry.
-fn until_next_check(state: &AgentState, clock: &dyn Clock) -> Duration {
+pub(crate) fn until_next_check(state: &AgentState, clock: &dyn Clock) -> Duration {
     let now = clock
         .now()
         .duration_since(std::time::UNIX_EPOCH)
