@@ -585,19 +585,28 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 /// Run `command` with `SPIFFE_ENDPOINT_SOCKET` pointing at the agent's socket, its
 /// standard streams inherited. Interrupts are forwarded to it; if it has not exited
 /// [`KILL_GRACE`] after the first, it is killed. Returns its exit status.
+///
+/// Without a terminal (a CI job) the command leads a process group of its own and
+/// interrupts (and the kill) go to the whole group, so what it started stops with
+/// it. On a terminal it stays in the terminal's foreground group, where the
+/// terminal's own interrupts already reach it and everything it started (and where
+/// an interactive command may read the terminal).
 pub async fn run_command(
     agent: &RunningAgent,
     command: &[OsString],
     interrupts: &mut Interrupts,
 ) -> Result<u8, OneshotError> {
-    run_command_with_grace(agent, command, interrupts, KILL_GRACE).await
+    use std::io::IsTerminal;
+    let own_group = !std::io::stdin().is_terminal();
+    run_command_with(agent, command, interrupts, KILL_GRACE, own_group).await
 }
 
-async fn run_command_with_grace(
+async fn run_command_with(
     agent: &RunningAgent,
     command: &[OsString],
     interrupts: &mut Interrupts,
     kill_grace: Duration,
+    own_group: bool,
 ) -> Result<u8, OneshotError> {
     let Some((program, args)) = command.split_first() else {
         return Err(OneshotError::Spawn {
@@ -608,18 +617,20 @@ async fn run_command_with_grace(
             ),
         });
     };
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
         .env(
             "SPIFFE_ENDPOINT_SOCKET",
             format!("unix://{}", agent.socket_path.display()),
         )
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| OneshotError::Spawn {
-            program: program.to_string_lossy().into_owned(),
-            source,
-        })?;
+        .kill_on_drop(true);
+    if own_group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|source| OneshotError::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
@@ -642,12 +653,19 @@ async fn run_command_with_grace(
             }
             sig = interrupts.next() => {
                 if let Some(pid) = pid {
-                    let _ = rustix::process::kill_process(pid, sig);
+                    let _ = if own_group {
+                        rustix::process::kill_process_group(pid, sig)
+                    } else {
+                        rustix::process::kill_process(pid, sig)
+                    };
                 }
                 kill_at.get_or_insert_with(|| Instant::now() + kill_grace);
             }
             () = grace => {
                 tracing::warn!("the command did not exit after the signal; killing it");
+                if let (true, Some(pid)) = (own_group, pid) {
+                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                }
                 let _ = child.start_kill();
                 kill_at = None;
             }
@@ -828,11 +846,12 @@ mod tests {
             ready.display()
         );
         let command: Vec<OsString> = vec!["sh".into(), "-c".into(), script.into()];
-        let run = run_command_with_grace(
+        let run = run_command_with(
             &agent,
             &command,
             &mut interrupts,
             Duration::from_millis(300),
+            true,
         );
         let send = async {
             while !ready.exists() {
@@ -842,6 +861,41 @@ mod tests {
         };
         let (code, ()) = tokio::join!(run, send);
         assert_eq!(code.unwrap(), 128 + 9, "killed after the grace period");
+        // What the command started is interrupted with it (its own process group).
+        let _ = std::fs::remove_file(&ready);
+        let child_pid = ws.path().join("child.pid");
+        let script = format!(
+            "sleep 30 & echo $! > {}; touch {}; wait",
+            child_pid.display(),
+            ready.display()
+        );
+        let command: Vec<OsString> = vec!["sh".into(), "-c".into(), script.into()];
+        let run = run_command_with(&agent, &command, &mut interrupts, KILL_GRACE, true);
+        let send = async {
+            while !ready.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tx.send(Signal::TERM).await.unwrap();
+        };
+        let (code, ()) = tokio::join!(run, send);
+        assert_eq!(code.unwrap(), 128 + 15);
+        let sleeper: i32 = std::fs::read_to_string(&child_pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = async {
+            for _ in 0..100 {
+                let alive = std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "));
+                if !alive {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        };
+        assert!(gone.await, "the command's own child was interrupted too");
         let missing = run_command(&agent, &["/nonexistent/cmd".into()], &mut interrupts)
             .await
             .unwrap_err()
