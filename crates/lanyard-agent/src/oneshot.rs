@@ -346,6 +346,8 @@ pub struct Found {
     pub bundle: Vec<Vec<u8>>,
     /// One JWT-SVID per requested audience, in the order asked.
     pub jwts: Vec<String>,
+    /// Federated trust domains' X.509 authorities (DER), by trust domain name.
+    pub federated: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 fn split(der: &[u8]) -> Result<Vec<Vec<u8>>, OneshotError> {
@@ -399,6 +401,15 @@ async fn matching_svids(
             return Err(no_entry(agent, me, timeout).await);
         }
     };
+    let mut federated = Vec::new();
+    for (td, der) in &response.federated_bundles {
+        let td = td.strip_prefix("spiffe://").unwrap_or(td);
+        // A trust domain name is also a safe file name; anything else is skipped.
+        if lanyard_core::TrustDomain::new(td).is_ok() {
+            federated.push((td.to_string(), split(der)?));
+        }
+    }
+    federated.sort();
     let mut found = Vec::new();
     for svid in response.svids {
         found.push(Found {
@@ -407,6 +418,7 @@ async fn matching_svids(
             key_pkcs8: svid.x509_svid_key,
             spiffe_id: svid.spiffe_id,
             jwts: Vec::new(),
+            federated: federated.clone(),
         });
     }
     for audience in audiences {
@@ -530,7 +542,50 @@ fn write_one(dir: &Path, f: &Found) -> Result<(), OneshotError> {
     for (n, token) in f.jwts.iter().enumerate() {
         lanyard_fs::write_private(&dir.join(jwt_file_name(n)), token.as_bytes())?;
     }
+    if !f.federated.is_empty() {
+        let fed = dir.join("federated");
+        create_dir(&fed)?;
+        for (td, certs) in &f.federated {
+            write_public(
+                &fed.join(format!("{td}.pem")),
+                pem_chain("CERTIFICATE", certs).as_bytes(),
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// Remove what an earlier run wrote to `svids/<i>/` for i ≥ `keep` (only the
+/// files this mode writes; a directory holding anything else stays).
+fn remove_stale(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir.join("svids")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|i| i >= keep);
+        if !stale {
+            continue;
+        }
+        let d = e.path();
+        for name in ["svid.pem", "svid.key", "bundle.pem"] {
+            let _ = std::fs::remove_file(d.join(name));
+        }
+        if let Ok(files) = std::fs::read_dir(&d) {
+            for f in files.flatten() {
+                let n = f.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with("jwt_svid.") && n.ends_with(".token") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&d);
+    }
+    let _ = std::fs::remove_dir(dir.join("svids"));
 }
 
 fn create_dir(dir: &Path) -> Result<(), OneshotError> {
@@ -550,10 +605,13 @@ fn create_dir(dir: &Path) -> Result<(), OneshotError> {
 /// `svid.pem` (leaf then intermediates, 0644), `svid.key` (PKCS #8 PEM, 0600),
 /// `bundle.pem` (the trust domain's X.509 authorities, 0644) and
 /// `jwt_svid.<n>.token` (0600) for the n-th audience; each further identity the
-/// same way in `svids/<i>/` (i = 1, 2, … in Workload API order). Returns one line
-/// per identity saying where it went.
+/// same way in `svids/<i>/` (i = 1, 2, … in Workload API order); federated
+/// bundles as `federated/<trust domain>.pem`. What an earlier run left in
+/// `svids/<i>/` beyond these is removed. Returns one line per identity saying
+/// where it went.
 pub fn write_svids(dir: &Path, found: &[Found]) -> Result<Vec<String>, OneshotError> {
     create_dir(dir)?;
+    remove_stale(dir, found.len().max(1));
     let mut lines = Vec::new();
     for (i, f) in found.iter().enumerate() {
         let target = if i == 0 {
@@ -690,7 +748,31 @@ mod tests {
             key_pkcs8: b"key".to_vec(),
             bundle: vec![b"root".to_vec()],
             jwts: jwts.iter().map(|s| s.to_string()).collect(),
+            federated: Vec::new(),
         }
+    }
+
+    #[test]
+    fn federated_bundles_are_written_and_stale_identities_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        let two = [
+            found("spiffe://example.org/ci/a", &[]),
+            found("spiffe://example.org/ci/b", &[]),
+            found("spiffe://example.org/ci/c", &["t"]),
+        ];
+        write_svids(&dir, &two).unwrap();
+        assert!(dir.join("svids/2/jwt_svid.0.token").exists());
+        std::fs::write(dir.join("svids/2/mine.txt"), "not ours").unwrap();
+        let mut one = found("spiffe://example.org/ci/a", &[]);
+        one.federated = vec![("partner.example".into(), vec![b"p-root".to_vec()])];
+        write_svids(&dir, &[one]).unwrap();
+        assert!(!dir.join("svids/1").exists(), "a stale identity is removed");
+        assert!(!dir.join("svids/2/svid.key").exists());
+        assert!(dir.join("svids/2/mine.txt").exists(), "other files stay");
+        let fed =
+            pem::parse(std::fs::read(dir.join("federated/partner.example.pem")).unwrap()).unwrap();
+        assert_eq!(fed.contents(), b"p-root");
     }
 
     #[test]
