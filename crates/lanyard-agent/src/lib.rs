@@ -8,6 +8,7 @@ pub mod attestor;
 pub mod authz;
 pub mod cgroup;
 pub mod config;
+pub mod docker;
 pub mod error;
 pub mod evidence;
 pub mod h2shim;
