@@ -20,6 +20,7 @@ pub mod sds;
 pub mod state;
 pub mod sync;
 pub mod sync_update;
+pub mod systemd;
 #[cfg(test)]
 mod test_support;
 pub mod workload;
