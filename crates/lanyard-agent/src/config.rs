@@ -122,6 +122,13 @@ pub struct FileConfig {
     pub aws_imds_url: Option<String>,
     pub log_level: Option<String>,
     pub authz_bind: Option<String>,
+    /// Workload attestors to run, in order (default `["unix"]`).
+    pub workload_attestors: Option<Vec<String>>,
+    /// Where the attestors read `/proc` (default `/proc`).
+    pub proc_root: Option<PathBuf>,
+    pub k8s: Option<crate::attestor_config::K8sFile>,
+    pub docker: Option<crate::attestor_config::DockerFile>,
+    pub systemd: Option<crate::attestor_config::SystemdFile>,
 }
 
 /// Command-line values (each wins over the file).
@@ -158,6 +165,10 @@ pub struct Overrides {
     pub aws_imds_url: Option<String>,
     /// Address of the local AuthZEN evaluation API (e.g. 127.0.0.1:8181).
     pub authz_bind: Option<String>,
+    /// Workload attestors to run, in order (`--workload-attestors unix,k8s`).
+    pub workload_attestors: Option<Vec<String>>,
+    /// Where the attestors read `/proc` (`--proc-root`).
+    pub proc_root: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -175,6 +186,8 @@ pub struct AgentConfig {
     /// Serve the AuthZEN evaluation API for agent-local decisions here (plain HTTP:
     /// bind to loopback or a protected interface). `None`: not served.
     pub authz_bind: Option<std::net::SocketAddr>,
+    /// The workload attestors, in order ([`crate::attestor_config`]).
+    pub workload_attestors: Vec<crate::attestor_config::AttestorConfig>,
 }
 
 use crate::error::ConfigError;
@@ -431,6 +444,14 @@ impl AgentConfig {
                 )
             })?),
         };
+        let workload_attestors = crate::attestor_config::resolve(
+            o.workload_attestors.as_deref(),
+            f.workload_attestors.as_deref(),
+            o.proc_root.clone().or(f.proc_root.clone()),
+            f.k8s.as_ref(),
+            f.docker.as_ref(),
+            f.systemd.as_ref(),
+        )?;
         let server_id = SpiffeId::from_parts(&trust_domain, "/lanyard/server")
             .map_err(|e| invalid("trust_domain", e))?;
         Ok(Self {
@@ -444,6 +465,7 @@ impl AgentConfig {
             insecure_bootstrap,
             log_level: f.log_level.unwrap_or_else(|| "info".to_string()),
             authz_bind,
+            workload_attestors,
         })
     }
 }
@@ -697,6 +719,30 @@ mod tests {
             AgentConfig::load(&base()).unwrap().bootstrap,
             Bootstrap::None
         ));
+    }
+
+    #[test]
+    fn workload_attestors_and_their_tables_from_the_file() {
+        let c = from_file(
+            "workload_attestors = [\"unix\", \"k8s\", \"docker\", \"systemd\"]\nproc_root = \"/host/proc\"\n[k8s]\nread_only_port = 10255\nnode_name = \"node-1\"\n[docker]\nsocket = \"/run/docker.sock\"\nenv_selectors = [\"ROLE\"]\n[systemd]\nunit_paths = [\"/etc/systemd/system\"]\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.workload_attestors.iter().map(|a| a.name()).collect();
+        assert_eq!(names, ["unix", "k8s", "docker", "systemd"]);
+        match &c.workload_attestors[1] {
+            crate::attestor_config::AttestorConfig::K8s(k) => {
+                assert_eq!(k.kubelet_url, "http://node-1:10255")
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = from_file("workload_attestors = [\"unix\", \"k8s\"]\n[k8s]\nkubelet_port = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kubelet_port"), "{e}");
+        assert_eq!(
+            AgentConfig::load(&base()).unwrap().workload_attestors.len(),
+            1
+        );
     }
 
     #[test]

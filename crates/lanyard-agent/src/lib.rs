@@ -5,6 +5,7 @@
 //! agent-local decisions ([`authz`]).
 
 pub mod attestor;
+pub mod attestor_config;
 pub mod authz;
 pub mod cgroup;
 pub mod config;
@@ -94,6 +95,15 @@ async fn until(mut rx: watch::Receiver<bool>) {
 pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| AgentError::io("cannot create", &cfg.data_dir, e))?;
+    // The workload attestors (a kubelet CA that cannot be read fails the start).
+    let attestors = Arc::new(
+        attestor_config::build(&cfg.workload_attestors)
+            .map_err(|e| ConfigError::invalid("workload_attestors", e))?,
+    );
+    tracing::info!(
+        attestors = ?cfg.workload_attestors.iter().map(|a| a.name()).collect::<Vec<_>>(),
+        "workload attestors"
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
@@ -168,7 +178,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     };
     let svc = workload::WorkloadService::new(
         state.clone(),
-        Arc::new(attestor::WorkloadAttestors::unix()),
+        attestors,
         node,
         deliveries,
     );

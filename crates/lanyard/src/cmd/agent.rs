@@ -79,6 +79,15 @@ pub struct AgentArgs {
     /// (plain HTTP; e.g. 127.0.0.1:8181).
     #[arg(long)]
     pub authz_bind: Option<String>,
+    /// Workload attestors to run, in order, comma-separated: unix, k8s, docker,
+    /// systemd (default unix; their settings are the [k8s], [docker] and [systemd]
+    /// tables of the config file).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub workload_attestors: Option<Vec<String>>,
+    /// Where the workload attestors read /proc (default /proc; e.g. /host/proc for
+    /// an agent in a container with the host's /proc mounted there).
+    #[arg(long, value_name = "DIR")]
+    pub proc_root: Option<PathBuf>,
     /// One-shot mode for CI jobs: attest, fetch the SVIDs of the entries that match
     /// the job, then --write them to a directory or run `-- CMD…` with a Workload API
     /// socket; the agent's identity and keys live in a temporary directory removed
@@ -150,6 +159,8 @@ fn overrides(a: &AgentArgs) -> Overrides {
         aws_iid: a.aws_iid,
         aws_imds_url: a.aws_imds_url.clone(),
         authz_bind: a.authz_bind.clone(),
+        workload_attestors: a.workload_attestors.clone(),
+        proc_root: a.proc_root.clone(),
     }
 }
 
