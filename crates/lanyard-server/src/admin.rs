@@ -134,6 +134,12 @@ impl AdminService {
     /// refusal over mTLS is recorded in the evidence log.
     async fn admin<T>(&self, req: &Request<T>) -> Result<AdminCaller, Status> {
         let caller = Caller::of(req)?;
+        // Fail fast while the datastore is away rather than wait on it.
+        if let Some(cause) = self.shared.db_health.down_cause() {
+            return Err(Status::unavailable(format!(
+                "the datastore is unreachable ({cause}); nothing was read or changed; the server reconnects by itself, retry when GET /ready answers 200"
+            )));
+        }
         let index = if self.require_admin_svid {
             Some(self.shared.entries.index().await.map_err(server_status)?)
         } else {

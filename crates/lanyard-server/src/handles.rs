@@ -323,6 +323,54 @@ impl AuditSink {
     }
 }
 
+/// Whether the datastore answers, as a background probe last saw it (every
+/// [`DatastoreHealth::INTERVAL`], each probe bounded by [`DatastoreHealth::TIMEOUT`]).
+/// `/ready` and the admin API read it instead of waiting on a database that is
+/// away, so they answer at once with the cause.
+#[derive(Debug, Default)]
+pub struct DatastoreHealth {
+    down: RwLock<Option<String>>,
+}
+
+impl DatastoreHealth {
+    /// Time between probes.
+    pub const INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+    /// Longest a probe waits for the database.
+    pub const TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+    /// Why the datastore is unreachable, if the last probe failed.
+    pub fn down_cause(&self) -> Option<String> {
+        self.down.read().map(|d| d.clone()).unwrap_or_else(|_| {
+            Some("the datastore health state is unreadable (lock poisoned)".into())
+        })
+    }
+
+    /// Record a probe's outcome; whether it changed the state.
+    pub fn record(&self, outcome: Result<(), String>) -> bool {
+        let Ok(mut d) = self.down.write() else {
+            return false;
+        };
+        let next = outcome.err();
+        let changed = d.is_some() != next.is_some();
+        *d = next;
+        changed
+    }
+
+    /// Probe `store` once and record it, logging transitions.
+    pub async fn probe(&self, store: &AnyStore) {
+        let outcome = store.ping(Self::TIMEOUT).await.map_err(|e| e.to_string());
+        let cause = outcome.clone().err();
+        if self.record(outcome) {
+            match cause {
+                Some(c) => {
+                    tracing::error!(cause = %c, "datastore unreachable: admin calls fail fast and /ready answers 503 until it is back; agents keep serving cached SVIDs")
+                }
+                None => tracing::info!("datastore reachable again"),
+            }
+        }
+    }
+}
+
 /// Compiled policy sets by kind, with the stored version each came from.
 #[derive(Debug, Default)]
 pub struct PolicyCache {
@@ -434,6 +482,26 @@ impl Entries {
 mod tests {
     use super::*;
     use lanyard_core::TrustDomain;
+
+    #[tokio::test]
+    async fn datastore_health_follows_the_probe_and_reports_transitions() {
+        let h = DatastoreHealth::default();
+        assert_eq!(h.down_cause(), None, "up until a probe says otherwise");
+        assert!(!h.record(Ok(())));
+        assert!(h.record(Err("connection refused".into())));
+        assert_eq!(h.down_cause().as_deref(), Some("connection refused"));
+        assert!(!h.record(Err("still refused".into())), "no new transition");
+        assert_eq!(h.down_cause().as_deref(), Some("still refused"));
+        assert!(h.record(Ok(())));
+        // A real probe of a working store.
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::open(&dir.path().join("db.sqlite").to_string_lossy())
+            .await
+            .unwrap();
+        h.record(Err("x".into()));
+        h.probe(&store).await;
+        assert_eq!(h.down_cause(), None);
+    }
 
     #[test]
     fn the_policy_cache_answers_only_for_the_version_it_holds() {

@@ -36,7 +36,6 @@ use axum::http::StatusCode;
 use lanyard_core::Clock;
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
-use lanyard_store::Store;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -226,6 +225,19 @@ pub async fn start(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
+    // Datastore health, probed in the background for /ready and the admin API.
+    let probe = shared.clone();
+    let mut rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        loop {
+            probe.db_health.probe(&probe.store).await;
+            tokio::select! {
+                () = tokio::time::sleep(handles::DatastoreHealth::INTERVAL) => {}
+                _ = rx.changed() => return Ok(()),
+            }
+        }
+    });
+
     // Admin API on the Unix socket.
     let admin_socket = shared.config.admin_socket.clone();
     let admin_listener = bind_admin_socket(&admin_socket).await?;
@@ -304,18 +316,17 @@ pub async fn start(
                 let s = ready_state.clone();
                 async move {
                     let ca_ok = s.ca.read().map(|c| c.active().is_some()).unwrap_or(false);
-                    let db_ok = s
-                        .store
-                        .get_bundle(s.config.trust_domain.name())
-                        .await
-                        .is_ok();
-                    if ca_ok && db_ok {
-                        (StatusCode::OK, "ready\n".to_string())
-                    } else {
-                        (
+                    let db_down = s.db_health.down_cause();
+                    match (ca_ok, db_down) {
+                        (true, None) => (StatusCode::OK, "ready\n".to_string()),
+                        (ca_ok, db) => (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: ca_active={ca_ok} datastore={db_ok}\n"),
-                        )
+                            format!(
+                                "not ready: ca_active={ca_ok} datastore={}\n",
+                                db.map(|c| format!("unreachable ({c})"))
+                                    .unwrap_or_else(|| "ok".into())
+                            ),
+                        ),
                     }
                 }
             }),

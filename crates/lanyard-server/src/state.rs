@@ -127,6 +127,8 @@ pub struct Shared {
     pub x509pop_roots: Option<BundleSet>,
     /// Seals exception secrets at rest.
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// Whether the datastore answers (probed in the background).
+    pub db_health: Arc<crate::handles::DatastoreHealth>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -308,6 +310,7 @@ impl Shared {
             changes,
             policies: Arc::new(PolicyCache::default()),
             secrets: Arc::new(secrets),
+            db_health: Arc::default(),
             store,
             ca: Arc::new(Authority::new(
                 ca,

@@ -939,6 +939,10 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// Longest a statement waits for a PostgreSQL connection before it fails as
+/// [`StoreError::Unavailable`].
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PgStore {
     /// Connect to `url` (`postgres://user@host:port/db`) and run migrations.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -949,7 +953,7 @@ impl PgStore {
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Open(format!("cannot connect to PostgreSQL: {e}")))?;
@@ -993,6 +997,24 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
+    /// Whether the database answers a trivial query within `within`; the error
+    /// says why not (unreachable, or no answer in time).
+    pub async fn ping(&self, within: Duration) -> Result<()> {
+        let q = async {
+            match self {
+                Self::Sqlite(s) => sqlx::query("SELECT 1").execute(s.pool()).await.map(|_| ()),
+                Self::Postgres(s) => sqlx::query("SELECT 1").execute(s.pool()).await.map(|_| ()),
+            }
+        };
+        match tokio::time::timeout(within, q).await {
+            Ok(r) => r.map_err(db_err),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                within.as_millis()
+            ))),
+        }
+    }
+
     /// `postgres://…` connects to PostgreSQL; anything else is a SQLite file path.
     pub async fn open(location: &str) -> Result<Self> {
         if location.starts_with("postgres://") || location.starts_with("postgresql://") {
