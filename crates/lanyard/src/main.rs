@@ -293,6 +293,13 @@ enum SvidCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Keep SVIDs as files for software that cannot speak SPIFFE: write chain, key
+    /// and bundle atomically on every rotation, then run a reload hook (--exec,
+    /// --signal --pid-file) or supervise a program given after --.
+    Watch {
+        #[command(flatten)]
+        args: Box<cmd::watch::WatchArgs>,
+    },
     /// Fetch a JWT-SVID for an audience.
     Jwt {
         #[arg(long)]
@@ -784,6 +791,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             write.as_deref(),
             output,
         )),
+        Command::Svid {
+            command: SvidCommand::Watch { args },
+        } => runtime()?.block_on(cmd::watch::run(*args)),
         Command::Svid {
             command:
                 SvidCommand::Jwt {

@@ -7,4 +7,5 @@ pub mod bench;
 pub mod governance;
 pub mod inspect;
 pub mod server;
+pub mod watch;
 pub mod workload;
