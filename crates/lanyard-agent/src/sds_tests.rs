@@ -407,7 +407,10 @@ fn current(h: &Holdings, s: &SotwStream) -> Vec<SecretResource> {
 fn sotw_first_request_ack_rotation_nack_and_stale_nonces() {
     let mut h = holdings();
     let mut s = SotwStream::default();
-    assert_eq!(s.offer(select(&[], &h, &cfg(), false).resources, false), None);
+    assert_eq!(
+        s.offer(select(&[], &h, &cfg(), false).resources, false),
+        None
+    );
     let d = s.on_request(req(&["default", "ROOTCA"], "", "", None));
     assert_eq!(d.received, Received::First);
     assert!(d.respond);
@@ -643,4 +646,179 @@ fn delta_wildcard_and_initial_versions() {
     assert_eq!(s.subscription(), (true, names(&["default"]).as_slice()));
     s.on_request(dreq(&[], &["*"], "", None));
     assert!(!s.subscription().0);
+}
+
+// ---- the service: attestation without the header, refusals, evidence ----
+
+mod service {
+    use super::*;
+    use crate::attestor::{AttestError, PeerCredentials, WorkloadAttestor, WorkloadAttestors};
+    use crate::evidence::Deliveries;
+    use crate::h2shim::PeerInfo;
+    use crate::state::{AgentState, CachedSvid};
+    use crate::sync::NodeHandle;
+    use crate::sync_update::SyncState;
+    use crate::test_support::{TestCa, entry, trust_domain};
+    use lanyard_core::{Clock, SpiffeId, SystemClock};
+
+    #[derive(Debug)]
+    struct Fixed(Option<Vec<&'static str>>);
+
+    #[tonic::async_trait]
+    impl WorkloadAttestor for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        async fn attest(&self, _: &PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+            match &self.0 {
+                Some(s) => Ok(s.iter().map(|x| Selector::new(x).unwrap()).collect()),
+                None => Err(AttestError::Source {
+                    attestor: "fixed",
+                    reason: "runtime socket unreachable".into(),
+                }),
+            }
+        }
+    }
+
+    /// An SDS service over a state with entry `web` (uid 1000) and its SVID.
+    fn sds(selectors: Option<Vec<&'static str>>) -> (SdsService, Arc<Deliveries>, Vec<u8>) {
+        let ca = TestCa::new("ca1");
+        let state = Arc::new(AgentState::new(trust_domain(), Some(ca.bundle())));
+        state.apply(SyncState {
+            entries: vec![entry("web", &["unix:uid:1000"], 1)],
+            ..SyncState::default()
+        });
+        let now = SystemClock.unix_seconds();
+        let (leaf, key) = ca.leaf("spiffe://example.org/web", now - 60, now + 3600);
+        state.store_svid(
+            "web",
+            CachedSvid {
+                spiffe_id: SpiffeId::new("spiffe://example.org/web").unwrap(),
+                chain: vec![leaf.clone(), ca.der.clone()],
+                key_pkcs8: key,
+                issued_at: now - 60,
+                expires_at: now + 3600,
+                rotate_at: now + 1800,
+                entry_revision: 1,
+                serial: "01".into(),
+                event_id: "ev-web".into(),
+                authority: ca.key_id(),
+            },
+        );
+        let deliveries = Arc::new(Deliveries::default());
+        let workload = WorkloadService::new(
+            state,
+            Arc::new(WorkloadAttestors::new(
+                vec![Arc::new(Fixed(selectors))],
+                crate::attestor::ATTEST_BOUND,
+            )),
+            NodeHandle::default(),
+            deliveries.clone(),
+        );
+        (
+            SdsService::new(workload, SdsConfig::default()),
+            deliveries,
+            leaf,
+        )
+    }
+
+    /// A request as Envoy sends it: peer credentials, no `workload.spiffe.io` header.
+    fn request(names_: &[&str], type_url: &str) -> Request<disc_pb::DiscoveryRequest> {
+        let mut r = Request::new(disc_pb::DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names(names_),
+            ..Default::default()
+        });
+        r.extensions_mut().insert(PeerInfo {
+            pid: Some(42),
+            uid: 1000,
+            gid: 1000,
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn fetch_needs_no_header_and_serves_the_svid_and_bundle_with_evidence() {
+        let (s, deliveries, leaf) = sds(Some(vec!["unix:uid:1000"]));
+        let resp = s
+            .fetch_secrets(request(
+                &["default", "ROOTCA", "spiffe://example.org/nope"],
+                tls_pb::SECRET_TYPE_URL,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.type_url, tls_pb::SECRET_TYPE_URL);
+        assert!(resp.nonce.is_empty());
+        assert!(!resp.version_info.is_empty());
+        let secrets: Vec<tls_pb::Secret> = resp
+            .resources
+            .iter()
+            .map(|a| tls_pb::Secret::decode(a.value.as_slice()).unwrap())
+            .collect();
+        let got: Vec<_> = secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(got, ["default", "ROOTCA"], "the unknown name is left out");
+        let Some(tls_pb::secret::Type::TlsCertificate(tc)) = &secrets[0].r#type else {
+            panic!()
+        };
+        let Some(core_pb::data_source::Specifier::InlineBytes(chain)) = tc
+            .certificate_chain
+            .as_ref()
+            .and_then(|d| d.specifier.clone())
+        else {
+            panic!()
+        };
+        assert_eq!(pem::parse_many(chain).unwrap()[0].contents(), leaf);
+        assert_eq!(deliveries.pending(), 1, "the delivery is recorded");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_clear() {
+        // No identity.
+        let (s, deliveries, _) = sds(Some(vec!["unix:uid:7"]));
+        let e = s
+            .fetch_secrets(request(&["default"], ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().starts_with("no identity issued"), "{e:?}");
+        assert_eq!(deliveries.pending(), 0);
+        // Attestation fails: Unavailable with the attestor's reason.
+        let (s, _, _) = sds(None);
+        let e = s
+            .fetch_secrets(request(&["default"], ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("runtime socket unreachable"), "{e:?}");
+        // No peer credentials.
+        let (s, _, _) = sds(Some(vec!["unix:uid:1000"]));
+        let e = s
+            .fetch_secrets(Request::new(disc_pb::DiscoveryRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        // Another resource type.
+        let e = s
+            .fetch_secrets(request(
+                &["x"],
+                "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // Only unknown names: NotFound naming each and why.
+        let e = s
+            .fetch_secrets(request(&["spiffe://example.org/nope", "ALL"], ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert!(
+            e.message()
+                .contains("\"spiffe://example.org/nope\" (no SVID or bundle")
+                && e.message()
+                    .contains("\"ALL\" (all bundles are served only through"),
+            "{e:?}"
+        );
+    }
 }
