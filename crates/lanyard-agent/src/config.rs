@@ -103,7 +103,8 @@ impl std::str::FromStr for JwtTokenSource {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub trust_domain: Option<String>,
-    pub server_address: Option<String>,
+    /// One `host:port`, several comma-separated, or a list.
+    pub server_address: Option<ServerAddresses>,
     pub data_dir: Option<PathBuf>,
     pub socket_path: Option<PathBuf>,
     pub join_token: Option<String>,
@@ -129,6 +130,43 @@ pub struct FileConfig {
     pub k8s: Option<crate::attestor_config::K8sFile>,
     pub docker: Option<crate::attestor_config::DockerFile>,
     pub systemd: Option<crate::attestor_config::SystemdFile>,
+}
+
+/// `server_address` as written: one address (possibly comma-separated) or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ServerAddresses {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The servers to try, in order: `host:port` each (a DNS name may have several
+/// records; each is tried on connect). Empty parts and repeats are errors.
+pub fn parse_server_addresses(given: &ServerAddresses) -> Result<Vec<String>, ConfigError> {
+    let parts: Vec<String> = match given {
+        ServerAddresses::One(s) => s.split(',').map(|p| p.trim().to_string()).collect(),
+        ServerAddresses::Many(v) => v.iter().map(|p| p.trim().to_string()).collect(),
+    };
+    if parts.is_empty() || parts.iter().any(String::is_empty) {
+        return Err(invalid(
+            "server_address",
+            "an address is empty; give host:port, several separated by commas (a list in TOML)",
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for a in parts {
+        let ok = a.parse::<std::net::SocketAddr>().is_ok()
+            || a.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(invalid("server_address", format!("{a:?} is not host:port")));
+        }
+        if out.contains(&a) {
+            return Err(invalid("server_address", format!("{a:?} is given twice")));
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 /// Command-line values (each wins over the file).
@@ -175,7 +213,11 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub trust_domain: TrustDomain,
+    /// The first of [`AgentConfig::server_addresses`].
     pub server_address: String,
+    /// The servers, tried in turn: on failure the agent moves to the next one
+    /// (keeping its identity and serving cached SVIDs meanwhile).
+    pub server_addresses: Vec<String>,
     pub server_id: SpiffeId,
     pub data_dir: PathBuf,
     pub socket_path: PathBuf,
@@ -401,22 +443,14 @@ impl AgentConfig {
             .or(f.trust_domain.clone())
             .ok_or(ConfigError::Missing("trust_domain"))?;
         let trust_domain = TrustDomain::new(&td).map_err(|e| invalid("trust_domain", e))?;
-        let server_address = o
-            .server_address
-            .clone()
-            .or(f.server_address.clone())
-            .unwrap_or_else(|| "127.0.0.1:8081".to_string());
-        if server_address.parse::<std::net::SocketAddr>().is_err()
-            && server_address
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-        {
-            return Err(invalid(
-                "server_address",
-                format!("{server_address:?} is not host:port"),
-            ));
-        }
+        let server_addresses = parse_server_addresses(
+            &o.server_address
+                .clone()
+                .map(ServerAddresses::One)
+                .or(f.server_address.clone())
+                .unwrap_or_else(|| ServerAddresses::One("127.0.0.1:8081".to_string())),
+        )?;
+        let server_address = server_addresses.first().cloned().unwrap_or_default();
         let data_dir = o
             .data_dir
             .clone()
@@ -457,6 +491,7 @@ impl AgentConfig {
         Ok(Self {
             trust_domain,
             server_address,
+            server_addresses,
             server_id,
             data_dir,
             socket_path,
@@ -588,6 +623,34 @@ mod tests {
             e.contains("`jwt_metadata_url`") && e.contains("gcp_metadata"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn several_server_addresses_from_a_flag_or_a_list() {
+        let c = AgentConfig::load(&Overrides {
+            server_address: Some("a.example:8081, 10.0.0.2:8081".into()),
+            ..base()
+        })
+        .unwrap();
+        assert_eq!(c.server_addresses, ["a.example:8081", "10.0.0.2:8081"]);
+        assert_eq!(c.server_address, "a.example:8081");
+        let c = from_file("server_address = [\"s1:8081\", \"s2:8081\"]\n").unwrap();
+        assert_eq!(c.server_addresses, ["s1:8081", "s2:8081"]);
+        for (bad, want) in [
+            ("s1:8081,,s2:8081", "empty"),
+            ("s1:8081,s1:8081", "twice"),
+            ("s1", "not host:port"),
+            (":8081", "not host:port"),
+        ] {
+            let e = err(Overrides {
+                server_address: Some(bad.into()),
+                ..base()
+            });
+            assert!(
+                e.contains("`server_address`") && e.contains(want),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

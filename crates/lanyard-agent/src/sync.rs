@@ -167,6 +167,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 /// Run node attestation; returns the agent SVID and the server's bundle.
 async fn attest(
     cfg: &AgentConfig,
+    server: &str,
     state: &AgentState,
 ) -> Result<(AgentSvid, Bundle), tonic::Status> {
     // The evidence first: a missing token or an unreachable metadata service is
@@ -186,15 +187,10 @@ async fn attest(
         tracing::warn!(
             "insecure bootstrap: the server's certificate is NOT verified for this first contact"
         );
-        lanyard_tls::client::insecure_channel(&cfg.server_address).await
+        lanyard_tls::client::insecure_channel(server).await
     } else {
-        lanyard_tls::client::tls_channel(
-            &cfg.server_address,
-            state.bundles.clone(),
-            cfg.server_id.clone(),
-            None,
-        )
-        .await
+        lanyard_tls::client::tls_channel(server, state.bundles.clone(), cfg.server_id.clone(), None)
+            .await
     }
     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = NodeClient::new(channel);
@@ -322,12 +318,19 @@ pub async fn run(
 ) {
     let mut life = Lifecycle::new();
     let mut renewed: Option<AgentSvid> = None;
+    let mut servers = Failover::new(cfg.server_addresses.len());
     loop {
         if *shutdown.borrow() {
             return;
         }
+        let server = cfg
+            .server_addresses
+            .get(servers.current())
+            .unwrap_or(&cfg.server_address)
+            .clone();
         let (end, error) = match session(
             &cfg,
+            &server,
             &state,
             &node,
             clock.as_ref(),
@@ -352,10 +355,21 @@ pub async fn run(
             }
         };
         node.set(None).await;
+        let was_synced = life.phase() == Phase::Synced;
         life = life.on(Event::Ended(end));
-        let Some(wait) = settle(life.phase(), error.as_ref(), &state, &cfg.data_dir) else {
+        let Some(mut wait) = settle(life.phase(), error.as_ref(), &state, &cfg.data_dir) else {
             return;
         };
+        if let Phase::ServerLost { .. } = life.phase() {
+            // Another server next; at once while some have not been tried since
+            // the last working one, with the backoff once all have.
+            if servers.fail_over(was_synced) {
+                tracing::warn!(from = %server, to = %cfg.server_addresses.get(servers.current()).unwrap_or(&server), "failing over to the next server");
+                wait = Duration::ZERO;
+            }
+        } else {
+            servers.reset_round();
+        }
         if wait.is_zero() {
             continue;
         }
@@ -392,6 +406,51 @@ fn settle(
     }
 }
 
+/// Which server to use, and whether a failover is immediate: each server is tried
+/// once in a round; a round starts again after one worked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    n: usize,
+    current: usize,
+    tried: usize,
+}
+
+impl Failover {
+    pub fn new(n: usize) -> Self {
+        Self {
+            n: n.max(1),
+            current: 0,
+            tried: 1,
+        }
+    }
+    pub fn current(&self) -> usize {
+        self.current
+    }
+    /// The current server failed (`worked`: it had served this agent before it
+    /// failed). Move to the next; whether to try it at once (not every server has
+    /// failed in this round).
+    pub fn fail_over(&mut self, worked: bool) -> bool {
+        if worked {
+            self.tried = 1;
+        }
+        if self.n == 1 {
+            return false;
+        }
+        self.current = (self.current + 1) % self.n;
+        if self.tried < self.n {
+            self.tried += 1;
+            true
+        } else {
+            self.tried = 1;
+            false
+        }
+    }
+    /// A session ended otherwise (renewal, shutdown): a fresh round.
+    pub fn reset_round(&mut self) {
+        self.tried = 1;
+    }
+}
+
 /// Why a session ended without an error.
 #[derive(Debug)]
 enum Ending {
@@ -404,6 +463,7 @@ enum Ending {
 /// attest), connect, then the synced phase ([`Session::run`]).
 async fn session(
     cfg: &AgentConfig,
+    server: &str,
     state: &AgentState,
     node: &NodeHandle,
     clock: &dyn Clock,
@@ -416,7 +476,7 @@ async fn session(
         Some(id) => id,
         None => {
             *life = life.on(Event::NoIdentity);
-            let (id, bundle) = attest(cfg, state).await?;
+            let (id, bundle) = attest(cfg, server, state).await?;
             tracing::info!(agent = %id.spiffe_id, "node attested");
             save_identity(&cfg.data_dir, &id).map_err(internal)?;
             if let Ok(doc) = bundle.to_json() {
@@ -434,7 +494,7 @@ async fn session(
         certified_key(&identity.chain, &identity.key_pkcs8).map_err(internal)?,
     ));
     let channel = lanyard_tls::client::tls_channel_with(
-        &cfg.server_address,
+        server,
         state.bundles.clone(),
         cfg.server_id.clone(),
         Some(resolver.clone()),
@@ -751,6 +811,29 @@ mod tests {
 
     fn ids(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn failover_tries_each_server_once_per_round_then_backs_off() {
+        let mut f = Failover::new(3);
+        assert_eq!(f.current(), 0);
+        // 0 fails (never worked): 1 at once, then 2 at once, then back to 0 with backoff.
+        assert!(f.fail_over(false));
+        assert_eq!(f.current(), 1);
+        assert!(f.fail_over(false));
+        assert_eq!(f.current(), 2);
+        assert!(!f.fail_over(false), "every server failed this round");
+        assert_eq!(f.current(), 0);
+        // A server that worked and then failed starts a new round.
+        assert!(f.fail_over(false));
+        assert!(f.fail_over(true));
+        assert_eq!(f.current(), 2);
+        assert!(f.fail_over(false));
+        assert!(!f.fail_over(false));
+        // One server: never an immediate retry.
+        let mut one = Failover::new(1);
+        assert!(!one.fail_over(true));
+        assert_eq!(one.current(), 0);
     }
 
     #[tokio::test]
