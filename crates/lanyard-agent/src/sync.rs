@@ -461,6 +461,8 @@ enum Ending {
 
 /// One connection's life: identity (the one just renewed, else the saved one, else
 /// attest), connect, then the synced phase ([`Session::run`]).
+// One argument per thing a session touches; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &AgentConfig,
     server: &str,
