@@ -15,6 +15,8 @@
 //! - [`TestImds`] ([`imds`]): the EC2 instance metadata service (IMDSv2 session
 //!   tokens) serving an [`InstanceDocument`] with its `signature` and `rsa2048`
 //!   (PKCS #7) signatures and the certificate that verifies them.
+//! - [`TestKubelet`] ([`kubelet`]): the kubelet's `/pods` on its secure port (HTTPS,
+//!   bearer token) or read-only port, replaying a PodList the test sets.
 //!
 //! The loopback services run on their own thread with their own tokio runtime, so
 //! sync tests and `#[tokio::test]`s can both use them; each stops on drop.
@@ -30,6 +32,7 @@
 mod builders;
 mod ca;
 pub mod imds;
+pub mod kubelet;
 mod loopback;
 pub mod oidc;
 mod server;
@@ -39,6 +42,7 @@ mod testclient;
 pub use builders::{EntryBuilder, NodeBuilder, entry, node, spiffe_id};
 pub use ca::TestCa;
 pub use imds::{ImdsOptions, InstanceDocument, TestImds};
+pub use kubelet::TestKubelet;
 pub use lanyard_core::FakeClock;
 pub use oidc::{
     GithubJob, GitlabJob, IssuerOptions, K8sPod, KeyAlg, Mint, ReviewFailure, Signer, TestIssuer,

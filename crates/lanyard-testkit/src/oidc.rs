@@ -1210,15 +1210,15 @@ impl TestIssuer {
 // ---------------------------------------------------------------------------
 // TLS
 
-struct TestTls {
-    ca_pem: String,
+pub(crate) struct TestTls {
+    pub(crate) ca_pem: String,
     ca_der: Vec<u8>,
     leaf_der: Vec<u8>,
     leaf_key_pkcs8: Vec<u8>,
 }
 
 impl TestTls {
-    fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         use rcgen::{
             BasicConstraints, CertificateParams, DistinguishedName, DnType,
             ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -1257,7 +1257,7 @@ impl TestTls {
         }
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
