@@ -176,12 +176,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
             .await?,
         ),
     };
-    let svc = workload::WorkloadService::new(
-        state.clone(),
-        attestors,
-        node,
-        deliveries,
-    );
+    let svc = workload::WorkloadService::new(state.clone(), attestors, node, deliveries);
     // Each connection goes through the HTTP/2 shim (see `h2shim`), carrying the
     // caller's kernel credentials with it.
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
@@ -204,7 +199,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let workload = svc.clone();
     // Envoy SDS on the same socket, attesting callers the same way.
     let sds = lanyard_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(
-        sds::SdsService::new(svc.clone(), sds::SdsConfig::default()),
+        sds::SdsService::new(svc.clone(), cfg.sds.clone()),
     );
     let rx = shutdown_rx.clone();
     tasks.spawn(async move {
