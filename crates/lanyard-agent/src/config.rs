@@ -129,7 +129,10 @@ pub struct FileConfig {
     pub proc_root: Option<PathBuf>,
     pub k8s: Option<crate::attestor_config::K8sFile>,
     pub docker: Option<crate::attestor_config::DockerFile>,
+    pub containerd: Option<crate::attestor_config::ContainerdFile>,
     pub systemd: Option<crate::attestor_config::SystemdFile>,
+    /// Envoy SDS resource names and options (SPIRE's `[sds]` settings).
+    pub sds: Option<SdsFile>,
 }
 
 /// `server_address` as written: one address (possibly comma-separated) or a list.
@@ -230,6 +233,67 @@ pub struct AgentConfig {
     pub authz_bind: Option<std::net::SocketAddr>,
     /// The workload attestors, in order ([`crate::attestor_config`]).
     pub workload_attestors: Vec<crate::attestor_config::AttestorConfig>,
+    /// Envoy SDS names and options.
+    pub sds: crate::sds::SdsConfig,
+}
+
+/// `[sds]`, as written (SPIRE's agent `sds` settings).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdsFile {
+    pub default_svid_name: Option<String>,
+    pub default_bundle_name: Option<String>,
+    pub default_all_bundles_name: Option<String>,
+    pub disable_spiffe_cert_validation: Option<bool>,
+}
+
+/// Validate `[sds]`: names non-empty, distinct, and not SPIFFE IDs (which name
+/// SVIDs and trust domains already).
+pub fn sds_config(f: Option<&SdsFile>) -> Result<crate::sds::SdsConfig, ConfigError> {
+    let mut c = crate::sds::SdsConfig::default();
+    let Some(f) = f else { return Ok(c) };
+    for (key, given, slot) in [
+        (
+            "sds.default_svid_name",
+            &f.default_svid_name,
+            &mut c.default_svid_name,
+        ),
+        (
+            "sds.default_bundle_name",
+            &f.default_bundle_name,
+            &mut c.default_bundle_name,
+        ),
+        (
+            "sds.default_all_bundles_name",
+            &f.default_all_bundles_name,
+            &mut c.default_all_bundles_name,
+        ),
+    ] {
+        if let Some(name) = given {
+            if name.trim().is_empty() || name.starts_with("spiffe://") {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{name:?} cannot name an SDS resource: give a non-empty name that is not a SPIFFE ID"
+                    ),
+                ));
+            }
+            *slot = name.clone();
+        }
+    }
+    let names = [
+        &c.default_svid_name,
+        &c.default_bundle_name,
+        &c.default_all_bundles_name,
+    ];
+    if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+        return Err(invalid(
+            "sds",
+            "default_svid_name, default_bundle_name and default_all_bundles_name must differ",
+        ));
+    }
+    c.disable_spiffe_cert_validation = f.disable_spiffe_cert_validation.unwrap_or(false);
+    Ok(c)
 }
 
 use crate::error::ConfigError;
@@ -484,6 +548,7 @@ impl AgentConfig {
             o.proc_root.clone().or(f.proc_root.clone()),
             f.k8s.as_ref(),
             f.docker.as_ref(),
+            f.containerd.as_ref(),
             f.systemd.as_ref(),
         )?;
         let server_id = SpiffeId::from_parts(&trust_domain, "/lanyard/server")
@@ -501,6 +566,7 @@ impl AgentConfig {
             log_level: f.log_level.unwrap_or_else(|| "info".to_string()),
             authz_bind,
             workload_attestors,
+            sds: sds_config(f.sds.as_ref())?,
         })
     }
 }
@@ -623,6 +689,36 @@ mod tests {
             e.contains("`jwt_metadata_url`") && e.contains("gcp_metadata"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sds_names_are_spires_by_default_and_checked_when_set() {
+        let c = from_file("").unwrap();
+        assert_eq!(c.sds, crate::sds::SdsConfig::default());
+        let c = from_file(
+            "[sds]\ndefault_svid_name = \"svid\"\ndefault_bundle_name = \"ca\"\ndisable_spiffe_cert_validation = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.sds.default_svid_name.as_str(),
+                c.sds.default_bundle_name.as_str(),
+                c.sds.default_all_bundles_name.as_str()
+            ),
+            ("svid", "ca", "ALL")
+        );
+        assert!(c.sds.disable_spiffe_cert_validation);
+        for (toml, want) in [
+            (
+                "[sds]\ndefault_bundle_name = \"spiffe://x\"\n",
+                "sds.default_bundle_name",
+            ),
+            ("[sds]\ndefault_svid_name = \"ALL\"\n", "must differ"),
+            ("[sds]\nnames = 1\n", "unknown field"),
+        ] {
+            let e = from_file(toml).unwrap_err().to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
     }
 
     #[test]
