@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::attestor::{
     ATTEST_BOUND, AttestError, UnixAttestor, WorkloadAttestor, WorkloadAttestors,
 };
+use crate::containerd::{ContainerdAttestor, ContainerdConfig};
 use crate::docker::{DEFAULT_DOCKER_SOCKET, DockerAttestor, DockerConfig};
 use crate::error::ConfigError;
 use crate::k8s::{
@@ -41,6 +42,14 @@ pub struct DockerFile {
     pub env_selectors: Vec<String>,
 }
 
+/// `[containerd]` in agent.toml.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerdFile {
+    pub socket: Option<PathBuf>,
+    pub namespaces: Option<Vec<String>>,
+}
+
 /// `[systemd]` in agent.toml.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +63,7 @@ pub enum AttestorConfig {
     Unix { proc_root: PathBuf },
     K8s(K8sConfig),
     Docker(DockerConfig),
+    Containerd(ContainerdConfig),
     Systemd(SystemdConfig),
 }
 
@@ -63,13 +73,14 @@ impl AttestorConfig {
             Self::Unix { .. } => "unix",
             Self::K8s(_) => "k8s",
             Self::Docker(_) => "docker",
+            Self::Containerd(_) => "containerd",
             Self::Systemd(_) => "systemd",
         }
     }
 }
 
 /// The names `workload_attestors` accepts.
-pub const ATTESTOR_NAMES: [&str; 4] = ["unix", "k8s", "docker", "systemd"];
+pub const ATTESTOR_NAMES: [&str; 5] = ["unix", "k8s", "docker", "containerd", "systemd"];
 
 fn invalid(key: &'static str, reason: impl std::fmt::Display) -> ConfigError {
     ConfigError::invalid(key, reason)
@@ -82,6 +93,7 @@ pub fn resolve(
     proc_root: Option<PathBuf>,
     k8s: Option<&K8sFile>,
     docker: Option<&DockerFile>,
+    containerd: Option<&ContainerdFile>,
     systemd: Option<&SystemdFile>,
 ) -> Result<Vec<AttestorConfig>, ConfigError> {
     let names: Vec<String> = names_flag
@@ -122,6 +134,10 @@ pub fn resolve(
                 docker.cloned().unwrap_or_default(),
                 &proc_root,
             )?),
+            "containerd" => AttestorConfig::Containerd(containerd_config(
+                containerd.cloned().unwrap_or_default(),
+                &proc_root,
+            )?),
             "systemd" => AttestorConfig::Systemd(SystemdConfig {
                 unit_paths: systemd
                     .and_then(|s| s.unit_paths.clone())
@@ -143,6 +159,7 @@ pub fn resolve(
     for (key, set) in [
         ("k8s", k8s.is_some()),
         ("docker", docker.is_some()),
+        ("containerd", containerd.is_some()),
         ("systemd", systemd.is_some()),
     ] {
         if set && !out.iter().any(|a| a.name() == key) {
@@ -150,6 +167,7 @@ pub fn resolve(
                 match key {
                     "k8s" => "k8s",
                     "docker" => "docker",
+                    "containerd" => "containerd",
                     _ => "systemd",
                 },
                 format!(
@@ -277,6 +295,43 @@ fn docker_config(f: DockerFile, proc_root: &std::path::Path) -> Result<DockerCon
     })
 }
 
+fn containerd_config(
+    f: ContainerdFile,
+    proc_root: &std::path::Path,
+) -> Result<ContainerdConfig, ConfigError> {
+    let d = ContainerdConfig::default();
+    let socket = f.socket.unwrap_or(d.socket);
+    if !socket.is_absolute() {
+        return Err(invalid(
+            "containerd.socket",
+            format!("{} is not an absolute path", socket.display()),
+        ));
+    }
+    let namespaces = f.namespaces.unwrap_or(d.namespaces);
+    if namespaces.is_empty() {
+        return Err(invalid(
+            "containerd.namespaces",
+            "is empty: list the namespaces to look containers up in (e.g. [\"k8s.io\", \"default\"])",
+        ));
+    }
+    for n in &namespaces {
+        let ok = !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !ok {
+            return Err(invalid(
+                "containerd.namespaces",
+                format!("{n:?} is not a containerd namespace name"),
+            ));
+        }
+    }
+    Ok(ContainerdConfig {
+        socket,
+        namespaces,
+        proc_root: proc_root.to_path_buf(),
+    })
+}
+
 /// The attestors of a configuration, each within [`ATTEST_BOUND`].
 pub fn build(configs: &[AttestorConfig]) -> Result<WorkloadAttestors, AttestError> {
     let mut list: Vec<Arc<dyn WorkloadAttestor>> = Vec::new();
@@ -285,6 +340,7 @@ pub fn build(configs: &[AttestorConfig]) -> Result<WorkloadAttestors, AttestErro
             AttestorConfig::Unix { proc_root } => Arc::new(UnixAttestor::new(proc_root.clone())),
             AttestorConfig::K8s(k) => Arc::new(K8sAttestor::new(k.clone())?),
             AttestorConfig::Docker(d) => Arc::new(DockerAttestor::new(d.clone())),
+            AttestorConfig::Containerd(c) => Arc::new(ContainerdAttestor::new(c.clone())),
             AttestorConfig::Systemd(s) => Arc::new(SystemdAttestor::new(s.clone())),
         });
     }
@@ -306,7 +362,7 @@ mod tests {
 
     #[test]
     fn unix_by_default_and_in_the_order_given() {
-        let c = resolve(None, None, None, None, None, None).unwrap();
+        let c = resolve(None, None, None, None, None, None, None).unwrap();
         assert_eq!(
             c.iter().map(AttestorConfig::name).collect::<Vec<_>>(),
             ["unix"]
@@ -316,6 +372,7 @@ mod tests {
             None,
             Some(&file),
             Some("/host/proc".into()),
+            None,
             None,
             None,
             None,
@@ -334,14 +391,22 @@ mod tests {
         }
         // The flag wins.
         let flag = names(&["docker"]);
-        let c = resolve(Some(&flag), Some(&file), None, None, None, None).unwrap();
+        let c = resolve(Some(&flag), Some(&file), None, None, None, None, None).unwrap();
         assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn kubelet_url_from_the_node_name_or_the_read_only_port() {
-        let k = |f: K8sFile| match resolve(None, Some(&names(&["k8s"])), None, Some(&f), None, None)
-            .map(|mut v| v.remove(0))
+        let k = |f: K8sFile| match resolve(
+            None,
+            Some(&names(&["k8s"])),
+            None,
+            Some(&f),
+            None,
+            None,
+            None,
+        )
+        .map(|mut v| v.remove(0))
         {
             Ok(AttestorConfig::K8s(k)) => Ok(k),
             Ok(other) => panic!("{other:?}"),
@@ -407,6 +472,7 @@ mod tests {
             None,
             None,
             None,
+            None,
         ));
         assert!(
             e.contains("`workload_attestors`") && e.contains("\"kubernetes\""),
@@ -419,9 +485,10 @@ mod tests {
             None,
             None,
             None,
+            None,
         ));
         assert!(e.contains("listed twice"), "{e}");
-        let e = err(resolve(None, Some(&[]), None, None, None, None));
+        let e = err(resolve(None, Some(&[]), None, None, None, None, None));
         assert!(e.contains("is empty"), "{e}");
         let e = err(resolve(
             None,
@@ -429,6 +496,7 @@ mod tests {
             None,
             None,
             Some(&DockerFile::default()),
+            None,
             None,
         ));
         assert!(
@@ -445,9 +513,18 @@ mod tests {
                 ..DockerFile::default()
             }),
             None,
+            None,
         ));
         assert!(e.contains("`docker.env_selectors`"), "{e}");
-        let e = err(resolve(None, None, Some("proc".into()), None, None, None));
+        let e = err(resolve(
+            None,
+            None,
+            Some("proc".into()),
+            None,
+            None,
+            None,
+            None,
+        ));
         assert!(e.contains("`proc_root`"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod attestor_config;
 pub mod authz;
 pub mod cgroup;
 pub mod config;
+pub mod containerd;
 pub mod docker;
 pub mod error;
 pub mod evidence;

@@ -399,9 +399,13 @@ fn a_docker_container_is_attested_against_the_real_daemon() {
     let o = import.wait_with_output().unwrap();
     assert!(o.status.success(), "docker import: {}", text(&o.stderr));
 
+    // Docker runs its containers on its own containerd (namespace `moby`, socket
+    // under its exec root): the containerd attestor reads the same container there.
+    let containerd_sock = d._dir.path().join("x/containerd/containerd.sock");
     let toml = format!(
-        "workload_attestors = [\"unix\", \"docker\"]\n\n[docker]\nsocket = {:?}\nenv_selectors = [\"ROLE\"]\n",
-        d.socket.to_str().unwrap()
+        "workload_attestors = [\"unix\", \"docker\", \"containerd\"]\n\n[docker]\nsocket = {:?}\nenv_selectors = [\"ROLE\"]\n\n[containerd]\nsocket = {:?}\nnamespaces = [\"moby\"]\n",
+        d.socket.to_str().unwrap(),
+        containerd_sock.to_str().unwrap()
     );
     let st = stack(
         &toml,

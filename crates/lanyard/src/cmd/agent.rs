@@ -80,8 +80,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub authz_bind: Option<String>,
     /// Workload attestors to run, in order, comma-separated: unix, k8s, docker,
-    /// systemd (default unix; their settings are the [k8s], [docker] and [systemd]
-    /// tables of the config file).
+    /// containerd, systemd (default unix; their settings are the [k8s], [docker],
+    /// [containerd] and [systemd] tables of the config file).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub workload_attestors: Option<Vec<String>>,
     /// Where the workload attestors read /proc (default /proc; e.g. /host/proc for
