@@ -15,7 +15,8 @@
 //!   `--iptables=false --bridge=none --storage-driver=vfs` on a private socket; the
 //!   workload is `lanyard svid fetch` running *inside* a container (the host's
 //!   loader and binary bind-mounted read-only), attested by its real cgroup and the
-//!   real Engine API. When dockerd is not installed the test installs it with
+//!   real Engine API; the `containerd` attestor reads the same container from
+//!   dockerd's own containerd (namespace `moby`). When dockerd is not installed the test installs it with
 //!   apt-get only under CI (`CI=true`) or `LANYARD_TEST_INSTALL=1`; when it cannot
 //!   be installed or cannot start, the test says so on stderr and passes without
 //!   the container part (the loopback replay of the Engine API is the agent's unit
