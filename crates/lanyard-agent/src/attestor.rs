@@ -4,13 +4,17 @@
 //! Every attestor gets the caller's kernel credentials ([`PeerCredentials`]) and
 //! adds selectors; the Workload API serves the identities whose entries' selectors
 //! are all among them. An attestor that cannot attest fails the call with its
-//! reason (`Unavailable`), never with a partial set of selectors.
+//! reason (`Unavailable`), never with a partial set of selectors; one that is not
+//! in a position to attest a process (no pod, no container, no unit) adds none.
+//! The others live beside this module: `k8s`, `docker`, `containerd`, `systemd`
+//! (facts from [`crate::cgroup`]), enabled by [`crate::attestor_config`].
 //!
 //! `unix`:
 //! The kernel tells us the caller's pid, uid and gid (SO_PEERCRED). From /proc we add
-//! the binary's path and SHA-256, and from /etc/passwd and /etc/group the user and
-//! group names. The process start time is read before and after: if the pid was
-//! reused in between, attestation fails rather than describing another process.
+//! the binary's path and SHA-256 and the supplementary groups (`Groups:` of
+//! /proc/PID/status), and from /etc/passwd and /etc/group the user and group names.
+//! The process start time is read before and after: if the pid was reused in
+//! between, attestation fails rather than describing another process.
 
 use std::collections::HashMap;
 use std::io::Read;
