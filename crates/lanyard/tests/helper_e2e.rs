@@ -483,7 +483,9 @@ http {{
 
 /// `-- CMD`: the program starts only once the SVID and JWT-SVID files exist, gets
 /// SIGHUP on each rotation, SIGTERM to the helper is forwarded to it, and the helper
-/// exits with its status. The JWT-SVID (6 s TTL) is refreshed at half-life.
+/// exits with its status. The JWT-SVID (6 s TTL) is refreshed at half-life. The
+/// same run writes the combined file and a PKCS #12 archive, read back by openssl,
+/// and runs an `--exec` hook after each write.
 #[test]
 fn supervised_program_is_started_after_the_files_and_signalled_on_renewal() {
     let tmp = tempfile::tempdir().unwrap();
@@ -492,6 +494,10 @@ fn supervised_program_is_started_after_the_files_and_signalled_on_renewal() {
     let me = my_uid();
     stack.entry_with("/worker", me, &[], &["--jwt-ttl", "6s"]);
     let out = dir.join("out");
+    let pw = dir.join("p12.pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let execs = dir.join("execs");
+    let exec = format!("sh -c 'echo \"$LANYARD_SVID_DIR\" >> {}'", execs.display());
     let script = format!(
         r#"cd {out}
 test -f svid.pem && test -f svid.key && test -f bundle.pem && test -f db.jwt && echo files > started
@@ -510,6 +516,13 @@ while :; do sleep 0.1; done"#,
             "db",
             "--jwt-file",
             "db.jwt",
+            "--combined",
+            "--pkcs12",
+            "svid.p12",
+            "--pkcs12-password-file",
+            pw.to_str().unwrap(),
+            "--exec",
+            &exec,
             "--",
             "sh",
             "-c",
@@ -539,6 +552,78 @@ while :; do sleep 0.1; done"#,
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The hook ran after the first write and the rotation, told where the files are.
+    let ran = std::fs::read_to_string(&execs).unwrap();
+    assert!(ran.lines().count() >= 2, "{ran}");
+    assert!(ran.lines().all(|l| l == out.to_str().unwrap()), "{ran}");
+    // The combined file is the key then the chain; the PKCS #12 archive opens with
+    // the password and holds the same key and leaf (openssl as the independent reader).
+    assert_eq!(mode(&out.join("svid_combined.pem")), 0o600);
+    assert_eq!(mode(&out.join("svid.p12")), 0o600);
+    let combined = std::fs::read_to_string(out.join("svid_combined.pem")).unwrap();
+    assert!(
+        combined.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "key first"
+    );
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let p12 = out.join("svid.p12");
+    let pass = format!("file:{}", pw.display());
+    let p12_cert = openssl(&[
+        "pkcs12",
+        "-in",
+        p12.to_str().unwrap(),
+        "-passin",
+        &pass,
+        "-nokeys",
+        "-clcerts",
+    ]);
+    let p12_key = openssl(&[
+        "pkcs12",
+        "-in",
+        p12.to_str().unwrap(),
+        "-passin",
+        &pass,
+        "-nocerts",
+        "-nodes",
+    ]);
+    let pubkey = |pem_text: &str, kind: &str| {
+        let f = dir.join(format!("check.{kind}"));
+        std::fs::write(&f, pem_text).unwrap();
+        if kind == "key" {
+            openssl(&["pkey", "-in", f.to_str().unwrap(), "-pubout"])
+        } else {
+            openssl(&["x509", "-in", f.to_str().unwrap(), "-noout", "-pubkey"])
+        }
+    };
+    assert_eq!(
+        pubkey(&p12_key, "key"),
+        pubkey(&p12_cert, "cert"),
+        "key matches leaf"
+    );
+    let e = Command::new("openssl")
+        .args([
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            "pass:wrong",
+            "-nokeys",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !e.status.success(),
+        "a wrong password does not open the archive"
+    );
+
     let token = std::fs::read_to_string(out.join("db.jwt")).unwrap();
     let claims = lanyard_core::jwt::JwtSvid::parse_insecure(&token).unwrap();
     assert_eq!(claims.audience(), ["db"]);
