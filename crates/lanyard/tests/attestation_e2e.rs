@@ -98,6 +98,39 @@ fn refused(r: Result<pb::AgentSvid, tonic::Status>, hint: &str) -> tonic::Code {
     e.code()
 }
 
+/// A node alias `alias` (parented to the server) selecting agents by `selector`,
+/// and under it the identity `workload` for this process's uid (owner `platform`,
+/// environment `prod`).
+fn alias_with_workload(server: &ServerProc, alias: &str, selector: &str, workload: &str) {
+    let uid =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()).to_string();
+    let alias = format!("spiffe://{TD}{alias}");
+    let server_id = format!("spiffe://{TD}/lanyard/server");
+    for (id, parent, sel) in [
+        (alias.clone(), server_id.as_str(), selector.to_string()),
+        (
+            format!("spiffe://{TD}{workload}"),
+            alias.as_str(),
+            format!("unix:uid:{uid}"),
+        ),
+    ] {
+        server.ok(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &id,
+            "--parent-id",
+            parent,
+            "--selector",
+            &sel,
+            "--owner",
+            "platform",
+            "--environment",
+            "prod",
+        ]);
+    }
+}
+
 fn agent_selectors(server: &ServerProc, id: &str) -> String {
     let agents = server.json(&["agent", "list"]);
     agents
@@ -587,9 +620,6 @@ file = "{cert}"
     )
     .unwrap();
     let server = ServerProc::start(&dir.path().join("data"), None, Some(&config));
-    let uid =
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()).to_string();
-    let server_id = format!("spiffe://{TD}/lanyard/server");
     for (alias, selector, workload) in [
         (
             "/nodes/k8s/prod",
@@ -602,35 +632,7 @@ file = "{cert}"
             "/aws/batch",
         ),
     ] {
-        let alias = format!("spiffe://{TD}{alias}");
-        server.ok(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &alias,
-            "--parent-id",
-            &server_id,
-            "--selector",
-            selector,
-            "--owner",
-            "platform",
-            "--environment",
-            "prod",
-        ]);
-        server.ok(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &format!("spiffe://{TD}{workload}"),
-            "--parent-id",
-            &alias,
-            "--selector",
-            &format!("unix:uid:{uid}"),
-            "--owner",
-            "platform",
-            "--environment",
-            "prod",
-        ]);
+        alias_with_workload(&server, alias, selector, workload);
     }
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
@@ -881,9 +883,6 @@ jwks_file = "{jwks}"
     );
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
-    let uid =
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()).to_string();
-    let server_id = format!("spiffe://{TD}/lanyard/server");
     for (alias, selector, workload) in [
         (
             "/nodes/gcp/acme-prod",
@@ -896,35 +895,7 @@ jwks_file = "{jwks}"
             "/azure/batch",
         ),
     ] {
-        let alias = format!("spiffe://{TD}{alias}");
-        server.ok(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &alias,
-            "--parent-id",
-            &server_id,
-            "--selector",
-            selector,
-            "--owner",
-            "platform",
-            "--environment",
-            "prod",
-        ]);
-        server.ok(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &format!("spiffe://{TD}{workload}"),
-            "--parent-id",
-            &alias,
-            "--selector",
-            &format!("unix:uid:{uid}"),
-            "--owner",
-            "platform",
-            "--environment",
-            "prod",
-        ]);
+        alias_with_workload(&server, alias, selector, workload);
     }
     for (from, aud, url, seen, header, want) in [
         (
