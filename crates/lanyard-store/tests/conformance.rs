@@ -12,7 +12,8 @@ use lanyard_store::{
     PublishedAuthority, REPLAY_PRUNE_BATCH, RevokedJwt, SealedKey, ServerRecord,
     ServerRegistration, SqliteStore, Store, StoreError,
 };
-use sqlx::Connection;
+mod common;
+use common::{drop_pg_db, fresh_pg_db};
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::new(s).unwrap()
@@ -940,41 +941,6 @@ async fn sqlite_conformance() {
         }
     })
     .await;
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("LANYARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// A fresh database on the test server, dropped by [`drop_pg_db`].
-async fn fresh_pg_db() -> (String, String) {
-    let admin = pg_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required for the conformance suite ({admin}): {e}. \
-             Run ./scripts/test, which starts it, or set LANYARD_TEST_POSTGRES_URL"
-            )
-        });
-    let name = format!("lanyard_test_{}", lanyard_store::new_id().unwrap());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-    (format!("{base}/{name}"), name)
-}
-
-async fn drop_pg_db(name: &str) {
-    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
