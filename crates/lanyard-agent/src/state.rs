@@ -166,9 +166,26 @@ impl AgentState {
     /// Apply a pushed update from the server (see [`SyncState::from_pb`]); parts
     /// it rejected are logged. Returns true if anything changed.
     pub fn apply_sync(&self, update: &pb::SyncUpdate) -> bool {
-        let state = SyncState::from_pb(update, &self.trust_domain);
+        let mut state = SyncState::from_pb(update, &self.trust_domain);
         for r in &state.rejected {
             tracing::error!(rejected = %r, "the server sent something unusable; it is left out");
+        }
+        if update.delta {
+            // Entries changed since the last update: merge into what is held. (A
+            // poisoned lock leaves nothing to merge into: serve nothing rather than
+            // a partial set presented as whole.)
+            let current = self
+                .inner
+                .read()
+                .map(|i| i.entries.clone())
+                .unwrap_or_default();
+            let rejected = state.rejected_entry_ids();
+            state.entries = crate::sync_update::merge_delta(
+                current,
+                std::mem::take(&mut state.entries),
+                &update.removed_entry_ids,
+                &rejected,
+            );
         }
         self.apply(state)
     }

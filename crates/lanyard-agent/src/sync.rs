@@ -504,7 +504,10 @@ async fn session(
     .await
     .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut client = NodeClient::new(channel);
-    let stream = client.sync(pb::SyncRequest {}).await?.into_inner();
+    let stream = client
+        .sync(pb::SyncRequest { deltas: true })
+        .await?
+        .into_inner();
     node.set(Some(client.clone())).await;
     *life = life.on(Event::StreamOpened);
     Session {

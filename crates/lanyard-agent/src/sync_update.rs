@@ -4,7 +4,7 @@
 //! not parse) are left out and listed in [`SyncState::rejected`] with what they
 //! were and why, so the session logs them instead of dropping them in silence.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use lanyard_core::{Bundle, Selector, SpiffeId, TrustDomain};
 use lanyard_proto::node as pb;
@@ -146,6 +146,43 @@ impl SyncState {
     }
 }
 
+/// Pure: the entry set after a delta (`SyncUpdate.delta`): `current` without the
+/// `removed` ids and without entries whose new version was `rejected` (unusable: the
+/// old version must not be served either), with `changed` added or replacing the
+/// entry of the same id. Order: current order, new entries at the end.
+pub fn merge_delta(
+    current: Vec<CachedEntry>,
+    changed: Vec<CachedEntry>,
+    removed: &[String],
+    rejected: &[String],
+) -> Vec<CachedEntry> {
+    let gone: HashSet<&str> = removed.iter().chain(rejected).map(String::as_str).collect();
+    let mut by_id: HashMap<String, CachedEntry> =
+        changed.into_iter().map(|e| (e.id.clone(), e)).collect();
+    let mut out: Vec<CachedEntry> = current
+        .into_iter()
+        .filter(|e| !gone.contains(e.id.as_str()))
+        .map(|e| by_id.remove(&e.id).unwrap_or(e))
+        .collect();
+    let mut added: Vec<CachedEntry> = by_id.into_values().collect();
+    added.sort_by(|a, b| a.id.cmp(&b.id));
+    out.extend(added);
+    out
+}
+
+impl SyncState {
+    /// Ids of entries left out of this update as unusable.
+    pub fn rejected_entry_ids(&self) -> Vec<String> {
+        self.rejected
+            .iter()
+            .filter_map(|r| match r {
+                Rejected::Entry { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +196,30 @@ mod tests {
             owner: "team-a".into(),
             ..Default::default()
         }
+    }
+
+    fn cached(id: &str, rev: i64) -> CachedEntry {
+        let mut e = entry(id, &format!("spiffe://example.org/{id}"), &["unix:uid:1"]);
+        e.revision = rev;
+        CachedEntry::try_from(&e).unwrap()
+    }
+
+    #[test]
+    fn a_delta_adds_replaces_and_removes_entries() {
+        let current = vec![cached("a", 1), cached("b", 1), cached("c", 1)];
+        let merged = merge_delta(
+            current.clone(),
+            vec![cached("b", 2), cached("d", 1)],
+            &["c".to_string()],
+            &[],
+        );
+        assert_eq!(merged, vec![cached("a", 1), cached("b", 2), cached("d", 1)]);
+        // A changed entry that does not parse any more is dropped, not kept at its
+        // old version.
+        let merged = merge_delta(current.clone(), vec![], &[], &["a".to_string()]);
+        assert_eq!(merged, vec![cached("b", 1), cached("c", 1)]);
+        // An empty delta changes nothing.
+        assert_eq!(merge_delta(current.clone(), vec![], &[], &[]), current);
     }
 
     #[test]

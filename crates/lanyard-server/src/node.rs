@@ -4,7 +4,7 @@
 //! re-checks, on every request, that the agent is attested, not banned, and entitled
 //! to the entry it asks for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -656,6 +656,31 @@ async fn attest_node(
     Ok(admit(state, node.agent_id, method, node.selectors, &csr).await?)
 }
 
+/// The entries an agent holds after an update: id -> revision.
+fn held_by_agent(entries: &[Entry]) -> HashMap<String, i64> {
+    entries.iter().map(|e| (e.id.clone(), e.revision)).collect()
+}
+
+/// Pure: the delta from what an agent holds (`held`: id -> revision) to `now`: the
+/// entries added or changed (a new revision), and the ids removed (sorted).
+pub fn entry_delta<'a>(
+    held: &HashMap<String, i64>,
+    now: &'a [Entry],
+) -> (Vec<&'a Entry>, Vec<String>) {
+    let changed: Vec<&Entry> = now
+        .iter()
+        .filter(|e| held.get(&e.id) != Some(&e.revision))
+        .collect();
+    let current: HashSet<&str> = now.iter().map(|e| e.id.as_str()).collect();
+    let mut removed: Vec<String> = held
+        .keys()
+        .filter(|id| !current.contains(id.as_str()))
+        .cloned()
+        .collect();
+    removed.sort();
+    (changed, removed)
+}
+
 fn to_pb_entry(e: &Entry) -> pb::RegistrationEntry {
     pb::RegistrationEntry {
         id: e.id.clone(),
@@ -834,6 +859,7 @@ impl pb::node_server::Node for NodeService {
         req: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let peer = peer_id(&req);
+        let deltas = req.get_ref().deltas;
         authenticate(&self.state, peer.clone()).await?;
         let state = self.state.clone();
         let access = self.access.clone();
@@ -844,7 +870,10 @@ impl pb::node_server::Node for NodeService {
         let mut changes = state.changes.subscribe();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            // The last update's state apart from entries, and the entries the agent
+            // holds (id -> revision), for deltas.
             let mut last: Option<pb::SyncUpdate> = None;
+            let mut held: Option<HashMap<String, i64>> = None;
             loop {
                 changes.mark_unchanged();
                 // Re-check the agent on every round: a ban or eviction ends the stream.
@@ -888,34 +917,63 @@ impl pb::node_server::Node for NodeService {
                 {
                     Ok(entries) => {
                         let published = state.publication.published();
-                        pb::SyncUpdate {
-                            authz_policy,
-                            authz_policy_version,
-                            jwt_issuer: access.issuer(),
-                            token_key: Some(token_key.clone()),
-                            revoked_jtis: revoked,
-                            tainted_authorities: state.publication.tainted(),
-                            entries: entries.iter().map(to_pb_entry).collect(),
-                            bundle: published.document,
-                            bundle_sequence: published.sequence,
-                            federated_bundles: state
-                                .publication
-                                .federated()
-                                .iter()
-                                .map(|(k, v)| (k.clone(), v.clone()))
-                                .collect(),
-                        }
+                        (
+                            entries,
+                            pb::SyncUpdate {
+                                authz_policy,
+                                authz_policy_version,
+                                jwt_issuer: access.issuer(),
+                                token_key: Some(token_key.clone()),
+                                revoked_jtis: revoked,
+                                tainted_authorities: state.publication.tainted(),
+                                bundle: published.document,
+                                bundle_sequence: published.sequence,
+                                federated_bundles: state
+                                    .publication
+                                    .federated()
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect(),
+                                ..Default::default()
+                            },
+                        )
                     }
                     Err(e) => {
                         let _ = tx.send(Err(internal(e))).await;
                         return;
                     }
                 };
-                if last.as_ref() != Some(&update) {
-                    if tx.send(Ok(update.clone())).await.is_err() {
+                let (entries, rest) = update;
+                let message = match held.as_ref().filter(|_| deltas) {
+                    // A delta: what changed since the last update.
+                    Some(h) => {
+                        let (changed, removed) = entry_delta(h, &entries);
+                        (!changed.is_empty() || !removed.is_empty() || last.as_ref() != Some(&rest))
+                            .then(|| pb::SyncUpdate {
+                                entries: changed.into_iter().map(to_pb_entry).collect(),
+                                removed_entry_ids: removed,
+                                delta: true,
+                                ..rest.clone()
+                            })
+                    }
+                    // The first update of the stream, or an agent without deltas: the
+                    // full set, when anything changed.
+                    None => {
+                        let now_held = held_by_agent(&entries);
+                        (held.as_ref() != Some(&now_held) || last.as_ref() != Some(&rest)).then(
+                            || pb::SyncUpdate {
+                                entries: entries.iter().map(to_pb_entry).collect(),
+                                ..rest.clone()
+                            },
+                        )
+                    }
+                };
+                if let Some(m) = message {
+                    if tx.send(Ok(m)).await.is_err() {
                         return;
                     }
-                    last = Some(update);
+                    held = Some(held_by_agent(&entries));
+                    last = Some(rest);
                 }
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { return },
@@ -1267,6 +1325,35 @@ impl pb::node_server::Node for NodeService {
 mod tests {
     use super::*;
     use lanyard_testkit::{entry, node};
+
+    #[test]
+    fn a_delta_names_added_changed_and_removed_entries_only() {
+        let e = |id: &str, rev: i64| {
+            let mut x = entry(id, "/agent", &format!("/{id}"), &["unix:uid:1"]).build();
+            x.revision = rev;
+            x
+        };
+        let held: HashMap<String, i64> = [
+            ("a".to_string(), 1),
+            ("b".to_string(), 1),
+            ("c".to_string(), 2),
+        ]
+        .into();
+        let now = vec![e("a", 1), e("b", 2), e("d", 1)];
+        let (changed, removed) = entry_delta(&held, &now);
+        assert_eq!(
+            changed.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+            ["b", "d"]
+        );
+        assert_eq!(removed, ["c"]);
+        // Nothing changed: an empty delta.
+        let (changed, removed) = entry_delta(&held_by_agent(&now), &now);
+        assert!(changed.is_empty() && removed.is_empty());
+        // Everything removed.
+        let (changed, removed) = entry_delta(&held, &[]);
+        assert!(changed.is_empty());
+        assert_eq!(removed, ["a", "b", "c"]);
+    }
 
     fn delivery() -> pb::Delivery {
         pb::Delivery {

@@ -168,7 +168,11 @@ async fn scenario(database_url: Option<&str>) {
         Some((&svid.cert_chain, &key_der)),
     )
     .await;
-    let mut sync = agent.sync(pb::SyncRequest {}).await.unwrap().into_inner();
+    let mut sync = agent
+        .sync(pb::SyncRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let first = sync.next().await.unwrap().unwrap();
     assert!(first.entries.is_empty());
     assert!(!first.bundle.is_empty());
@@ -188,6 +192,38 @@ async fn scenario(database_url: Option<&str>) {
         latency < Duration::from_secs(2),
         "entry took {latency:?} to arrive"
     );
+
+    // An agent that asks for deltas gets a snapshot first, then only what changed.
+    let mut deltas = agent
+        .sync(pb::SyncRequest { deltas: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = deltas.next().await.unwrap().unwrap();
+    assert!(!snapshot.delta);
+    assert_eq!(snapshot.entries.len(), 1);
+    let web2 = create_entry(&server, "/web2", &agent_id, &[]);
+    let added = next_update(&mut deltas).await;
+    assert!(added.delta);
+    assert_eq!(
+        added
+            .entries
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<Vec<_>>(),
+        [web2.as_str()]
+    );
+    assert!(added.removed_entry_ids.is_empty());
+    assert!(!added.bundle.is_empty(), "the rest is full state");
+    // The agent without deltas gets the whole set again.
+    let full = next_update(&mut sync).await;
+    assert!(!full.delta);
+    assert_eq!(full.entries.len(), 2);
+    server.ok(&["entry", "delete", &web2]);
+    let removed = next_update(&mut deltas).await;
+    assert!(removed.delta && removed.entries.is_empty());
+    assert_eq!(removed.removed_entry_ids, vec![web2.clone()]);
+    assert_eq!(next_update(&mut sync).await.entries.len(), 1);
 
     // An entry parented to someone else is not sent to this agent.
     let other_entry = create_entry(
@@ -292,7 +328,7 @@ async fn scenario(database_url: Option<&str>) {
 
     // Without a client certificate, only attestation is possible.
     let mut anon = node_client(&server.agent_addr, bundles.clone(), None).await;
-    let err = anon.sync(pb::SyncRequest {}).await.unwrap_err();
+    let err = anon.sync(pb::SyncRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     // A restart (after SIGKILL) keeps entries, agents, CA keys and the bundle.
@@ -311,7 +347,11 @@ async fn scenario(database_url: Option<&str>) {
         Some((&svid.cert_chain, &key_der)),
     )
     .await;
-    let mut sync = agent.sync(pb::SyncRequest {}).await.unwrap().into_inner();
+    let mut sync = agent
+        .sync(pb::SyncRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let state = sync.next().await.unwrap().unwrap();
     assert_eq!(state.entries.len(), 1);
     assert_eq!(state.entries[0].id, entry_id);
@@ -337,11 +377,11 @@ async fn scenario(database_url: Option<&str>) {
         Some((&svid.cert_chain, &key_der)),
     )
     .await;
-    let err = agent.sync(pb::SyncRequest {}).await.unwrap_err();
+    let err = agent.sync(pb::SyncRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     // Eviction forgets the agent; its old SVID no longer works.
     server.ok(&["agent", "evict", &agent_id]);
-    let err = agent.sync(pb::SyncRequest {}).await.unwrap_err();
+    let err = agent.sync(pb::SyncRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(
         err.message().contains("not an attested agent"),
@@ -1529,7 +1569,7 @@ async fn a_superseded_agent_svid_is_refused_as_a_possible_clone() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    let err = copy.sync(pb::SyncRequest {}).await.unwrap_err();
+    let err = copy.sync(pb::SyncRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     // The real agent is unaffected.
     with_b.report_holdings(holdings()).await.unwrap();
@@ -1719,4 +1759,13 @@ async fn a_ci_job_token_attests_a_node_once_and_refusals_name_their_reason() {
             .all(|e| e["event"]["evidence"]["attestation_type"] == "jwt"),
         "{refused:?}"
     );
+}
+
+/// The next pushed update, within 5 s.
+async fn next_update(s: &mut tonic::Streaming<pb::SyncUpdate>) -> pb::SyncUpdate {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("no update within 5 s")
+        .unwrap()
+        .unwrap()
 }
