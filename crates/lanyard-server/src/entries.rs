@@ -5,9 +5,12 @@
 //! alias it matches (an entry whose parent is the server and whose selectors are
 //! all among the agent's node selectors). [`EntryIndex::authorized`] is that rule
 //! as a pure function over the index; [`EntryCache`] keeps the index of the
-//! current entry set, rebuilt when this server changes entries and re-read at
-//! least every [`REFRESH`] (changes made through other servers), failing closed
-//! when it cannot be read for longer than [`MAX_STALE`].
+//! current entry set, brought up to date when this server is told of a change and
+//! at least every [`REFRESH`], failing closed when it cannot be read for longer than
+//! [`MAX_STALE`]. It is read in full once; afterwards it follows the change feed:
+//! only the entries named by changes since the revision it was built at are read
+//! again ([`EntryIndex::apply`]), so a change costs one feed read and one read per
+//! changed entry, whatever the number of entries and agents.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +24,10 @@ use crate::fresh::{FreshCache, MAX_STALE};
 
 /// How often the index is re-read from the datastore without a local change.
 pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// Changes read from the feed at once; more means the index is far behind and is
+/// read in full instead.
+const FEED_PAGE: i64 = 1000;
 
 /// Entries by parent, with the node aliases apart.
 #[derive(Debug, Default)]
@@ -57,6 +64,26 @@ impl EntryIndex {
             aliases,
             admins,
         }
+    }
+
+    /// Pure: the index after `updates` (entry id -> its current row, `None` when it
+    /// was deleted). Entries stay ordered by SPIFFE ID then id, as a full read
+    /// returns them.
+    pub fn apply(&self, updates: HashMap<String, Option<Entry>>, server_id: &SpiffeId) -> Self {
+        let mut updates = updates;
+        let mut entries: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter_map(|e| match updates.remove(&e.id) {
+                None => Some(e.clone()),
+                Some(new) => new,
+            })
+            .collect();
+        entries.extend(updates.into_values().flatten());
+        entries.sort_by(|a, b| {
+            (a.spec.spiffe_id.to_string(), &a.id).cmp(&(b.spec.spiffe_id.to_string(), &b.id))
+        });
+        Self::build(entries, server_id)
     }
 
     /// Every indexed entry, in the order it was read.
@@ -110,9 +137,13 @@ impl EntryIndex {
     }
 }
 
+/// The index of the current entry set: (this server's change counter, the index,
+/// the change-feed revision it reflects — every change up to it).
+pub type Indexed = (u64, Arc<EntryIndex>, i64);
+
 /// The index of the current entry set, by the change counter it was built at.
 pub struct EntryCache {
-    cache: FreshCache<(u64, EntryIndex)>,
+    cache: FreshCache<Indexed>,
 }
 
 impl std::fmt::Debug for EntryCache {
@@ -130,24 +161,73 @@ impl Default for EntryCache {
 }
 
 impl EntryCache {
-    /// The index as of change `version` (this server's change counter): rebuilt
-    /// when it predates it or is older than [`REFRESH`].
+    /// The index as of change `version` (this server's change counter): brought up
+    /// to date when it predates it or is older than [`REFRESH`].
     pub async fn get(
         &self,
         store: &AnyStore,
         server_id: &SpiffeId,
         version: u64,
-    ) -> Result<Arc<(u64, EntryIndex)>, Unavailable> {
+    ) -> Result<Arc<Indexed>, Unavailable> {
         self.cache
-            .get_where(
-                |(v, _)| *v == version,
-                || async {
-                    let all = store.list_entries().await?;
-                    Ok::<_, lanyard_store::StoreError>((version, EntryIndex::build(all, server_id)))
+            .update_where(
+                |(v, _, _)| *v == version,
+                |last| async move {
+                    let followed = match last {
+                        Some(l) => follow(store, &l.1, l.2, server_id).await?,
+                        None => None,
+                    };
+                    let (index, revision) = match followed {
+                        Some(f) => f,
+                        None => full_read(store, server_id).await?,
+                    };
+                    Ok::<_, lanyard_store::StoreError>(Arc::new((version, index, revision)))
                 },
             )
             .await
     }
+}
+
+/// Every entry, with the feed revision read first (a change committed meanwhile is
+/// both in the read and replayed later, harmlessly).
+async fn full_read(
+    store: &AnyStore,
+    server_id: &SpiffeId,
+) -> Result<(Arc<EntryIndex>, i64), lanyard_store::StoreError> {
+    let revision = store.change_revision().await?;
+    let all = store.list_entries().await?;
+    Ok((Arc::new(EntryIndex::build(all, server_id)), revision))
+}
+
+/// The index after the changes since `revision`; `None`: too far behind (read in
+/// full instead).
+async fn follow(
+    store: &AnyStore,
+    index: &Arc<EntryIndex>,
+    revision: i64,
+    server_id: &SpiffeId,
+) -> Result<Option<(Arc<EntryIndex>, i64)>, lanyard_store::StoreError> {
+    let changes = store.changes_since(revision, FEED_PAGE).await?;
+    if i64::try_from(changes.len()).unwrap_or(FEED_PAGE) >= FEED_PAGE {
+        return Ok(None);
+    }
+    let Some(newest) = changes.last().map(|c| c.revision) else {
+        return Ok(Some((index.clone(), revision)));
+    };
+    let mut updates = HashMap::new();
+    for c in changes
+        .iter()
+        .filter(|c| c.kind == lanyard_store::ChangeKind::Entry)
+    {
+        if !updates.contains_key(&c.key) {
+            updates.insert(c.key.clone(), store.get_entry(&c.key).await?);
+        }
+    }
+    if updates.is_empty() {
+        // Other kinds of change only: the same entries.
+        return Ok(Some((index.clone(), newest)));
+    }
+    Ok(Some((Arc::new(index.apply(updates, server_id)), newest)))
 }
 
 #[cfg(test)]
@@ -168,6 +248,36 @@ mod tests {
 
     fn names(v: &[Entry]) -> Vec<&str> {
         v.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn applying_changes_equals_indexing_the_new_set() {
+        let server = id("/lanyard/server");
+        let agent = id("/agent");
+        let a = entry("a", "/agent", "/web", &["unix:uid:1"], None);
+        let b = entry("b", "/agent", "/db", &["unix:uid:2"], None);
+        let c = entry("c", "/agent", "/api", &["unix:uid:3"], None);
+        let index = EntryIndex::build(vec![b.clone(), a.clone()], &server);
+        let mut b2 = b.clone();
+        b2.spec.selectors = vec!["unix:uid:9".parse().unwrap()];
+        b2.revision = 2;
+        let updates: HashMap<String, Option<Entry>> = [
+            ("a".to_string(), None),
+            ("b".to_string(), Some(b2.clone())),
+            ("c".to_string(), Some(c.clone())),
+            // A change to an entry that is gone again: nothing.
+            ("gone".to_string(), None),
+        ]
+        .into();
+        let applied = index.apply(updates, &server);
+        // Ordered by SPIFFE ID then id, as a full read is.
+        assert_eq!(names(applied.entries()), ["c", "b"]);
+        assert_eq!(applied.entries()[1].revision, 2);
+        let fresh = EntryIndex::build(vec![c, b2], &server);
+        assert_eq!(
+            names(&applied.authorized(&agent, &[], 0)),
+            names(&fresh.authorized(&agent, &[], 0))
+        );
     }
 
     #[test]

@@ -98,6 +98,22 @@ impl<T> FreshCache<T> {
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        self.update_where(current, |_| async { load().await.map(Arc::new) })
+            .await
+    }
+
+    /// Like [`FreshCache::get_where`], with `update` given the last copy (if any) to
+    /// build the next from — an incremental re-read.
+    pub async fn update_where<F, Fut, E>(
+        &self,
+        current: impl Fn(&T) -> bool,
+        update: F,
+    ) -> Result<Arc<T>, Unavailable>
+    where
+        F: FnOnce(Option<Arc<T>>) -> Fut,
+        Fut: Future<Output = Result<Arc<T>, E>>,
+        E: std::fmt::Display,
+    {
         let copy = self.current();
         let age = copy.as_ref().map(|(t, _)| t.elapsed());
         let mut state = freshness(age, self.refresh, self.max_stale);
@@ -110,9 +126,8 @@ impl<T> FreshCache<T> {
         {
             return Ok(v);
         }
-        match load().await {
+        match update(current.as_ref().map(|(_, v)| v.clone())).await {
             Ok(v) => {
-                let v = Arc::new(v);
                 self.put(v.clone());
                 Ok(v)
             }

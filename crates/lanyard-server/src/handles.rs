@@ -28,7 +28,7 @@ use lanyard_policy::{CompiledPolicies, PolicyKind};
 use lanyard_store::{AnyStore, AuditQueue, Entry, Node, Store};
 use tokio::sync::watch;
 
-use crate::entries::{EntryCache, EntryIndex};
+use crate::entries::EntryCache;
 use crate::state::{ServerError, write_private};
 use crate::tls::{SharedBundles, SvidResolver, certified_key};
 
@@ -452,7 +452,7 @@ impl Entries {
 
     /// The entry index and the change counter it was built at; unavailable when it
     /// cannot be read fresh (fail closed).
-    pub async fn current(&self) -> Result<Arc<(u64, EntryIndex)>, Unavailable> {
+    pub async fn current(&self) -> Result<Arc<crate::entries::Indexed>, Unavailable> {
         self.cache
             .get(&self.store, &self.server_id, self.changes.version())
             .await
@@ -464,7 +464,7 @@ impl Entries {
     }
 
     /// [`Self::current`], as a server error.
-    pub async fn index(&self) -> Result<Arc<(u64, EntryIndex)>, ServerError> {
+    pub async fn index(&self) -> Result<Arc<crate::entries::Indexed>, ServerError> {
         self.current()
             .await
             .map_err(|e| ServerError::Unavailable(e.0))
