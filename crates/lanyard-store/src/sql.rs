@@ -5,14 +5,15 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use lanyard_core::{Selector, SpiffeId};
+use lanyard_core::{Selector, SpiffeId, TrustDomain};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::{
-    Activity, AuditFn, Entry, EntrySpec, Exception, JoinToken, Node, NodeHoldings,
-    REPLAY_PRUNE_BATCH, Result, RevokedJwt, Store, StoreError, StoredBundle, StoredPolicy, new_id,
+    Activity, AuditFn, BatchOutcome, Entry, EntrySpec, EntryUpdate, Exception, JoinToken, Node,
+    NodeHoldings, REPLAY_PRUNE_BATCH, Result, RevokedJwt, Store, StoreError, StoredBundle,
+    StoredPolicy, new_id,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -59,6 +60,15 @@ fn parse_id(s: &str) -> Result<SpiffeId> {
     SpiffeId::new(s).map_err(|e| StoreError::Corrupt(format!("SPIFFE ID {s:?}: {e}")))
 }
 
+fn federates_json(t: &[TrustDomain]) -> Result<String> {
+    serde_json::to_string(t).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_federates(json: &str) -> Result<Vec<TrustDomain>> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("federates_with {json:?}: {e}")))
+}
+
 fn to_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| StoreError::Database(format!("{v} does not fit a 64-bit column")))
 }
@@ -67,7 +77,7 @@ fn to_u64(v: i64) -> Result<u64> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
 }
 
-const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, revision, created_at, updated_at";
+const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, federates_with, revision, created_at, updated_at";
 const NODE_COLUMNS: &str = "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at, held_authorities, previous_serial, superseded_count, superseded_at";
 
 const EXCEPTION_COLUMNS: &str =
@@ -164,9 +174,9 @@ macro_rules! audited {
     }};
 }
 
-/// Bind an entry's columns ($2..$13, in `ENTRY_COLUMNS` order after the id).
+/// Bind an entry's columns ($2..$14, in `ENTRY_COLUMNS` order after the id).
 macro_rules! bind_spec {
-    ($q:expr, $spec:expr, $selectors:expr, $dns:expr) => {
+    ($q:expr, $spec:expr, $selectors:expr, $dns:expr, $fed:expr) => {
         $q.bind($spec.spiffe_id.to_string())
             .bind($spec.parent_id.to_string())
             .bind(&$selectors)
@@ -179,7 +189,22 @@ macro_rules! bind_spec {
             .bind($spec.admin)
             .bind($spec.downstream)
             .bind($spec.expires_at)
+            .bind(&$fed)
     };
+}
+
+/// The SET clause of an entry update: columns $2..$14 as [`bind_spec`] binds them,
+/// `updated_at` = $15.
+const UPDATE_SET: &str = "spiffe_id=$2, parent_id=$3, selectors=$4, owner=$5, environment=$6, x509_ttl=$7, jwt_ttl=$8, dns_names=$9, hint=$10, admin=$11, downstream=$12, expires_at=$13, federates_with=$14, revision=revision+1, updated_at=$15";
+
+/// The JSON-encoded columns of a spec: canonical selectors, DNS names, federated
+/// trust domains.
+fn spec_json(spec: &EntrySpec) -> Result<(String, String, String)> {
+    Ok((
+        selectors_json(&spec.canonical_selectors())?,
+        serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        federates_json(&spec.federates_with)?,
+    ))
 }
 
 /// Evidence-log rows per INSERT statement (7 parameters each).
@@ -262,6 +287,7 @@ macro_rules! impl_store {
                     admin: row.try_get::<bool, _>("admin").map_err(db_err)?,
                     downstream: row.try_get::<bool, _>("downstream").map_err(db_err)?,
                     expires_at: row.try_get::<Option<i64>, _>("expires_at").map_err(db_err)?,
+                    federates_with: parse_federates(&get_s("federates_with")?)?,
                 },
                 revision: get_i("revision")?,
                 created_at: get_i("created_at")?,
@@ -326,12 +352,11 @@ macro_rules! impl_store {
             async fn create_entry(&self, spec: &EntrySpec, now: i64, audit: AuditFn<'_, Entry>) -> Result<Entry> {
                 let id = new_id()?;
                 let sql = format!(
-                    "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,1,$14,$14) RETURNING {ENTRY_COLUMNS}"
+                    "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,1,$15,$15) RETURNING {ENTRY_COLUMNS}"
                 );
-                let selectors = selectors_json(&spec.canonical_selectors())?;
-                let dns = serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let (selectors, dns, fed) = spec_json(spec)?;
                 audited!(self, $begin, audit, |tx| {
-                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(&id), spec, selectors, dns)
+                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(&id), spec, selectors, dns, fed)
                         .bind(now)
                         .fetch_one(&mut *tx)
                         .await
@@ -349,14 +374,12 @@ macro_rules! impl_store {
                 audit: AuditFn<'_, Entry>,
             ) -> Result<Entry> {
                 let sql = format!(
-                    "UPDATE entries SET spiffe_id=$2, parent_id=$3, selectors=$4, owner=$5, environment=$6, x509_ttl=$7, jwt_ttl=$8, dns_names=$9, hint=$10, admin=$11, downstream=$12, expires_at=$13, revision=revision+1, updated_at=$14 \
-                     WHERE id=$1 AND ($15 IS NULL OR revision=$15) RETURNING {ENTRY_COLUMNS}"
+                    "UPDATE entries SET {UPDATE_SET} WHERE id=$1 AND ($16 IS NULL OR revision=$16) RETURNING {ENTRY_COLUMNS}"
                 );
                 let current_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
-                let selectors = selectors_json(&spec.canonical_selectors())?;
-                let dns = serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let (selectors, dns, fed) = spec_json(spec)?;
                 audited!(self, $begin, audit, |tx| {
-                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id), spec, selectors, dns)
+                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id), spec, selectors, dns, fed)
                         .bind(now)
                         .bind(expected_revision)
                         .fetch_optional(&mut *tx)
@@ -391,6 +414,94 @@ macro_rules! impl_store {
                         Some(r) => Ok(entry_from_row(&r)?),
                         None => Err(TxErr::Store(StoreError::NotFound { what: "entry", id: id.to_string() })),
                     }
+                })
+            }
+
+            async fn create_entries(&self, specs: &[EntrySpec], now: i64, audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
+                // A duplicate inserts nothing and returns no row: decided per entry
+                // without failing the transaction.
+                let sql = format!(
+                    "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,1,$15,$15) ON CONFLICT DO NOTHING RETURNING {ENTRY_COLUMNS}"
+                );
+                let prepared = specs
+                    .iter()
+                    .map(|spec| Ok((new_id()?, spec_json(spec)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                audited!(self, $begin, audit, |tx| {
+                    let mut out = Vec::with_capacity(specs.len());
+                    for (spec, (id, (selectors, dns, fed))) in specs.iter().zip(&prepared) {
+                        let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id), spec, selectors, dns, fed)
+                            .bind(now)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        out.push(match row {
+                            Some(r) => Ok(entry_from_row(&r)?),
+                            None => Err(duplicate_entry(spec)),
+                        });
+                    }
+                    Ok(out)
+                })
+            }
+
+            async fn update_entries(&self, updates: &[EntryUpdate], now: i64, audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
+                // The collision check is part of the statement (a unique violation
+                // would abort a PostgreSQL transaction); no row means not found,
+                // stale revision or collision, told apart afterwards.
+                let sql = format!(
+                    "UPDATE entries SET {UPDATE_SET} WHERE id=$1 AND ($16 IS NULL OR revision=$16) \
+                     AND NOT EXISTS (SELECT 1 FROM entries o WHERE o.spiffe_id=$2 AND o.parent_id=$3 AND o.selectors=$4 AND o.id<>$1) \
+                     RETURNING {ENTRY_COLUMNS}"
+                );
+                let current_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
+                let prepared = updates.iter().map(|u| spec_json(&u.spec)).collect::<Result<Vec<_>>>()?;
+                audited!(self, $begin, audit, |tx| {
+                    let mut out = Vec::with_capacity(updates.len());
+                    for (u, (selectors, dns, fed)) in updates.iter().zip(&prepared) {
+                        let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&u.id), u.spec, selectors, dns, fed)
+                            .bind(now)
+                            .bind(u.expected_revision)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if let Some(r) = row {
+                            out.push(Ok(entry_from_row(&r)?));
+                            continue;
+                        }
+                        let current = sqlx::query(sqlx::AssertSqlSafe(current_sql.as_str()))
+                            .bind(&u.id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        out.push(Err(match current {
+                            None => StoreError::NotFound { what: "entry", id: u.id.clone() },
+                            Some(c) => {
+                                let actual = entry_from_row(&c)?.revision;
+                                match u.expected_revision {
+                                    Some(expected) if expected != actual => StoreError::Conflict {
+                                        what: "entry",
+                                        id: u.id.clone(),
+                                        expected,
+                                        actual,
+                                    },
+                                    _ => duplicate_entry(&u.spec),
+                                }
+                            }
+                        }));
+                    }
+                    Ok(out)
+                })
+            }
+
+            async fn delete_entries(&self, ids: &[String], audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
+                let sql = format!("DELETE FROM entries WHERE id=$1 RETURNING {ENTRY_COLUMNS}");
+                audited!(self, $begin, audit, |tx| {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&mut *tx).await?;
+                        out.push(match row {
+                            Some(r) => Ok(entry_from_row(&r)?),
+                            None => Err(StoreError::NotFound { what: "entry", id: id.clone() }),
+                        });
+                    }
+                    Ok(out)
                 })
             }
 
@@ -1058,6 +1169,29 @@ impl Store for AnyStore {
     }
     async fn delete_entry(&self, id: &str, a: AuditFn<'_, Entry>) -> Result<Entry> {
         delegate!(self, s => s.delete_entry(id, a))
+    }
+    async fn create_entries(
+        &self,
+        specs: &[EntrySpec],
+        now: i64,
+        a: AuditFn<'_, BatchOutcome>,
+    ) -> Result<BatchOutcome> {
+        delegate!(self, s => s.create_entries(specs, now, a))
+    }
+    async fn update_entries(
+        &self,
+        updates: &[EntryUpdate],
+        now: i64,
+        a: AuditFn<'_, BatchOutcome>,
+    ) -> Result<BatchOutcome> {
+        delegate!(self, s => s.update_entries(updates, now, a))
+    }
+    async fn delete_entries(
+        &self,
+        ids: &[String],
+        a: AuditFn<'_, BatchOutcome>,
+    ) -> Result<BatchOutcome> {
+        delegate!(self, s => s.delete_entries(ids, a))
     }
     async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
         delegate!(self, s => s.get_entry(id))

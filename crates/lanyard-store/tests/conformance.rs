@@ -8,8 +8,8 @@
 
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_store::{
-    AnyStore, EntrySpec, JoinToken, Node, PgStore, REPLAY_PRUNE_BATCH, SqliteStore, Store,
-    StoreError,
+    AnyStore, EntrySpec, EntryUpdate, JoinToken, Node, PgStore, REPLAY_PRUNE_BATCH, SqliteStore,
+    Store, StoreError,
 };
 use sqlx::Connection;
 
@@ -40,6 +40,7 @@ fn spec(path: &str) -> EntrySpec {
         admin: false,
         downstream: false,
         expires_at: Some(1_900_000_000),
+        federates_with: vec![],
     }
 }
 
@@ -654,8 +655,162 @@ async fn governance<S: Store>(s: &S) {
     assert_eq!(a.last_delivery.as_ref().unwrap().id, "delivery-2");
 }
 
+/// Batches: one transaction, one event per written entry, per-entry refusals that
+/// leave the rest written.
+async fn entry_batches<S: Store>(s: &S) {
+    let before_entries = s.list_entries().await.unwrap().len();
+    let before_events = s.audit_records().await.unwrap().len();
+    let ev = |out: &lanyard_store::BatchOutcome| {
+        out.iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|e| {
+                let mut ev = audit_event(3);
+                ev.id = format!("batch-{}-{}", e.id, e.revision);
+                ev.subject = Some(e.spec.spiffe_id.to_string());
+                ev
+            })
+            .collect()
+    };
+    // An existing entry, then a batch with a duplicate of it, a duplicate within
+    // the batch, and federated trust domains.
+    let existing = s.create_entry(&spec("/batch/0"), 5, &none).await.unwrap();
+    let mut fed = spec("/batch/2");
+    fed.federates_with = vec![
+        lanyard_core::TrustDomain::new("partner.example").unwrap(),
+        lanyard_core::TrustDomain::new("spiffe://other.example").unwrap(),
+    ];
+    let specs = vec![
+        spec("/batch/1"),
+        spec("/batch/0"),
+        fed.clone(),
+        spec("/batch/1"),
+        spec("/batch/3"),
+    ];
+    let out = s.create_entries(&specs, 50, &ev).await.unwrap();
+    assert_eq!(out.len(), 5);
+    assert!(
+        out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out[1], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[3], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[3]
+    );
+    let created: Vec<_> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .cloned()
+        .collect();
+    for e in &created {
+        assert_eq!(e.revision, 1);
+        assert_eq!(e.created_at, 50);
+        assert_eq!(s.get_entry(&e.id).await.unwrap().as_ref(), Some(e));
+    }
+    let stored_fed = s.get_entry(&created[1].id).await.unwrap().unwrap();
+    assert_eq!(stored_fed.spec.federates_with, fed.federates_with);
+    assert_eq!(
+        s.list_entries().await.unwrap().len(),
+        before_entries + 1 + 3
+    );
+    let recs = s.audit_records().await.unwrap();
+    assert_eq!(recs.len(), before_events + 3, "one event per created entry");
+    assert_eq!(
+        recs[before_events].event.id,
+        format!("batch-{}-1", created[0].id)
+    );
+
+    // Updates: one applied, one stale, one unknown, one colliding with another.
+    let mut changed = spec("/batch/1");
+    changed.owner = "team-z".into();
+    let updates = vec![
+        EntryUpdate {
+            id: created[0].id.clone(),
+            spec: changed.clone(),
+            expected_revision: Some(1),
+        },
+        EntryUpdate {
+            id: created[2].id.clone(),
+            spec: spec("/batch/3"),
+            expected_revision: Some(7),
+        },
+        EntryUpdate {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            spec: spec("/batch/9"),
+            expected_revision: None,
+        },
+        EntryUpdate {
+            id: created[2].id.clone(),
+            spec: spec("/batch/0"),
+            expected_revision: None,
+        },
+    ];
+    let out = s.update_entries(&updates, 60, &ev).await.unwrap();
+    let u = out[0].as_ref().unwrap();
+    assert_eq!(
+        (u.revision, u.updated_at, u.spec.owner.as_str()),
+        (2, 60, "team-z")
+    );
+    assert!(
+        matches!(
+            out[1],
+            Err(StoreError::Conflict {
+                expected: 7,
+                actual: 1,
+                ..
+            })
+        ),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[2], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        matches!(out[3], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[3]
+    );
+    assert_eq!(
+        s.get_entry(&created[2].id).await.unwrap().unwrap().revision,
+        1,
+        "a refused update changes nothing"
+    );
+    assert_eq!(s.audit_records().await.unwrap().len(), before_events + 4);
+
+    // Deletes: known ones deleted and returned, an unknown one reported.
+    let ids = vec![
+        created[0].id.clone(),
+        "0123456789abcdef0123456789abcdef".to_string(),
+        created[1].id.clone(),
+        created[2].id.clone(),
+        existing.id.clone(),
+    ];
+    let out = s.delete_entries(&ids, &ev).await.unwrap();
+    assert_eq!(out[0].as_ref().unwrap().spec.owner, "team-z");
+    assert!(
+        matches!(out[1], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 4);
+    assert_eq!(s.list_entries().await.unwrap().len(), before_entries);
+    assert_eq!(s.audit_records().await.unwrap().len(), before_events + 8);
+
+    // An empty batch is a no-op.
+    assert!(s.create_entries(&[], 70, &ev).await.unwrap().is_empty());
+}
+
 async fn suite<S: Store + Clone + 'static>(s: S) {
     entries(&s).await;
+    entry_batches(&s).await;
     governance(&s).await;
     audited_changes(&s).await;
     nodes(&s).await;
