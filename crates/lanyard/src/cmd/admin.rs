@@ -77,6 +77,7 @@ fn entry_json(e: &pb::Entry) -> Value {
         "dns_names": e.dns_names,
         "hint": (!e.hint.is_empty()).then_some(&e.hint),
         "admin": e.admin,
+        "federates_with": e.federates_with,
         "expires_at": (e.expires_at != 0).then_some(e.expires_at),
         "revision": e.revision,
         "created_at": e.created_at,
@@ -112,6 +113,7 @@ fn entry_text(e: &pb::Entry) -> String {
         format!("DNS names:    {}", opt(&e.dns_names.join(", "))),
         format!("Hint:         {}", opt(&e.hint)),
         format!("Admin:        {}", e.admin),
+        format!("Federates:    {}", opt(&e.federates_with.join(", "))),
         format!(
             "Expires at:   {}",
             if e.expires_at == 0 {
@@ -171,6 +173,10 @@ pub struct EntryFlags {
     /// When the entry stops issuing: RFC 3339 or unix seconds.
     #[arg(long)]
     pub expires_at: Option<String>,
+    /// A trust domain this identity federates with, e.g. partner.example
+    /// (repeatable; stored and shown, not yet enforced).
+    #[arg(long = "federates-with")]
+    pub federates_with: Vec<String>,
 }
 
 impl EntryFlags {
@@ -207,6 +213,9 @@ impl EntryFlags {
         }
         if let Some(v) = &self.expires_at {
             e.expires_at = parse_time(v)?;
+        }
+        if !self.federates_with.is_empty() {
+            e.federates_with = self.federates_with.clone();
         }
         Ok(())
     }

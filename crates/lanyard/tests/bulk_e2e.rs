@@ -1,0 +1,317 @@
+//! Bulk entries end to end, as a user runs them against the real binary:
+//! `lanyard entry import --spire` of a SPIRE export of a few hundred entries with a
+//! malformed and a policy-refused one among them, the re-run that finds everything
+//! unchanged, a `spire-server entry create -data` file, and `entry create --file`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{ServerProc, TD};
+use serde_json::{Value, json};
+
+const N: usize = 300;
+const MALFORMED: usize = 100;
+const REFUSED: usize = 200;
+const ALIAS: usize = 250;
+
+/// What `spire-server entry show -output json` prints for N entries (protojson:
+/// proto field names, unpopulated fields present, 64-bit numbers as strings).
+fn spire_export() -> String {
+    let entries: Vec<Value> = (0..N)
+        .map(|i| {
+            let (td, path) = match i {
+                MALFORMED => ("Not A Domain", "/bad".to_string()),
+                REFUSED => (TD, "/legacy/batch-job".to_string()),
+                _ => (TD, format!("/svc/{i}")),
+            };
+            let parent = if i == ALIAS {
+                "/spire/server".to_string()
+            } else {
+                format!("/spire/agent/x509pop/node-{}", i % 7)
+            };
+            json!({
+                "id": format!("00000000-0000-0000-0000-{i:012}"),
+                "spiffe_id": {"trust_domain": td, "path": path},
+                "parent_id": {"trust_domain": TD, "path": parent},
+                "selectors": [
+                    {"type": "unix", "value": format!("uid:{}", 2000 + i)},
+                    {"type": "unix", "value": "gid:100"}
+                ],
+                "x509_svid_ttl": if i % 2 == 0 { 1800 } else { 0 },
+                "jwt_svid_ttl": if i % 3 == 0 { 300 } else { 0 },
+                "federates_with": if i % 10 == 0 { vec!["partner.example"] } else { vec![] },
+                "admin": false,
+                "downstream": false,
+                "expires_at": "0",
+                "dns_names": if i % 5 == 0 { vec![format!("svc-{i}.internal")] } else { vec![] },
+                "revision_number": "2",
+                "store_svid": false,
+                "hint": if i % 4 == 0 { "primary" } else { "" },
+                "created_at": "1712345678",
+                "jwt_svid_audience_policies": {}
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({"entries": entries, "next_page_token": ""})).unwrap()
+}
+
+/// The shipped registration policy plus a rule that refuses `/legacy/` identities.
+fn policy() -> String {
+    format!(
+        "{}\n@id(\"no-legacy\")\n@reason(\"legacy identities are not migrated\")\nforbid (principal, action == Lanyard::Action::\"create_entry\", resource)\nwhen {{ resource.path like \"/legacy/*\" }};\n",
+        lanyard_policy::PolicyKind::Registration.default_policy()
+    )
+}
+
+fn run(server: &ServerProc, args: &[&str]) -> (Option<i32>, String, String) {
+    let o = server.cli(args);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn entries(server: &ServerProc) -> Vec<Value> {
+    server.json(&["entry", "list"]).as_array().unwrap().clone()
+}
+
+#[test]
+fn spire_import_and_batch_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("server"), None, None);
+    let policy_file = dir.path().join("policy.cedar");
+    std::fs::write(&policy_file, policy()).unwrap();
+    server.ok(&["policy", "set", "--file", policy_file.to_str().unwrap()]);
+
+    let export = dir.path().join("spire-entries.json");
+    std::fs::write(&export, spire_export()).unwrap();
+    let file = export.to_str().unwrap();
+    let import = [
+        "entry",
+        "import",
+        "--spire",
+        file,
+        "--owner",
+        "payments",
+        "--environment",
+        "staging",
+    ];
+
+    // A dry run writes nothing.
+    let mut dry = import.to_vec();
+    dry.push("--dry-run");
+    let (code, out, _) = run(&server, &dry);
+    assert_eq!(code, Some(1), "a malformed entry makes the exit code 1");
+    assert!(out.contains("would create 299"), "{out}");
+    assert!(entries(&server).is_empty());
+
+    // The import: the malformed and the refused entry are reported, the rest exist.
+    let (code, out, err) = run(&server, &import);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "created 298, unchanged 0, refused 1, malformed 1",
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("malformed entries[{MALFORMED}]: spiffe_id")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "refused   entries[{REFUSED}] spiffe://{TD}/legacy/batch-job: refused by registration policy"
+        )) && err.contains("no-legacy"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 unknown field ignored: jwt_svid_audience_policies")
+            || err.contains("unknown fields ignored: jwt_svid_audience_policies"),
+        "{err}"
+    );
+    assert!(err.contains("node alias"), "{err}");
+
+    let listed = entries(&server);
+    assert_eq!(listed.len(), 298);
+    let by_id = |path: &str| {
+        listed
+            .iter()
+            .find(|e| e["spiffe_id"] == format!("spiffe://{TD}{path}"))
+            .unwrap_or_else(|| panic!("{path} not imported"))
+            .clone()
+    };
+    let e0 = by_id("/svc/0");
+    assert_eq!(
+        e0["parent_id"],
+        format!("spiffe://{TD}/spire/agent/x509pop/node-0")
+    );
+    assert_eq!(e0["selectors"], json!(["unix:gid:100", "unix:uid:2000"]));
+    assert_eq!(e0["owner"], "payments");
+    assert_eq!(e0["environment"], "staging");
+    assert_eq!(e0["x509_ttl_seconds"], 1800);
+    assert_eq!(e0["jwt_ttl_seconds"], 300);
+    assert_eq!(e0["dns_names"], json!(["svc-0.internal"]));
+    assert_eq!(e0["federates_with"], json!(["partner.example"]));
+    assert_eq!(e0["hint"], "primary");
+    let e7 = by_id("/svc/7");
+    assert_eq!(e7["x509_ttl_seconds"], 0);
+    assert_eq!(e7["federates_with"], json!([]));
+    assert_eq!(
+        by_id(&format!("/svc/{ALIAS}"))["parent_id"],
+        format!("spiffe://{TD}/lanyard/server")
+    );
+    // One entry shown on its own carries the federated trust domains too.
+    let shown = server.json(&["entry", "show", e0["id"].as_str().unwrap()]);
+    assert_eq!(shown["federates_with"], json!(["partner.example"]));
+    let text = server.ok(&["entry", "show", e0["id"].as_str().unwrap()]);
+    assert!(text.contains("Federates:    partner.example"), "{text}");
+
+    // Running it again changes nothing and says so.
+    let (code, out, _) = run(&server, &import);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out.trim(),
+        "created 0, unchanged 298, refused 1, malformed 1"
+    );
+    assert_eq!(entries(&server).len(), 298);
+
+    // The same identities with another owner are not silently rewritten.
+    let (code, _, err) = run(
+        &server,
+        &[
+            "entry",
+            "import",
+            "--spire",
+            file,
+            "--owner",
+            "other-team",
+            "--environment",
+            "staging",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("different owner"), "{err}");
+
+    // The JSON report names every entry.
+    let (_, out, _) = run(&server, &[&import[..], &["--output", "json"]].concat());
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["unchanged"], 298);
+    assert_eq!(report["entries"].as_array().unwrap().len(), N);
+    assert_eq!(report["entries"][REFUSED]["outcome"], "refused");
+    assert_eq!(report["entries"][MALFORMED]["outcome"], "malformed");
+
+    // `spire-server entry create -data` format: string IDs, entryExpiry.
+    let data = dir.path().join("create-data.json");
+    std::fs::write(
+        &data,
+        json!({"entries": [
+            {"spiffe_id": format!("spiffe://{TD}/data/a"), "parent_id": format!("spiffe://{TD}/spire/agent/k8s_psat/c1/n1"),
+             "selectors": [{"type": "unix", "value": "uid:3000"}], "x509_svid_ttl": 600,
+             "dns_names": ["a.internal"], "federates_with": ["spiffe://partner.example"],
+             "admin": false, "entryExpiry": 4_000_000_000i64, "hint": "a"},
+            {"spiffe_id": format!("spiffe://{TD}/data/b"), "parent_id": format!("spiffe://{TD}/spire/agent/k8s_psat/c1/n1"),
+             "selectors": [{"type": "unix", "value": "uid:3001"}], "downstream": true},
+            {"spiffe_id": format!("spiffe://{TD}/data/c"), "parent_id": format!("spiffe://{TD}/spire/agent/k8s_psat/c1/n1"),
+             "selectors": [{"type": "unix", "value": "uid:3002"}], "store_svid": true}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        &server,
+        &[
+            "entry",
+            "import",
+            "--spire",
+            data.to_str().unwrap(),
+            "--owner",
+            "payments",
+            "--environment",
+            "staging",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out.trim(),
+        "created 1, unchanged 0, refused 2, malformed 0",
+        "{err}"
+    );
+    assert!(err.contains("downstream"), "{err}");
+    assert!(err.contains("store_svid"), "{err}");
+    let a = entries(&server)
+        .into_iter()
+        .find(|e| e["spiffe_id"] == format!("spiffe://{TD}/data/a"))
+        .unwrap();
+    assert_eq!(a["expires_at"], 4_000_000_000i64);
+    assert_eq!(a["federates_with"], json!(["partner.example"]));
+
+    // `entry create --file` in the shape `entry list -o json` prints: an existing
+    // entry as listed is unchanged, new ones are created, a bad one is reported.
+    let mut batch = vec![e7.clone()];
+    for i in 0..3 {
+        batch.push(json!({
+            "spiffe_id": format!("spiffe://{TD}/file/{i}"),
+            "parent_id": format!("spiffe://{TD}/lanyard/agent/join_token/x"),
+            "selectors": [format!("unix:uid:{}", 4000 + i)],
+            "owner": "web", "environment": "staging", "x509_ttl_seconds": 900,
+            "federates_with": ["partner.example"]
+        }));
+    }
+    let batch_file = dir.path().join("entries.json");
+    std::fs::write(&batch_file, Value::Array(batch.clone()).to_string()).unwrap();
+    let (code, out, err) = run(
+        &server,
+        &["entry", "create", "--file", batch_file.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "created 3, unchanged 1, refused 0, malformed 0");
+    batch.push(json!({"spiffe_id": format!("spiffe://{TD}/file/x"), "parent_id": "nope", "selectors": ["unix:uid:1"]}));
+    batch.push(json!({"spiffe_id": format!("spiffe://{TD}/file/y"), "parent_id": format!("spiffe://{TD}/p"),
+        "selectors": ["unix:uid:1"], "owner": "", "environment": "staging"}));
+    std::fs::write(&batch_file, json!({"entries": batch}).to_string()).unwrap();
+    let (code, out, err) = run(
+        &server,
+        &["entry", "create", "--file", batch_file.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out.trim(),
+        "created 0, unchanged 4, refused 1, malformed 1",
+        "{err}"
+    );
+    assert!(err.contains("malformed entries[4]: parent_id"), "{err}");
+    assert!(err.contains("owner-required"), "{err}");
+    assert_eq!(entries(&server).len(), 298 + 1 + 3);
+
+    // Every refusal left evidence, every created entry its event, and the log
+    // verifies.
+    let data_dir = dir.path().join("server");
+    let data_dir = data_dir.to_str().unwrap();
+    let events = |kind: &str| -> Vec<Value> {
+        let out = server.ok(&[
+            "audit",
+            "query",
+            "--data-dir",
+            data_dir,
+            "--kind",
+            kind,
+            "--output",
+            "json",
+        ]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let refusals = events("entry_refused");
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e["event"]["subject"] == format!("spiffe://{TD}/legacy/batch-job")),
+        "{refusals:?}"
+    );
+    assert_eq!(events("entry_created").len(), 298 + 1 + 3);
+    server.ok(&["audit", "verify", "--data-dir", data_dir]);
+}
