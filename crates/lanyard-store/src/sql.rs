@@ -207,6 +207,28 @@ fn spec_json(spec: &EntrySpec) -> Result<(String, String, String)> {
     ))
 }
 
+/// Entry rows per INSERT statement of a batch (15 parameters each).
+const ENTRY_ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT INTO entries … VALUES (…), … ON CONFLICT DO NOTHING RETURNING id` for
+/// `rows` rows bound as [`bind_spec`] binds them after the id, then `now`.
+fn multi_row_entry_insert(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ");
+    for k in 0..rows {
+        let b = k * 15;
+        if k > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for i in 1..=14 {
+            sql.push_str(&format!("${},", b + i));
+        }
+        sql.push_str(&format!("1,${0},${0})", b + 15));
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+    sql
+}
+
 /// Evidence-log rows per INSERT statement (7 parameters each).
 const AUDIT_ROWS_PER_INSERT: usize = 64;
 
@@ -418,28 +440,47 @@ macro_rules! impl_store {
             }
 
             async fn create_entries(&self, specs: &[EntrySpec], now: i64, audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
-                // A duplicate inserts nothing and returns no row: decided per entry
-                // without failing the transaction.
-                let sql = format!(
-                    "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,1,$15,$15) ON CONFLICT DO NOTHING RETURNING {ENTRY_COLUMNS}"
-                );
+                // Many rows per statement (each statement is a round trip to the
+                // driver). A duplicate inserts nothing and returns no id: decided per
+                // entry without failing the transaction.
                 let prepared = specs
                     .iter()
                     .map(|spec| Ok((new_id()?, spec_json(spec)?)))
                     .collect::<Result<Vec<_>>>()?;
+                let statements: Vec<String> = prepared
+                    .chunks(ENTRY_ROWS_PER_INSERT)
+                    .map(|rows| multi_row_entry_insert(rows.len()))
+                    .collect();
                 audited!(self, $begin, audit, |tx| {
-                    let mut out = Vec::with_capacity(specs.len());
-                    for (spec, (id, (selectors, dns, fed))) in specs.iter().zip(&prepared) {
-                        let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id), spec, selectors, dns, fed)
-                            .bind(now)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        out.push(match row {
-                            Some(r) => Ok(entry_from_row(&r)?),
-                            None => Err(duplicate_entry(spec)),
-                        });
+                    let mut inserted = std::collections::HashSet::with_capacity(specs.len());
+                    let chunks = specs.chunks(ENTRY_ROWS_PER_INSERT).zip(prepared.chunks(ENTRY_ROWS_PER_INSERT));
+                    for ((specs, rows), sql) in chunks.zip(&statements) {
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                        for (spec, (id, (selectors, dns, fed))) in specs.iter().zip(rows) {
+                            q = bind_spec!(q.bind(id), spec, selectors, dns, fed).bind(now);
+                        }
+                        for r in q.fetch_all(&mut *tx).await? {
+                            inserted.insert(r.try_get::<String, _>("id")?);
+                        }
                     }
-                    Ok(out)
+                    // What was inserted is the spec as given, selectors canonical.
+                    Ok(specs
+                        .iter()
+                        .zip(&prepared)
+                        .map(|(spec, (id, _))| {
+                            if inserted.contains(id) {
+                                Ok(Entry {
+                                    id: id.clone(),
+                                    spec: EntrySpec { selectors: spec.canonical_selectors(), ..spec.clone() },
+                                    revision: 1,
+                                    created_at: now,
+                                    updated_at: now,
+                                })
+                            } else {
+                                Err(duplicate_entry(spec))
+                            }
+                        })
+                        .collect())
                 })
             }
 

@@ -806,6 +806,28 @@ async fn entry_batches<S: Store>(s: &S) {
 
     // An empty batch is a no-op.
     assert!(s.create_entries(&[], 70, &ev).await.unwrap().is_empty());
+
+    // A batch over several INSERT statements, with a duplicate across them.
+    let mut many: Vec<EntrySpec> = (0..150).map(|i| spec(&format!("/bulk/{i}"))).collect();
+    many[120] = spec("/bulk/5");
+    let out = s.create_entries(&many, 80, &none).await.unwrap();
+    assert!(
+        matches!(out[120], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[120]
+    );
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 149);
+    let stored = s.list_entries().await.unwrap();
+    for e in out.iter().filter_map(|r| r.as_ref().ok()) {
+        assert!(stored.contains(e), "{e:?} is not stored as returned");
+    }
+    let ids: Vec<String> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|e| e.id.clone()))
+        .collect();
+    let out = s.delete_entries(&ids, &none).await.unwrap();
+    assert!(out.iter().all(Result::is_ok));
+    assert_eq!(s.list_entries().await.unwrap().len(), before_entries);
 }
 
 async fn suite<S: Store + Clone + 'static>(s: S) {
