@@ -200,6 +200,7 @@ impl AdminService {
         req: BatchRequest,
     ) -> Result<pb::BatchEntryResponse, Status> {
         check_size(req.len())?;
+        let started = std::time::Instant::now();
         let mut decider = BatchDecider::new(&self.shared).await?;
         let mut checked = Vec::with_capacity(req.len());
         match &req {
@@ -234,6 +235,7 @@ impl AdminService {
                 Err(r) => results.push(Some(r)),
             }
         }
+        let decided_in = started.elapsed();
         let kind = req.event_kind();
         let events = |out: &BatchOutcome| self.batch_events(kind, &who.actor, &accepted, out);
         let now = self.shared.clock.unix_seconds();
@@ -255,11 +257,14 @@ impl AdminService {
             }
         }
         .map_err(store_status)?;
+        let written_in = started.elapsed().saturating_sub(decided_in);
         let resp = merge(results, &accepted, outcome);
         let ok = resp.results.iter().filter(|r| r.code == 0).count();
         tracing::info!(
             written = ok,
             refused = resp.results.len() - ok,
+            decided_ms = decided_in.as_millis(),
+            written_ms = written_in.as_millis(),
             "entry batch: {}",
             kind.name()
         );
