@@ -315,3 +315,140 @@ fn spire_import_and_batch_create() {
     assert_eq!(events("entry_created").len(), 298 + 1 + 3);
     server.ok(&["audit", "verify", "--data-dir", data_dir]);
 }
+
+/// The batch RPCs themselves: per-item outcomes for updates and deletes (stale
+/// revision, unknown id, refused by policy), the batch size limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_update_and_delete_report_each_item() {
+    use lanyard_proto::admin as apb;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("server"), None, None);
+    let policy_file = dir.path().join("policy.cedar");
+    std::fs::write(
+        &policy_file,
+        format!(
+            "{}\n@id(\"keep\")\n@reason(\"/keep/ identities are never deleted\")\nforbid (principal, action == Lanyard::Action::\"delete_entry\", resource)\nwhen {{ resource.path like \"/keep/*\" }};\n",
+            lanyard_policy::PolicyKind::Registration.default_policy()
+        ),
+    )
+    .unwrap();
+    server.ok(&["policy", "set", "--file", policy_file.to_str().unwrap()]);
+    let ch = lanyard_server::client::unix_channel(&server.admin_socket)
+        .await
+        .unwrap();
+    let mut admin = apb::admin_client::AdminClient::new(ch);
+    let entry = |path: &str, uid: u32| apb::Entry {
+        spiffe_id: format!("spiffe://{TD}{path}"),
+        parent_id: format!("spiffe://{TD}/lanyard/agent/join_token/a"),
+        selectors: vec![format!("unix:uid:{uid}")],
+        owner: "web".into(),
+        environment: "staging".into(),
+        ..Default::default()
+    };
+    let created = admin
+        .batch_create_entry(apb::BatchCreateEntryRequest {
+            entries: vec![
+                entry("/a", 1),
+                entry("/keep/b", 2),
+                entry("/c", 3),
+                apb::Entry {
+                    federates_with: vec!["Bad Domain".into()],
+                    ..entry("/d", 4)
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = created.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [0, 0, 0, tonic::Code::InvalidArgument as i32]);
+    assert!(
+        created[3].message.contains("federates_with"),
+        "{}",
+        created[3].message
+    );
+    assert!(
+        !created[0].policy_ids.is_empty(),
+        "the permitting policies are named"
+    );
+    let ids: Vec<String> = created[..3]
+        .iter()
+        .map(|r| r.entry.as_ref().unwrap().id.clone())
+        .collect();
+
+    // Updates: one applied, one at a stale revision, one unknown.
+    let mut a = created[0].entry.clone().unwrap();
+    a.hint = "primary".into();
+    let c = created[2].entry.clone().unwrap();
+    let updated = admin
+        .batch_update_entry(apb::BatchUpdateEntryRequest {
+            entries: vec![
+                apb::UpdateEntryRequest {
+                    entry: Some(a),
+                    expected_revision: 1,
+                },
+                apb::UpdateEntryRequest {
+                    entry: Some(c),
+                    expected_revision: 5,
+                },
+                apb::UpdateEntryRequest {
+                    entry: Some(apb::Entry {
+                        id: "0123456789abcdef0123456789abcdef".into(),
+                        ..entry("/z", 9)
+                    }),
+                    expected_revision: 0,
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = updated.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [0, tonic::Code::Aborted as i32, tonic::Code::NotFound as i32],
+        "{updated:?}"
+    );
+    let a = updated[0].entry.as_ref().unwrap();
+    assert_eq!((a.revision, a.hint.as_str()), (2, "primary"));
+
+    // Deletes: one applied, one refused by policy, one malformed id.
+    let deleted = admin
+        .batch_delete_entry(apb::BatchDeleteEntryRequest {
+            ids: vec![ids[0].clone(), ids[1].clone(), "nope".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = deleted.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [
+            0,
+            tonic::Code::PermissionDenied as i32,
+            tonic::Code::InvalidArgument as i32
+        ]
+    );
+    assert!(
+        deleted[1].message.contains("keep"),
+        "{}",
+        deleted[1].message
+    );
+    assert_eq!(deleted[1].policy_ids, ["keep"]);
+    let left = entries(&server);
+    assert_eq!(left.len(), 2, "{left:?}");
+
+    // More than MAX_ENTRY_BATCH items are refused as a whole.
+    let err = admin
+        .batch_delete_entry(apb::BatchDeleteEntryRequest {
+            ids: vec![ids[2].clone(); apb::MAX_ENTRY_BATCH + 1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 1000"), "{}", err.message());
+    assert_eq!(entries(&server).len(), 2);
+}
