@@ -121,8 +121,8 @@ fn spire_import_and_batch_create() {
     );
     assert!(
         err.contains(&format!(
-            "refused   entries[{REFUSED}] spiffe://{TD}/legacy/batch-job: refused by registration policy"
-        )) && err.contains("no-legacy"),
+            "refused   entries[{REFUSED}] spiffe://{TD}/legacy/batch-job: refused by registration policy \"no-legacy\": legacy identities are not migrated\n"
+        )),
         "{err}"
     );
     assert!(

@@ -172,10 +172,9 @@ fn report_of(index: usize, sent: &pb::Entry, r: pb::EntryResult) -> ItemReport {
     let code = tonic::Code::from(r.code);
     let (outcome, reason) = match code {
         tonic::Code::Ok => (Outcome::Created, String::new()),
-        tonic::Code::PermissionDenied => (
-            Outcome::Refused,
-            format!("refused by registration policy: {}", r.message),
-        ),
+        // The server's sentence names the policy: "refused by registration
+        // policy \"id\": reason".
+        tonic::Code::PermissionDenied => (Outcome::Refused, r.message.clone()),
         tonic::Code::InvalidArgument => (Outcome::Refused, format!("invalid: {}", r.message)),
         _ => (Outcome::Refused, r.message.clone()),
     };
@@ -522,7 +521,7 @@ pub fn spire_inputs(read: spire::ReadFile, owner: &str, environment: &str) -> (V
     }
     if read.reparented > 0 {
         notes.push(format!(
-            "{} node entr{} parented to SPIRE's server (/spire/server) now define node aliases under the Lanyard server (/lanyard/server)",
+            "{} node entr{} parented to SPIRE's server (/spire/server) became node alias definitions under the Lanyard server (/lanyard/server)",
             read.reparented,
             if read.reparented == 1 { "y" } else { "ies" }
         ));
