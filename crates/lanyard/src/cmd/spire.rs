@@ -254,7 +254,7 @@ fn selector(v: &Value) -> Result<String, String> {
     };
     if t.is_empty() || val.is_empty() {
         return Err(format!(
-            "selector {t:?}:{val:?} needs both a type and a value, e.g. {{\"type\": \"unix\", \"value\": \"uid:1000\"}}"
+            "selector {{\"type\": {t:?}, \"value\": {val:?}}} needs both a type and a value, e.g. {{\"type\": \"unix\", \"value\": \"uid:1000\"}}"
         ));
     }
     let text = format!("{t}:{val}");
