@@ -1183,3 +1183,79 @@ async fn postgres_audit_log() {
     }
     drop_pg_db(&name).await;
 }
+
+/// A migrations folder with every migration of `dialect` before 0007 (the schema
+/// before entries had `federates_with`).
+fn migrations_before_0007(dialect: &str) -> tempfile::TempDir {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let dst = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().into_string().unwrap();
+        let version: u32 = name[..4].parse().unwrap();
+        if version < 7 {
+            std::fs::copy(f.path(), dst.path().join(&name)).unwrap();
+        }
+    }
+    dst
+}
+
+const OLD_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors, owner, revision, created_at, updated_at) \
+     VALUES ('0123456789abcdef0123456789abcdef', 'spiffe://example.org/old', 'spiffe://example.org/agent/a1', '[\"unix:uid:1\"]', 'team-old', 1, 5, 5)";
+
+async fn old_entry_reads_back<S: Store>(s: &S) {
+    let e = s
+        .get_entry("0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.spec.federates_with.is_empty());
+    assert_eq!(e.spec.owner, "team-old");
+    assert_eq!(e.spec.selectors, vec![sel("unix:uid:1")]);
+}
+
+#[tokio::test]
+async fn sqlite_entries_written_before_0007_migrate() {
+    let migrations = migrations_before_0007("sqlite");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lanyard.db");
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::migrate::Migrator::new(migrations.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    sqlx::query(OLD_ENTRY).execute(&pool).await.unwrap();
+    pool.close().await;
+    old_entry_reads_back(&SqliteStore::open(&path).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_entries_written_before_0007_migrate() {
+    let migrations = migrations_before_0007("postgres");
+    let (url, name) = fresh_pg_db().await;
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(migrations.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(OLD_ENTRY).execute(&pool).await.unwrap();
+        pool.close().await;
+        let store = PgStore::connect(&url).await.unwrap();
+        old_entry_reads_back(&store).await;
+        store.pool().close().await;
+    }
+    drop_pg_db(&name).await;
+}
