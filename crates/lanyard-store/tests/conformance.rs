@@ -1184,9 +1184,9 @@ async fn postgres_audit_log() {
     drop_pg_db(&name).await;
 }
 
-/// A migrations folder with every migration of `dialect` before 0007 (the schema
-/// before entries had `federates_with`).
-fn migrations_before_0007(dialect: &str) -> tempfile::TempDir {
+/// Every migration of `dialect` before 0007 (the schema before entries had
+/// `federates_with`), and the folder it reads them from.
+async fn migrations_before_0007(dialect: &str) -> (sqlx::migrate::Migrator, tempfile::TempDir) {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("migrations")
         .join(dialect);
@@ -1199,7 +1199,7 @@ fn migrations_before_0007(dialect: &str) -> tempfile::TempDir {
             std::fs::copy(f.path(), dst.path().join(&name)).unwrap();
         }
     }
-    dst
+    (sqlx::migrate::Migrator::new(dst.path()).await.unwrap(), dst)
 }
 
 const OLD_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors, owner, revision, created_at, updated_at) \
@@ -1218,7 +1218,7 @@ async fn old_entry_reads_back<S: Store>(s: &S) {
 
 #[tokio::test]
 async fn sqlite_entries_written_before_0007_migrate() {
-    let migrations = migrations_before_0007("sqlite");
+    let (migrations, _dir) = migrations_before_0007("sqlite").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lanyard.db");
     let pool = sqlx::SqlitePool::connect_with(
@@ -1228,12 +1228,7 @@ async fn sqlite_entries_written_before_0007_migrate() {
     )
     .await
     .unwrap();
-    sqlx::migrate::Migrator::new(migrations.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    migrations.run(&pool).await.unwrap();
     sqlx::query(OLD_ENTRY).execute(&pool).await.unwrap();
     pool.close().await;
     old_entry_reads_back(&SqliteStore::open(&path).await.unwrap()).await;
@@ -1241,16 +1236,11 @@ async fn sqlite_entries_written_before_0007_migrate() {
 
 #[tokio::test]
 async fn postgres_entries_written_before_0007_migrate() {
-    let migrations = migrations_before_0007("postgres");
+    let (migrations, _dir) = migrations_before_0007("postgres").await;
     let (url, name) = fresh_pg_db().await;
     {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::migrate::Migrator::new(migrations.path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
+        migrations.run(&pool).await.unwrap();
         sqlx::query(OLD_ENTRY).execute(&pool).await.unwrap();
         pool.close().await;
         let store = PgStore::connect(&url).await.unwrap();
