@@ -348,6 +348,10 @@ enum EntryCommand {
         /// With --file: read and compare, write nothing.
         #[arg(long, requires = "file")]
         dry_run: bool,
+        /// With --file: change a stored entry with the same SPIFFE ID, parent and
+        /// selectors whose other fields differ (otherwise it is refused).
+        #[arg(long, requires = "file")]
+        update: bool,
     },
     /// Import registration entries from SPIRE: the output of `spire-server entry
     /// show -output json` or a `spire-server entry create -data` file, as they
@@ -366,6 +370,10 @@ enum EntryCommand {
         /// Read and compare, write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Change a stored entry with the same SPIFFE ID, parent and selectors
+        /// whose other fields differ (otherwise it is refused).
+        #[arg(long)]
+        update: bool,
     },
     /// Change an entry; only the given flags change.
     Update {
@@ -598,21 +606,27 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     EntryCommand::Create {
                         file: Some(file),
                         dry_run,
+                        update,
                         ..
-                    } => cmd::bulk::create_from_file(s, &file, dry_run, out).await,
+                    } => {
+                        let opts = cmd::bulk::Options { dry_run, update };
+                        cmd::bulk::create_from_file(s, &file, opts, out).await
+                    }
                     EntryCommand::Create { flags, .. } => a::entry_create(s, &flags, out).await,
                     EntryCommand::Import {
                         spire,
                         owner,
                         environment,
                         dry_run,
+                        update,
                     } => {
+                        let opts = cmd::bulk::Options { dry_run, update };
                         cmd::bulk::import_spire(
                             s,
                             &spire,
                             &owner,
                             environment.as_deref(),
-                            dry_run,
+                            opts,
                             out,
                         )
                         .await

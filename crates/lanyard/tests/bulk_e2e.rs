@@ -177,21 +177,31 @@ fn spire_import_and_batch_create() {
     assert_eq!(entries(&server).len(), 298);
 
     // The same identities with another owner are not silently rewritten.
-    let (code, _, err) = run(
-        &server,
-        &[
-            "entry",
-            "import",
-            "--spire",
-            file,
-            "--owner",
-            "other-team",
-            "--environment",
-            "staging",
-        ],
-    );
+    let other_owner = [&import[..4], &["--owner", "other-team"], &import[6..]].concat();
+    let (code, _, err) = run(&server, &other_owner);
     assert_eq!(code, Some(1));
     assert!(err.contains("different owner"), "{err}");
+    // With --update they are changed (each decided by policy as an update), and
+    // changed back.
+    let (code, out, err) = run(&server, &[&other_owner[..], &["--update"]].concat());
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out.trim(),
+        "created 0, updated 298, unchanged 0, refused 1, malformed 1",
+        "{err}"
+    );
+    assert!(entries(&server).iter().all(|e| e["owner"] == "other-team"));
+    let (_, out, _) = run(&server, &[&import[..], &["--update"]].concat());
+    assert_eq!(
+        out.trim(),
+        "created 0, updated 298, unchanged 0, refused 1, malformed 1"
+    );
+    assert_eq!(by_id("/svc/0")["revision"], 1, "the listing taken before");
+    let again = server.json(&["entry", "show", e0["id"].as_str().unwrap()]);
+    assert_eq!(
+        (again["revision"].as_i64(), again["owner"].as_str()),
+        (Some(3), Some("payments"))
+    );
 
     // The JSON report names every entry.
     let (_, out, _) = run(&server, &[&import[..], &["--output", "json"]].concat());

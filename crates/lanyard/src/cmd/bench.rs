@@ -1191,7 +1191,7 @@ async fn run_import(args: &ImportArgs, dir: &std::path::Path) -> Result<ExitCode
     let start = Instant::now();
     let read = crate::cmd::spire::read(&text).map_err(|e| e.to_string())?;
     let (inputs, _) = crate::cmd::bulk::spire_inputs(read, "bench", "bench");
-    let reports = crate::cmd::bulk::run(&mut admin, inputs, false, false).await?;
+    let reports = crate::cmd::bulk::run(&mut admin, inputs, Default::default(), false).await?;
     let elapsed = start.elapsed();
     let tally = crate::cmd::bulk::tally(&reports);
     let created = tally.get("created").copied().unwrap_or(0);
@@ -1206,7 +1206,7 @@ async fn run_import(args: &ImportArgs, dir: &std::path::Path) -> Result<ExitCode
     let start = Instant::now();
     let read = crate::cmd::spire::read(&text).map_err(|e| e.to_string())?;
     let (inputs, _) = crate::cmd::bulk::spire_inputs(read, "bench", "bench");
-    let again = crate::cmd::bulk::run(&mut admin, inputs, false, false).await?;
+    let again = crate::cmd::bulk::run(&mut admin, inputs, Default::default(), false).await?;
     let reimport = again.len() as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     for i in 0..args.single {

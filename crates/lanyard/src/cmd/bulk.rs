@@ -24,8 +24,11 @@ use crate::Output;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Created,
+    /// `--update`: an entry of the same identity was changed to match.
+    Updated,
     /// `--dry-run`: it would be sent.
     WouldCreate,
+    WouldUpdate,
     Unchanged,
     Refused,
     Malformed,
@@ -35,7 +38,9 @@ impl Outcome {
     fn name(self) -> &'static str {
         match self {
             Self::Created => "created",
+            Self::Updated => "updated",
             Self::WouldCreate => "would_create",
+            Self::WouldUpdate => "would_update",
             Self::Unchanged => "unchanged",
             Self::Refused => "refused",
             Self::Malformed => "malformed",
@@ -111,19 +116,49 @@ fn differences(a: &pb::Entry, b: &pb::Entry) -> Vec<&'static str> {
     d
 }
 
-/// Split the inputs into entries to send (with their index) and reports of the
-/// rest: an entry identical to a stored one (or to an earlier one of the file)
-/// is unchanged; one with the same SPIFFE ID, parent and selectors but other
-/// fields is refused, naming the fields.
+/// How a file is applied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Read and compare, write nothing.
+    pub dry_run: bool,
+    /// Change a stored entry of the same identity whose other fields differ
+    /// (otherwise it is refused).
+    pub update: bool,
+}
+
+/// A change to send, with the index of its entry in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Create(pb::Entry),
+    Update(pb::UpdateEntryRequest),
+}
+
+impl Change {
+    fn spiffe_id(&self) -> &str {
+        match self {
+            Self::Create(e) => &e.spiffe_id,
+            Self::Update(u) => u.entry.as_ref().map_or("", |e| e.spiffe_id.as_str()),
+        }
+    }
+}
+
+/// Split the inputs into changes to send (creates first, then updates, each with
+/// its index) and reports of the rest: an entry identical to a stored one (or to
+/// an earlier one of the file) is unchanged; one with the same SPIFFE ID, parent
+/// and selectors as a stored one but other fields is an update with `update`, else
+/// refused naming the fields (as is one that differs from an earlier one of the
+/// file).
 pub fn plan(
     existing: &[pb::Entry],
     inputs: Vec<Input>,
-) -> (Vec<(usize, pb::Entry)>, Vec<ItemReport>) {
+    update: bool,
+) -> (Vec<(usize, Change)>, Vec<ItemReport>) {
     let mut known: HashMap<_, (String, pb::Entry)> = existing
         .iter()
         .map(|e| (identity(e), (e.id.clone(), e.clone())))
         .collect();
     let mut send = Vec::new();
+    let mut updates = Vec::new();
     let mut reports = Vec::new();
     for (index, input) in inputs.into_iter().enumerate() {
         let e = match input {
@@ -141,6 +176,17 @@ pub fn plan(
                     let mut r = ItemReport::new(index, Outcome::Unchanged, &e.spiffe_id, "");
                     r.id = id.clone();
                     reports.push(r);
+                } else if update && !id.is_empty() {
+                    let change = pb::UpdateEntryRequest {
+                        entry: Some(pb::Entry {
+                            id: id.clone(),
+                            ..e.clone()
+                        }),
+                        expected_revision: stored.revision,
+                    };
+                    let id = id.clone();
+                    known.insert(key, (id, e));
+                    updates.push((index, Change::Update(change)));
                 } else {
                     let what = if id.is_empty() {
                         "an earlier entry of this file".to_string()
@@ -152,7 +198,7 @@ pub fn plan(
                         Outcome::Refused,
                         &e.spiffe_id,
                         format!(
-                            "{what} has the same SPIFFE ID, parent and selectors but a different {}; change it with `lanyard entry update` or delete it first",
+                            "{what} has the same SPIFFE ID, parent and selectors but a different {}; pass --update to change it, or change it with `lanyard entry update`",
                             diff.join(", ")
                         ),
                     ));
@@ -160,18 +206,23 @@ pub fn plan(
             }
             None => {
                 known.insert(key, (String::new(), e.clone()));
-                send.push((index, e));
+                send.push((index, Change::Create(e)));
             }
         }
     }
+    send.extend(updates);
     (send, reports)
 }
 
 /// The server's verdict on one sent entry.
-fn report_of(index: usize, sent: &pb::Entry, r: pb::EntryResult) -> ItemReport {
+fn report_of(index: usize, sent: &Change, r: pb::EntryResult) -> ItemReport {
     let code = tonic::Code::from(r.code);
+    let done = match sent {
+        Change::Create(_) => Outcome::Created,
+        Change::Update(_) => Outcome::Updated,
+    };
     let (outcome, reason) = match code {
-        tonic::Code::Ok => (Outcome::Created, String::new()),
+        tonic::Code::Ok => (done, String::new()),
         // The server's sentence names the policy: "refused by registration
         // policy \"id\": reason".
         tonic::Code::PermissionDenied => (Outcome::Refused, r.message.clone()),
@@ -181,7 +232,7 @@ fn report_of(index: usize, sent: &pb::Entry, r: pb::EntryResult) -> ItemReport {
     ItemReport {
         index,
         outcome,
-        spiffe_id: sent.spiffe_id.clone(),
+        spiffe_id: sent.spiffe_id().to_string(),
         id: r.entry.map(|e| e.id).unwrap_or_default(),
         reason,
         policy_ids: r.policy_ids,
@@ -236,19 +287,48 @@ pub async fn apply(
     socket: Option<&Path>,
     inputs: Vec<Input>,
     notes: Notes,
-    dry_run: bool,
+    opts: Options,
     output: Output,
 ) -> Result<ExitCode, String> {
     let mut c = connect(socket).await?;
-    let reports = run(&mut c, inputs, dry_run, true).await?;
-    Ok(print_report(&reports, &notes, dry_run, output))
+    let reports = run(&mut c, inputs, opts, true).await?;
+    Ok(print_report(&reports, &notes, opts, output))
+}
+
+/// Send one batch of changes of one kind.
+async fn send_batch(
+    c: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    chunk: &[(usize, Change)],
+) -> Result<Vec<pb::EntryResult>, tonic::Status> {
+    let creates: Vec<pb::Entry> = chunk
+        .iter()
+        .filter_map(|(_, ch)| match ch {
+            Change::Create(e) => Some(e.clone()),
+            Change::Update(_) => None,
+        })
+        .collect();
+    let resp = if creates.is_empty() {
+        let entries = chunk
+            .iter()
+            .filter_map(|(_, ch)| match ch {
+                Change::Update(u) => Some(u.clone()),
+                Change::Create(_) => None,
+            })
+            .collect();
+        c.batch_update_entry(pb::BatchUpdateEntryRequest { entries })
+            .await?
+    } else {
+        c.batch_create_entry(pb::BatchCreateEntryRequest { entries: creates })
+            .await?
+    };
+    Ok(resp.into_inner().results)
 }
 
 /// Plan and send (unless `dry_run`); every input's report, in file order.
 pub async fn run(
     c: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
     inputs: Vec<Input>,
-    dry_run: bool,
+    opts: Options,
     show_progress: bool,
 ) -> Result<Vec<ItemReport>, String> {
     let existing = c
@@ -257,33 +337,41 @@ pub async fn run(
         .map_err(status)?
         .into_inner()
         .entries;
-    let (send, mut reports) = plan(&existing, inputs);
-    if dry_run {
-        reports.extend(
-            send.iter()
-                .map(|(i, e)| ItemReport::new(*i, Outcome::WouldCreate, &e.spiffe_id, "")),
-        );
+    let (send, mut reports) = plan(&existing, inputs, opts.update);
+    if opts.dry_run {
+        reports.extend(send.iter().map(|(i, ch)| {
+            let would = match ch {
+                Change::Create(_) => Outcome::WouldCreate,
+                Change::Update(_) => Outcome::WouldUpdate,
+            };
+            ItemReport::new(*i, would, ch.spiffe_id(), "")
+        }));
     } else {
         let progress = Progress::new(if show_progress { send.len() } else { 0 });
         let mut done = 0;
         progress.show(0);
-        for chunk in send.chunks(pb::MAX_ENTRY_BATCH) {
-            let req = pb::BatchCreateEntryRequest {
-                entries: chunk.iter().map(|(_, e)| e.clone()).collect(),
-            };
-            match c.batch_create_entry(req).await {
-                Ok(resp) => {
-                    let results = resp.into_inner().results;
-                    for ((i, e), r) in chunk.iter().zip(results) {
-                        reports.push(report_of(*i, e, r));
+        // Creates and updates go in separate batches (creates come first).
+        let split = send
+            .iter()
+            .position(|(_, ch)| matches!(ch, Change::Update(_)))
+            .unwrap_or(send.len());
+        let (creates, updates) = send.split_at(split);
+        let chunks = creates
+            .chunks(pb::MAX_ENTRY_BATCH)
+            .chain(updates.chunks(pb::MAX_ENTRY_BATCH));
+        for chunk in chunks {
+            match send_batch(c, chunk).await {
+                Ok(results) => {
+                    for ((i, ch), r) in chunk.iter().zip(results) {
+                        reports.push(report_of(*i, ch, r));
                     }
                 }
                 Err(s) => {
-                    for (i, e) in chunk {
+                    for (i, ch) in chunk {
                         reports.push(ItemReport::new(
                             *i,
                             Outcome::Refused,
-                            &e.spiffe_id,
+                            ch.spiffe_id(),
                             format!("not written (the whole batch failed): {}", s.message()),
                         ));
                     }
@@ -302,20 +390,27 @@ fn count(reports: &[ItemReport], o: Outcome) -> usize {
     reports.iter().filter(|r| r.outcome == o).count()
 }
 
-fn print_report(reports: &[ItemReport], notes: &Notes, dry_run: bool, output: Output) -> ExitCode {
+fn print_report(reports: &[ItemReport], notes: &Notes, opts: Options, output: Output) -> ExitCode {
     let created = count(reports, Outcome::Created);
+    let updated = count(reports, Outcome::Updated);
     let would = count(reports, Outcome::WouldCreate);
+    let would_update = count(reports, Outcome::WouldUpdate);
     let unchanged = count(reports, Outcome::Unchanged);
     let refused = count(reports, Outcome::Refused);
     let malformed = count(reports, Outcome::Malformed);
-    let summary = if dry_run {
-        format!(
+    let summary = match (opts.dry_run, opts.update) {
+        (true, false) => format!(
             "dry run, nothing written: would create {would}, unchanged {unchanged}, refused {refused}, malformed {malformed} (registration policy is decided only when the entries are sent)"
-        )
-    } else {
-        format!(
+        ),
+        (true, true) => format!(
+            "dry run, nothing written: would create {would}, would update {would_update}, unchanged {unchanged}, refused {refused}, malformed {malformed} (registration policy is decided only when the entries are sent)"
+        ),
+        (false, false) => format!(
             "created {created}, unchanged {unchanged}, refused {refused}, malformed {malformed}"
-        )
+        ),
+        (false, true) => format!(
+            "created {created}, updated {updated}, unchanged {unchanged}, refused {refused}, malformed {malformed}"
+        ),
     };
     match output {
         Output::Text => {
@@ -356,9 +451,11 @@ fn print_report(reports: &[ItemReport], notes: &Notes, dry_run: bool, output: Ou
                 })
                 .collect();
             let v = json!({
-                "dry_run": dry_run,
+                "dry_run": opts.dry_run,
                 "created": created,
+                "updated": updated,
                 "would_create": would,
+                "would_update": would_update,
                 "unchanged": unchanged,
                 "refused": refused,
                 "malformed": malformed,
@@ -495,12 +592,12 @@ pub fn read_lanyard_file(text: &str) -> Result<Vec<Input>, String> {
 pub async fn create_from_file(
     socket: Option<&Path>,
     file: &Path,
-    dry_run: bool,
+    opts: Options,
     output: Output,
 ) -> Result<ExitCode, String> {
     let inputs =
         read_lanyard_file(&read_file(file)?).map_err(|e| format!("{}: {e}", file.display()))?;
-    apply(socket, inputs, Notes::default(), dry_run, output).await
+    apply(socket, inputs, Notes::default(), opts, output).await
 }
 
 /// The SPIRE file read into inputs with `owner`/`environment` set, and its notes.
@@ -556,7 +653,7 @@ pub async fn import_spire(
     file: &Path,
     owner: &str,
     environment: Option<&str>,
-    dry_run: bool,
+    opts: Options,
     output: Output,
 ) -> Result<ExitCode, String> {
     if owner.trim().is_empty() {
@@ -564,7 +661,7 @@ pub async fn import_spire(
     }
     let read = spire::read(&read_file(file)?).map_err(|e| format!("{}: {e}", file.display()))?;
     let (inputs, notes) = spire_inputs(read, owner, environment.unwrap_or(""));
-    apply(socket, inputs, notes, dry_run, output).await
+    apply(socket, inputs, notes, opts, output).await
 }
 
 /// Counts by outcome, for tests and callers.
@@ -604,7 +701,7 @@ mod tests {
             Ok(e("/b", &["unix:uid:1"])),
             Err(ItemReport::new(4, Outcome::Malformed, "", "bad")),
         ];
-        let (send, reports) = plan(&[stored], inputs);
+        let (send, reports) = plan(std::slice::from_ref(&stored), inputs.clone(), false);
         assert_eq!(send.len(), 1);
         assert_eq!(send[0].0, 2);
         let t = tally(&reports);
@@ -617,6 +714,23 @@ mod tests {
             .unwrap();
         assert!(refused.reason.contains("owner"), "{}", refused.reason);
         assert_eq!(reports[0].id, "0".repeat(32));
+
+        // With --update, the differing one becomes an update at the stored revision.
+        stored.revision = 4;
+        let (send, reports) = plan(&[stored], inputs, true);
+        assert_eq!(send.len(), 2);
+        match &send[1] {
+            (1, Change::Update(u)) => {
+                assert_eq!(u.expected_revision, 4);
+                let e = u.entry.as_ref().unwrap();
+                assert_eq!(
+                    (e.id.as_str(), e.owner.as_str()),
+                    ("0".repeat(32).as_str(), "else")
+                );
+            }
+            other => panic!("expected the update of entries[1], got {other:?}"),
+        }
+        assert_eq!(tally(&reports).get("refused"), None, "{reports:?}");
     }
 
     #[test]
