@@ -343,7 +343,13 @@ enum EntryCommand {
         #[command(flatten)]
         flags: cmd::admin::EntryFlags,
         /// A JSON file of entries to create in batches.
-        #[arg(long, conflicts_with_all = ["spiffe_id", "parent_id", "selectors"])]
+        #[arg(
+            long,
+            conflicts_with_all = [
+                "spiffe_id", "parent_id", "selectors", "owner", "environment", "x509_ttl",
+                "jwt_ttl", "dns_names", "hint", "admin", "expires_at", "federates_with"
+            ]
+        )]
         file: Option<std::path::PathBuf>,
         /// With --file: read and compare, write nothing.
         #[arg(long, requires = "file")]
