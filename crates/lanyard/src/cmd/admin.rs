@@ -13,6 +13,9 @@ use tonic::transport::Channel;
 
 use crate::Output;
 
+/// Largest admin response the CLI reads (about a million entries in a listing).
+const MAX_ADMIN_RESPONSE: usize = 512 * 1024 * 1024;
+
 /// Connect to the admin socket.
 pub async fn connect(socket: Option<&Path>) -> Result<AdminClient<Channel>, String> {
     let path: PathBuf = socket.map(Path::to_path_buf).ok_or_else(|| {
@@ -28,7 +31,9 @@ pub async fn connect(socket: Option<&Path>) -> Result<AdminClient<Channel>, Stri
     let channel = lanyard_server::client::unix_channel(&path)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(AdminClient::new(channel))
+    // Listings of many entries (an import compares against all of them) are larger
+    // than tonic's 4 MiB default.
+    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_ADMIN_RESPONSE))
 }
 
 pub fn status(e: tonic::Status) -> String {
