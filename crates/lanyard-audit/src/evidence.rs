@@ -194,6 +194,8 @@ impl Event {
             K::NodeAttested => self.exact::<NodeAttested>(),
             K::NodeRefused => self.exact::<NodeRefused>(),
             K::NodeAttestationRefused => self.exact::<NodeAttestationRefused>(),
+            K::ServerJoined | K::ServerDeregistered => self.exact::<ServerChanged>(),
+            K::KeyStored => self.exact::<KeyStored>(),
             K::AgentSvidIssued | K::AgentSvidRenewed => self.exact::<AgentSvid>(),
             K::AgentCloneSuspected => self.exact::<AgentCloneSuspected>(),
             K::X509SvidIssued => self.exact::<X509SvidIssued>(),
@@ -711,6 +713,43 @@ evidence_kinds!(BundleChanged => BundleChanged);
 impl BundleChanged {
     pub fn new(sequence: u64) -> Self {
         Self { sequence }
+    }
+}
+
+/// `server_joined`, `server_deregistered`: the server (its name, as events'
+/// `server_id` carry it) and the authorities it publishes (X.509 CA Subject Key
+/// Identifiers, hex, and JWT key ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerChanged {
+    pub server: String,
+    pub authorities: Vec<String>,
+}
+evidence_kinds!(ServerChanged => ServerJoined, ServerDeregistered);
+
+impl ServerChanged {
+    pub fn new(server: &str, authorities: Vec<String>) -> Self {
+        Self {
+            server: server.to_string(),
+            authorities,
+        }
+    }
+}
+
+/// `key_stored`: which key (`secrets`, `token-signing`, `audit/<server>`) and the
+/// id of the key-encryption key sealing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStored {
+    pub name: String,
+    pub kek_id: String,
+}
+evidence_kinds!(KeyStored => KeyStored);
+
+impl KeyStored {
+    pub fn new(name: &str, kek_id: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            kek_id: kek_id.to_string(),
+        }
     }
 }
 

@@ -525,6 +525,38 @@ fn cases() -> Vec<(&'static str, Event, Event)> {
         ev.with(NodeAttestationRefused::new("jwt", "wrong_audience")),
         hand,
     ));
+
+    // server_joined, server_deregistered: a server's authorities.
+    for (label, kind) in [
+        ("server_joined", K::ServerJoined),
+        ("server_deregistered", K::ServerDeregistered),
+    ] {
+        let ev = next(kind, Outcome::Success);
+        let mut hand = ev.clone();
+        hand.evidence.insert("server".into(), "server-2".into());
+        hand.evidence
+            .insert("authorities".into(), json!(["0a1b", "kid-1"]));
+        out.push((
+            label,
+            ev.with(ServerChanged::new(
+                "server-2",
+                vec!["0a1b".to_string(), "kid-1".to_string()],
+            )),
+            hand,
+        ));
+    }
+
+    // key_stored: a key sealed under the KEK entered the datastore.
+    let ev = next(K::KeyStored, Outcome::Success);
+    let mut hand = ev.clone();
+    hand.evidence.insert("name".into(), "secrets".into());
+    hand.evidence
+        .insert("kek_id".into(), "0011223344556677".into());
+    out.push((
+        "key_stored",
+        ev.with(KeyStored::new("secrets", "0011223344556677")),
+        hand,
+    ));
     out
 }
 
@@ -720,6 +752,21 @@ const GOLDEN: &[(&str, &str, &str)] = &[
         r#"{"version":1,"id":"00000000000000000000000000000027","time":1800000000039,"kind":"node_attestation_refused","actor":"spiffe://example.org/lanyard/agent/join_token/n1","subject":"spiffe://example.org/web","evidence":{"attestation_type":"jwt","refusal":"wrong_audience"},"policy_ids":[],"decision":null,"outcome":"denied","reason":null,"owner":null,"trace_id":null,"parent_id":null,"server_id":"server-1"}"#,
         "34ffc9d662259b95b97d8e183c029ca423d7774ac4d8f9ba78ef43afdd35dd1c",
     ),
+    (
+        "server_joined",
+        r#"{"version":1,"id":"00000000000000000000000000000028","time":1800000000040,"kind":"server_joined","actor":"spiffe://example.org/lanyard/agent/join_token/n1","subject":"spiffe://example.org/web","evidence":{"authorities":["0a1b","kid-1"],"server":"server-2"},"policy_ids":[],"decision":null,"outcome":"success","reason":null,"owner":null,"trace_id":null,"parent_id":null,"server_id":"server-1"}"#,
+        "81186ac69be9663c192a1c1d58651b944f43e86aacb5e2e0021f0f4a460ea274",
+    ),
+    (
+        "server_deregistered",
+        r#"{"version":1,"id":"00000000000000000000000000000029","time":1800000000041,"kind":"server_deregistered","actor":"spiffe://example.org/lanyard/agent/join_token/n1","subject":"spiffe://example.org/web","evidence":{"authorities":["0a1b","kid-1"],"server":"server-2"},"policy_ids":[],"decision":null,"outcome":"success","reason":null,"owner":null,"trace_id":null,"parent_id":null,"server_id":"server-1"}"#,
+        "9fa8e02b39856a001736a04a4b9060bc3579a59201ea7449c4673a0d3c4189e2",
+    ),
+    (
+        "key_stored",
+        r#"{"version":1,"id":"0000000000000000000000000000002a","time":1800000000042,"kind":"key_stored","actor":"spiffe://example.org/lanyard/agent/join_token/n1","subject":"spiffe://example.org/web","evidence":{"kek_id":"0011223344556677","name":"secrets"},"policy_ids":[],"decision":null,"outcome":"success","reason":null,"owner":null,"trace_id":null,"parent_id":null,"server_id":"server-1"}"#,
+        "61669e2668c39fea3b2e701d355e909e84d71826dd14956bd692e7b6611e7f51",
+    ),
 ];
 
 #[test]
@@ -781,7 +828,10 @@ fn every_kind_has_a_case_and_every_case_checks() {
         "token_exchange_refused",
         "task_token_issued",
         "agent_clone_suspected",
-        "node_attestation_refused"
+        "node_attestation_refused",
+        "server_joined",
+        "server_deregistered",
+        "key_stored"
     ]))
     .unwrap();
     for k in all {

@@ -77,6 +77,15 @@ pub enum EventKind {
     /// A node's token or identity document was refused by its verifier
     /// (`jwt`, `k8s_psat`, `aws_iid`): wrong audience, expired, replayed, …
     NodeAttestationRefused,
+    /// A server sharing the datastore published its CA certificates and JWT keys
+    /// for the first time: they join the trust domain's bundle.
+    ServerJoined,
+    /// An operator deregistered a server (`lanyard server deregister`): its keys
+    /// leave the bundle.
+    ServerDeregistered,
+    /// A server stored a key every server needs in the datastore, sealed under the
+    /// key-encryption key (the key itself is never in an event).
+    KeyStored,
 }
 
 /// How it ended.
@@ -212,6 +221,10 @@ pub enum VerifyError {
         "checkpoint at size {size} is signed by key {key_id:?}, which does not verify it: the checkpoint was forged or altered"
     )]
     BadCheckpoint { size: u64, key_id: String },
+    #[error(
+        "checkpoint at size {size} is signed by key {key_id:?}, which is not among the pinned public keys: give that server's audit-key.pub with --public-key (or in --keys-file), or the checkpoint is forged"
+    )]
+    UnknownKey { size: u64, key_id: String },
     #[error("a signed checkpoint covers {size} records but only {present} are stored: the newest {missing} records were removed", missing = size - present)]
     Truncated { size: u64, present: u64 },
     #[error(
@@ -338,7 +351,7 @@ impl AuditKey {
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, AuditError> {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der)
             .map_err(|e| AuditError::Key(e.to_string()))?;
-        let id = hex(&digest::digest(&digest::SHA256, key.public_key().as_ref()).as_ref()[..8]);
+        let id = key_id(key.public_key().as_ref());
         Ok(Self {
             key,
             id,
@@ -414,6 +427,24 @@ pub fn verify(
     checkpoints: &[Checkpoint],
     public_key: &[u8],
 ) -> Result<Summary, VerifyError> {
+    verify_with_keys(records, checkpoints, &[public_key.to_vec()])
+}
+
+/// The id a checkpoint names its signing key by: the first 8 bytes (hex) of the
+/// SHA-256 of the public key.
+pub fn key_id(public_key: &[u8]) -> String {
+    hex(&digest::digest(&digest::SHA256, public_key).as_ref()[..8])
+}
+
+/// [`verify`] with the public keys of every server that writes to the log (pinned
+/// outside the datastore): each checkpoint is checked with the key it names. With
+/// one key, every checkpoint is checked with it; with several, a checkpoint naming
+/// a key not among them is refused.
+pub fn verify_with_keys(
+    records: &[Record],
+    checkpoints: &[Checkpoint],
+    public_keys: &[Vec<u8>],
+) -> Result<Summary, VerifyError> {
     let mut prev: Option<&Record> = None;
     for (i, r) in records.iter().enumerate() {
         let expected = i as u64;
@@ -443,8 +474,21 @@ pub fn verify(
         }
         prev = Some(r);
     }
-    let verifier = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key);
+    let keyed: Vec<(String, &Vec<u8>)> = public_keys.iter().map(|k| (key_id(k), k)).collect();
     for c in checkpoints {
+        let key = match keyed.iter().find(|(id, _)| *id == c.key_id) {
+            Some((_, k)) => *k,
+            None => match public_keys {
+                [only] => only,
+                _ => {
+                    return Err(VerifyError::UnknownKey {
+                        size: c.size,
+                        key_id: c.key_id.clone(),
+                    });
+                }
+            },
+        };
+        let verifier = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key);
         let sig = URL_SAFE_NO_PAD.decode(&c.signature).unwrap_or_default();
         if verifier
             .verify(&Checkpoint::signed_bytes(c.size, &c.head, c.time), &sig)

@@ -54,6 +54,45 @@ fn intact_log_verifies_with_checkpoints() {
 }
 
 #[test]
+fn checkpoints_of_several_servers_verify_each_with_its_pinned_key() {
+    let (a, _) = AuditKey::generate().unwrap();
+    let (b, _) = AuditKey::generate().unwrap();
+    let (other, _) = AuditKey::generate().unwrap();
+    let (records, chain) = log(6);
+    let cps = vec![
+        a.checkpoint(&chain, 5).unwrap(),
+        b.checkpoint(&chain, 6).unwrap(),
+    ];
+    let keys = vec![a.public_key().to_vec(), b.public_key().to_vec()];
+    let s = verify_with_keys(&records, &cps, &keys).unwrap();
+    assert_eq!(s.checkpoints, 2);
+    assert_eq!(key_id(&a.public_key()), a.id());
+    // A server whose key is not pinned: named, refused.
+    let pinned = vec![keys[0].clone(), other.public_key().to_vec()];
+    let e = verify_with_keys(&records, &cps, &pinned).unwrap_err();
+    assert_eq!(
+        e,
+        VerifyError::UnknownKey {
+            size: 6,
+            key_id: b.id().to_string()
+        }
+    );
+    assert!(e.to_string().contains("--public-key"), "{e}");
+    // One pinned key checks every checkpoint with it (b's fails).
+    assert!(matches!(
+        verify(&records, &cps, &a.public_key()),
+        Err(VerifyError::BadCheckpoint { size: 6, .. })
+    ));
+    // A checkpoint naming a's key but signed by another key is forged.
+    let mut forged = other.checkpoint(&chain, 7).unwrap();
+    forged.key_id = a.id().to_string();
+    assert!(matches!(
+        verify_with_keys(&records, &[forged], &keys),
+        Err(VerifyError::BadCheckpoint { .. })
+    ));
+}
+
+#[test]
 fn a_modified_record_is_named() {
     let (key, _) = AuditKey::generate().unwrap();
     let (mut records, _) = log(6);

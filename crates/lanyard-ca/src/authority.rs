@@ -372,6 +372,12 @@ impl CertificateAuthority {
         &self.slots
     }
 
+    /// Whether an upstream CA signs this CA's certificates (the bundle then holds
+    /// the upstream roots instead of the slots' certificates).
+    pub fn has_upstream(&self) -> bool {
+        self.upstream.is_some()
+    }
+
     pub fn active(&self) -> Option<&CaSlot> {
         self.slots.iter().find(|s| s.state == SlotState::Active)
     }

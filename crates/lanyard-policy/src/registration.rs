@@ -107,6 +107,12 @@ pub enum AdminOperation {
     },
     CreateException(ExceptionFacts),
     RevokeException(ExceptionFacts),
+    /// A server sharing the datastore whose keys leave the bundle; `seen_ago`:
+    /// seconds since its last heartbeat.
+    DeregisterServer {
+        name: String,
+        seen_ago: u64,
+    },
 }
 
 impl AdminOperation {
@@ -121,6 +127,7 @@ impl AdminOperation {
             Self::SetPolicy { .. } => "set_policy",
             Self::CreateException(_) => "create_exception",
             Self::RevokeException(_) => "revoke_exception",
+            Self::DeregisterServer { .. } => "deregister_server",
         }
     }
 
@@ -174,6 +181,11 @@ impl AdminOperation {
                 "PolicySet",
                 kind.clone(),
                 json!({"kind": kind, "policy_ids": policy_ids}),
+            ),
+            Self::DeregisterServer { name, seen_ago } => (
+                "Server",
+                name.clone(),
+                json!({"name": name, "seen_ago": long(*seen_ago)}),
             ),
             Self::CreateException(e) | Self::RevokeException(e) => (
                 "Exception",

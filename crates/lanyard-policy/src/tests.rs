@@ -349,7 +349,34 @@ fn admin_ops() -> Vec<AdminOperation> {
             duration: 86_400,
             allowed: vec![],
         }),
+        AdminOperation::DeregisterServer {
+            name: "0a1b2c3d4e5f6a7b".into(),
+            seen_ago: 3600,
+        },
     ]
+}
+
+#[test]
+fn a_policy_can_keep_recently_seen_servers_registered() {
+    let text = r#"
+@id("allow-admins")
+permit (principal, action, resource);
+
+@id("only-dead-servers")
+@reason("deregister only servers silent for an hour")
+forbid (principal, action == Lanyard::Action::"deregister_server", resource is Lanyard::Server)
+when { resource.seen_ago < 3600 };
+"#;
+    let p = CompiledPolicies::compile(PolicyKind::Registration, text).unwrap();
+    let op = |seen_ago| AdminOperation::DeregisterServer {
+        name: "s1".into(),
+        seen_ago,
+    };
+    let caller = Caller::Local { uid: 0 };
+    let d = p.evaluate_admin(&caller, &op(60)).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, vec!["only-dead-servers"]);
+    assert!(p.evaluate_admin(&caller, &op(7200)).unwrap().allowed);
 }
 
 #[test]

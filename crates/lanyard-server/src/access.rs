@@ -31,6 +31,9 @@ pub use lanyard_authz::token::{EXCHANGE_TYP, TASK_TYP, TokenVerifier, token_hash
 /// re-read from the datastore (changes made through this server apply at once).
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// The token-signing key's file in the data dir (without a KEK).
+pub const TOKEN_KEY_FILE: &str = "token-signing.pk8";
+
 /// The key that signs exchanged and task tokens (`DATA_DIR/token-signing.pk8`, EC
 /// P-256). Published in the OIDC JWKS, never in the SPIFFE bundle.
 pub struct TokenKey {
@@ -48,22 +51,33 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     /// Load the key from `dir`, creating it on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self, ServerError> {
-        let path = dir.join("token-signing.pk8");
-        let key = match std::fs::read(&path) {
-            Ok(der) => SigningKey::from_pkcs8(KeyAlgorithm::EcP256, &der).map_err(|e| {
-                ServerError::bad_file(
-                    "the token key",
-                    &path,
-                    format!("is not an EC P-256 PKCS#8 key ({e}); restore it from backup or remove it to make a new one"),
-                )
-            })?,
+        Self::from_pkcs8(&Self::local_pkcs8(dir, true)?)
+            .map_err(|e| ServerError::bad_file("the token key", &dir.join(TOKEN_KEY_FILE), e))
+    }
+
+    /// The PKCS#8 key in `dir`, or a new one (written there when `write`).
+    pub fn local_pkcs8(dir: &Path, write: bool) -> Result<Vec<u8>, ServerError> {
+        let path = dir.join(TOKEN_KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(der) => Ok(der),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = SigningKey::generate(KeyAlgorithm::EcP256)?;
-                write_private(&path, k.pkcs8_der())?;
-                k
+                if write {
+                    write_private(&path, k.pkcs8_der())?;
+                }
+                Ok(k.pkcs8_der().to_vec())
             }
-            Err(e) => return Err(ServerError::io("cannot read", &path, e)),
-        };
+            Err(e) => Err(ServerError::io("cannot read", &path, e)),
+        }
+    }
+
+    /// From an EC P-256 PKCS#8 key.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, ServerError> {
+        let key = SigningKey::from_pkcs8(KeyAlgorithm::EcP256, der).map_err(|e| {
+            ServerError::Unavailable(format!(
+                "is not an EC P-256 PKCS#8 key ({e}); restore it from backup or remove it to make a new one"
+            ))
+        })?;
         let spki = key.public_key_der();
         let jwk = PublicJwk::from_spki_der(&spki)?;
         let kid = format!("lanyard-token-{}", &crate::node::sha256_hex(&spki)[..16]);
@@ -149,7 +163,10 @@ impl std::fmt::Debug for Access {
 impl Access {
     /// The runtime authorization state over `shared`'s handles.
     pub fn new(shared: &Shared) -> Result<Self, ServerError> {
-        let token_key = TokenKey::load_or_create(&shared.config.data_dir)?;
+        let token_key = match &shared.token_key_pkcs8 {
+            Some(der) => TokenKey::from_pkcs8(der)?,
+            None => TokenKey::load_or_create(&shared.config.data_dir)?,
+        };
         let mut trusted = Vec::new();
         for (issuer, path) in &shared.config.trusted_issuers {
             let what = format!("trusted_issuer {issuer}: jwks_file");
@@ -183,6 +200,16 @@ impl Access {
             workloads: FreshCache::new("entry index", REFRESH * 5, MAX_STALE),
             revoked: FreshCache::new("JWT deny-list", REFRESH, MAX_STALE),
         })
+    }
+
+    /// Another server changed the authz policy: read it again on the next decision.
+    pub fn invalidate_policy(&self) {
+        self.policy.invalidate();
+    }
+
+    /// Another server changed the deny-list: read it again on the next check.
+    pub fn invalidate_deny_list(&self) {
+        self.revoked.invalidate();
     }
 
     /// Identity providers trusted for person tokens: (issuer, JWKS).

@@ -1013,6 +1013,136 @@ impl pb::admin_server::Admin for AdminService {
         tracing::warn!(slot = %slot, "CA key tainted");
         Ok(Response::new(self.ca_slots()?))
     }
+
+    async fn list_servers(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ServerList>, Status> {
+        self.admin(&req).await?;
+        let servers = self
+            .shared
+            .store
+            .list_servers()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ServerList {
+            servers: servers
+                .iter()
+                .map(|r| to_pb_server(r, &self.shared.server_name))
+                .collect(),
+        }))
+    }
+
+    async fn deregister_server(
+        &self,
+        req: Request<pb::DeregisterServerRequest>,
+    ) -> Result<Response<pb::ServerInfo>, Status> {
+        let who = self.admin(&req).await?;
+        let actor = who.actor.clone();
+        let pb::DeregisterServerRequest { name, force } = req.get_ref().clone();
+        let now = self.shared.clock.unix_seconds();
+        let servers = self
+            .shared
+            .store
+            .list_servers()
+            .await
+            .map_err(store_status)?;
+        let target = servers.iter().find(|s| s.name == name).ok_or_else(|| {
+            Status::not_found(format!(
+                "no server named {name:?} shares this datastore; `lanyard server list` shows them"
+            ))
+        })?;
+        let seen_ago = u64::try_from(now - target.seen_at).unwrap_or(0);
+        deregistration_allowed(&name, &self.shared.server_name, seen_ago, force)
+            .map_err(Status::failed_precondition)?;
+        let policy_ids = crate::policy::check_admin(
+            &self.shared,
+            &who.facts,
+            &actor,
+            &lanyard_policy::AdminOperation::DeregisterServer {
+                name: name.clone(),
+                seen_ago,
+            },
+            None,
+        )
+        .await?;
+        let gone = self
+            .shared
+            .store
+            .deregister_server(&name, now, &|r| {
+                let mut ev = self.shared.audit.event(
+                    lanyard_audit::EventKind::ServerDeregistered,
+                    lanyard_audit::Outcome::Success,
+                );
+                ev.actor = Some(actor.clone());
+                ev.subject = Some(self.shared.server_id.to_string());
+                ev.policy_ids = policy_ids.clone();
+                ev.set_evidence(lanyard_audit::evidence::ServerChanged::new(
+                    &r.name,
+                    crate::cluster::authority_ids(&r.authorities),
+                ));
+                vec![ev]
+            })
+            .await
+            .map_err(store_status)?;
+        tracing::warn!(server = %name, "server deregistered: its keys leave the trust bundle");
+        self.shared
+            .publish_bundle()
+            .await
+            .map_err(|e| Status::internal(format!("deregistered, but the bundle could not be republished yet (the next tick retries): {e}")))?;
+        Ok(Response::new(to_pb_server(&gone, &self.shared.server_name)))
+    }
+}
+
+/// A server seen within this long is presumed running: deregistering it needs
+/// `--force`.
+pub const SERVER_LIVE_SECS: u64 = 30;
+
+/// Pure: whether `name` may be deregistered through server `this`, last seen
+/// `seen_ago` seconds ago.
+pub fn deregistration_allowed(
+    name: &str,
+    this: &str,
+    seen_ago: u64,
+    force: bool,
+) -> Result<(), String> {
+    if name == this {
+        return Err(format!(
+            "{name} is the server answering this call; deregister it through another server (or stop it and run `lanyard server deregister` against another)"
+        ));
+    }
+    if seen_ago < SERVER_LIVE_SECS && !force {
+        return Err(format!(
+            "server {name} was seen {seen_ago}s ago and is probably running: agents attached to it would stop trusting it; stop it first, or pass --force"
+        ));
+    }
+    Ok(())
+}
+
+fn to_pb_server(r: &lanyard_store::ServerRecord, this: &str) -> pb::ServerInfo {
+    pb::ServerInfo {
+        name: r.name.clone(),
+        address: r.address.clone(),
+        authorities: r
+            .authorities
+            .iter()
+            .map(|a| pb::ServerAuthority {
+                kind: match a.kind {
+                    lanyard_store::AuthorityKind::X509 => "x509",
+                    lanyard_store::AuthorityKind::Jwt => "jwt",
+                }
+                .to_string(),
+                id: a.id.clone(),
+                state: a.state.clone(),
+                not_after: a.not_after,
+            })
+            .collect(),
+        expires_at: r.expires_at,
+        started_at: r.started_at,
+        seen_at: r.seen_at,
+        deregistered_at: r.deregistered_at.unwrap_or(0),
+        this_server: r.name == this,
+    }
 }
 
 impl AdminService {
@@ -1044,6 +1174,16 @@ impl AdminService {
 mod tests {
     use super::*;
     use lanyard_testkit::{entry, spiffe_id as id};
+
+    #[test]
+    fn a_server_is_not_deregistered_by_itself_nor_while_it_runs_unless_forced() {
+        let e = deregistration_allowed("a", "a", 999, true).unwrap_err();
+        assert!(e.contains("the server answering this call"), "{e}");
+        let e = deregistration_allowed("b", "a", 3, false).unwrap_err();
+        assert!(e.contains("seen 3s ago") && e.contains("--force"), "{e}");
+        assert!(deregistration_allowed("b", "a", 3, true).is_ok());
+        assert!(deregistration_allowed("b", "a", SERVER_LIVE_SECS, false).is_ok());
+    }
 
     fn index() -> EntryIndex {
         EntryIndex::build(

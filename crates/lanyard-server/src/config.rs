@@ -49,6 +49,9 @@ pub struct FileConfig {
     pub join_token_ttl: Option<String>,
     pub log_level: Option<String>,
     pub audit_checkpoint_file: Option<PathBuf>,
+    /// The key-encryption key under which the keys every server needs are stored
+    /// in the datastore (32 bytes: raw, base64 or hex). See docs/ha.md.
+    pub kek_file: Option<PathBuf>,
     #[serde(default)]
     pub ca: FileCaConfig,
     #[serde(default)]
@@ -124,6 +127,7 @@ pub struct Overrides {
     pub admin_socket: Option<PathBuf>,
     pub database_url: Option<String>,
     pub audit_checkpoint_file: Option<PathBuf>,
+    pub kek_file: Option<PathBuf>,
 }
 
 /// The effective, validated configuration.
@@ -169,6 +173,9 @@ pub struct ServerConfig {
     pub trusted_issuers: Vec<(String, PathBuf)>,
     /// Where signed audit checkpoints are also appended (outside the datastore).
     pub audit_checkpoint_file: Option<PathBuf>,
+    /// The key-encryption key file; `None`: keys stay in the data dir (or come from
+    /// `LANYARD_KEK`).
+    pub kek_file: Option<PathBuf>,
     pub log_level: String,
 }
 
@@ -438,6 +445,7 @@ impl ServerConfig {
             federation,
             trusted_issuers,
             audit_checkpoint_file: o.audit_checkpoint_file.clone().or(f.audit_checkpoint_file),
+            kek_file: o.kek_file.clone().or(f.kek_file),
             log_level,
         })
     }

@@ -120,24 +120,6 @@ impl Authority {
         }
         Ok(())
     }
-
-    /// Subject Key Identifiers (hex) of tainted slots' certificates, and their JWT
-    /// key ids: what agents must stop relying on. Empty when the CA cannot be read.
-    pub fn tainted_authorities(&self) -> Vec<String> {
-        let Ok(ca) = self.read() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for s in ca.slots() {
-            if s.state() == lanyard_ca::SlotState::Tainted {
-                if let Some(ski) = lanyard_core::x509::subject_key_id(s.x509_cert_der()) {
-                    out.push(ski);
-                }
-                out.push(s.jwt_kid().to_string());
-            }
-        }
-        out
-    }
 }
 
 /// The published trust bundle (with its sequence).
@@ -155,6 +137,8 @@ pub struct Publication {
     published: RwLock<PublishedBundle>,
     /// Federated trust domains' bundles (name -> SPIFFE bundle JSON).
     federated: BTreeMap<String, String>,
+    /// Tainted authorities of every live server (SKIs and JWT key ids).
+    tainted: RwLock<Vec<String>>,
 }
 
 impl Publication {
@@ -163,6 +147,24 @@ impl Publication {
             bundles: Arc::new(RwLock::new(lanyard_core::BundleSet::new())),
             published: RwLock::new(PublishedBundle::default()),
             federated,
+            tainted: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Tainted authorities of every server sharing the datastore (SKIs and JWT key
+    /// ids): agents re-mint what they signed.
+    pub fn tainted(&self) -> Vec<String> {
+        self.tainted.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Replace the tainted list; true when it changed.
+    pub fn set_tainted(&self, ids: Vec<String>) -> bool {
+        match self.tainted.write() {
+            Ok(mut t) if *t != ids => {
+                *t = ids;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -13,14 +13,17 @@ pub mod access;
 pub mod admin;
 pub mod attest;
 pub mod caller;
+pub mod cluster;
 pub mod config;
 pub mod entries;
 pub mod exchange;
 pub mod extauthz;
+pub mod feed;
 pub mod fresh;
 pub mod governance;
 pub mod handles;
 pub mod http;
+pub mod keyring;
 pub mod node;
 pub mod policy;
 pub mod release;
@@ -270,6 +273,15 @@ pub async fn start(
         &mut tasks,
     )
     .await?;
+
+    let _ = shared.agent_address.set(agent_addr.to_string());
+
+    // Other servers' changes (PostgreSQL LISTEN/NOTIFY and the change feed).
+    let (feed_shared, feed_access, feed_rx) = (shared.clone(), access.clone(), shutdown_rx.clone());
+    tasks.spawn(async move {
+        feed::run(feed_shared, feed_access, feed_rx).await;
+        Ok(())
+    });
 
     // Admin API over mTLS for admin SVIDs (client certificate mandatory).
     let admin_addr = match shared.config.admin_bind {

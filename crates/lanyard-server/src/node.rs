@@ -894,7 +894,7 @@ impl pb::node_server::Node for NodeService {
                             jwt_issuer: access.issuer(),
                             token_key: Some(token_key.clone()),
                             revoked_jtis: revoked,
-                            tainted_authorities: state.ca.tainted_authorities(),
+                            tainted_authorities: state.publication.tainted(),
                             entries: entries.iter().map(to_pb_entry).collect(),
                             bundle: published.document,
                             bundle_sequence: published.sequence,

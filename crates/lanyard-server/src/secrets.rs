@@ -47,19 +47,27 @@ impl std::fmt::Debug for SecretBox {
 impl SecretBox {
     /// Load `secrets.key` from `dir`, creating it on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self, ServerError> {
+        let raw = Self::local_key(dir, true)?;
+        Self::from_bytes(&raw)
+            .map_err(|e| ServerError::bad_file("the secrets key", &dir.join("secrets.key"), e))
+    }
+
+    /// The key in `dir/secrets.key`, or a new one (written there when `write`).
+    pub fn local_key(dir: &Path, write: bool) -> Result<Vec<u8>, ServerError> {
         let path = dir.join("secrets.key");
-        let raw = match std::fs::read(&path) {
-            Ok(b) => b,
+        match std::fs::read(&path) {
+            Ok(b) => Ok(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut b = vec![0u8; 32];
                 aws_lc_rs::rand::fill(&mut b)
                     .map_err(|_| ServerError::Random("the secrets key"))?;
-                write_private(&path, &b)?;
-                b
+                if write {
+                    write_private(&path, &b)?;
+                }
+                Ok(b)
             }
-            Err(e) => return Err(ServerError::io("cannot read", &path, e)),
-        };
-        Self::from_bytes(&raw).map_err(|e| ServerError::bad_file("the secrets key", &path, e))
+            Err(e) => Err(ServerError::io("cannot read", &path, e)),
+        }
     }
 
     pub fn from_bytes(raw: &[u8]) -> Result<Self, SecretsError> {

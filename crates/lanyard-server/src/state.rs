@@ -129,6 +129,16 @@ pub struct Shared {
     pub secrets: Arc<crate::secrets::SecretBox>,
     /// Whether the datastore answers (probed in the background).
     pub db_health: Arc<crate::handles::DatastoreHealth>,
+    /// This server's name among the servers sharing the datastore (`server-id` in
+    /// the data dir; events' `server_id`).
+    pub server_name: String,
+    /// When this process started (unix seconds).
+    pub started_at: i64,
+    /// The agent API address, once bound (what `lanyard server list` shows).
+    pub agent_address: std::sync::OnceLock<String>,
+    /// The token-signing key shared through the datastore (with a KEK); `None`:
+    /// `DATA_DIR/token-signing.pk8`.
+    pub token_key_pkcs8: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -190,31 +200,112 @@ fn load_x509pop_roots(cfg: &ServerConfig) -> Result<Option<BundleSet>, ServerErr
     Ok(Some([b].into_iter().collect()))
 }
 
-/// The audit key: `audit-key.pk8` (0600) and its public half `audit-key.pub` (hex),
-/// which `lanyard audit verify` uses.
-fn load_or_create_audit_key(dir: &Path) -> Result<lanyard_audit::AuditKey, ServerError> {
+/// The audit key's PKCS#8 in `dir/audit-key.pk8`, or a new one (written there when
+/// `write`).
+fn local_audit_key(dir: &Path, write: bool) -> Result<Vec<u8>, ServerError> {
     let path = dir.join("audit-key.pk8");
-    let key = match std::fs::read(&path) {
-        Ok(der) => lanyard_audit::AuditKey::from_pkcs8(&der).map_err(|e| {
-            ServerError::bad_file(
-                "the audit key",
-                &path,
-                format!("{e}; restore it from backup"),
-            )
-        })?,
+    match std::fs::read(&path) {
+        Ok(der) => Ok(der),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (key, der) = lanyard_audit::AuditKey::generate()?;
-            write_private(&path, &der)?;
-            key
+            let (_, der) = lanyard_audit::AuditKey::generate()?;
+            if write {
+                write_private(&path, &der)?;
+            }
+            Ok(der)
         }
-        Err(e) => return Err(io("cannot read", &path, e)),
-    };
+        Err(e) => Err(io("cannot read", &path, e)),
+    }
+}
+
+/// The audit key from its PKCS#8, and its public half written to `audit-key.pub`
+/// (hex), which `lanyard audit verify` pins.
+fn audit_key(dir: &Path, der: &[u8]) -> Result<lanyard_audit::AuditKey, ServerError> {
+    let path = dir.join("audit-key.pk8");
+    let key = lanyard_audit::AuditKey::from_pkcs8(der).map_err(|e| {
+        ServerError::bad_file(
+            "the audit key",
+            &path,
+            format!("{e}; restore it from backup"),
+        )
+    })?;
     let public = hex::encode(key.public_key());
     let pub_path = dir.join("audit-key.pub");
     if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(public.as_str()) {
         std::fs::write(&pub_path, &public).map_err(|e| io("cannot write", &pub_path, e))?;
     }
     Ok(key)
+}
+
+/// The keys every server needs: from the datastore, sealed under the KEK, when
+/// there is one (the first server stores its own); else from the data dir.
+struct ServerKeys {
+    audit: lanyard_audit::AuditKey,
+    secrets: crate::secrets::SecretBox,
+    token_pkcs8: Option<Vec<u8>>,
+    /// Keys this server stored in the datastore (name, KEK id), for the evidence log.
+    published: Vec<(String, String)>,
+}
+
+async fn load_keys(
+    config: &ServerConfig,
+    store: &AnyStore,
+    server_name: &str,
+    now: i64,
+) -> Result<ServerKeys, ServerError> {
+    use crate::keyring::{self, Source};
+    let dir = &config.data_dir;
+    let env = std::env::var("LANYARD_KEK").ok();
+    let Some(kek) = keyring::load_kek(config.kek_file.as_deref(), env.as_deref())? else {
+        if config.database_url.is_some() {
+            tracing::warn!(
+                "no kek_file: secrets.key, token-signing.pk8 and audit-key.pk8 stay in the data dir; copy secrets.key and token-signing.pk8 to every server sharing this database, or set kek_file (docs/ha.md)"
+            );
+        }
+        return Ok(ServerKeys {
+            audit: audit_key(dir, &local_audit_key(dir, true)?)?,
+            secrets: crate::secrets::SecretBox::load_or_create(dir)?,
+            token_pkcs8: None,
+            published: Vec::new(),
+        });
+    };
+    let mut published = Vec::new();
+    let mut note = |name: &str, src: Source| {
+        if src == Source::Published {
+            tracing::info!(
+                key = name,
+                kek = kek.id(),
+                "key stored in the datastore, sealed under the KEK"
+            );
+            published.push((name.to_string(), kek.id().to_string()));
+        }
+    };
+    let audit_name = keyring::audit_key_name(server_name);
+    let (audit_der, src) = keyring::shared_key(store, &kek, &audit_name, now, || {
+        local_audit_key(dir, false)
+    })
+    .await?;
+    note(&audit_name, src);
+    let (secret, src) = keyring::shared_key(store, &kek, keyring::SECRETS_KEY, now, || {
+        crate::secrets::SecretBox::local_key(dir, false)
+    })
+    .await?;
+    note(keyring::SECRETS_KEY, src);
+    let (token, src) = keyring::shared_key(store, &kek, keyring::TOKEN_KEY, now, || {
+        crate::access::TokenKey::local_pkcs8(dir, false)
+    })
+    .await?;
+    note(keyring::TOKEN_KEY, src);
+    if std::fs::read(dir.join("secrets.key")).is_ok_and(|local| local != secret) {
+        tracing::warn!(
+            "DATA_DIR/secrets.key differs from the shared secrets key in the datastore, which this server uses; remove the file"
+        );
+    }
+    Ok(ServerKeys {
+        audit: audit_key(dir, &audit_der)?,
+        secrets: crate::secrets::SecretBox::from_bytes(&secret)?,
+        token_pkcs8: Some(token),
+        published,
+    })
 }
 
 fn load_or_create_server_name(dir: &Path) -> Result<String, ServerError> {
@@ -257,6 +348,7 @@ impl Shared {
             let _ =
                 std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
         }
+        let server_name = load_or_create_server_name(&config.data_dir)?;
         let store = match &config.database_url {
             Some(url) => AnyStore::open(url).await?,
             None => {
@@ -269,6 +361,7 @@ impl Shared {
                 s
             }
         };
+        let store = store.with_origin(&server_name);
         let keystore = config.data_dir.join("ca-keys.json");
         let slots = load_slots(&keystore)?;
         let mut ca_cfg = CaConfig::new(config.trust_domain.clone());
@@ -290,15 +383,14 @@ impl Shared {
         )?));
         let x509pop_roots = load_x509pop_roots(&config)?;
         let federated = load_federation(&config)?;
-        let audit_key = load_or_create_audit_key(&config.data_dir)?;
-        let server_name = load_or_create_server_name(&config.data_dir)?;
-        let secrets = crate::secrets::SecretBox::load_or_create(&config.data_dir)?;
+        let keys = load_keys(&config, &store, &server_name, now).await?;
+        let (audit_key, secrets) = (keys.audit, keys.secrets);
         let changes = Changes::default();
         let shared = Arc::new(Self {
             audit: Arc::new(AuditSink::start(
                 store.clone(),
                 audit_key,
-                server_name,
+                server_name.clone(),
                 clock.clone(),
                 config.audit_checkpoint_file.clone(),
             )),
@@ -311,6 +403,10 @@ impl Shared {
             policies: Arc::new(PolicyCache::default()),
             secrets: Arc::new(secrets),
             db_health: Arc::default(),
+            server_name,
+            started_at: now,
+            token_key_pkcs8: keys.token_pkcs8,
+            agent_address: std::sync::OnceLock::new(),
             store,
             ca: Arc::new(Authority::new(
                 ca,
@@ -326,46 +422,104 @@ impl Shared {
             config,
         });
         shared.ca.save_keys()?;
-        let audit = initial_events
+        let mut audit: Vec<lanyard_audit::Event> = initial_events
             .iter()
             .map(|e| shared.audit.ca_event(e))
             .collect();
+        for (name, kek_id) in &keys.published {
+            let mut ev = shared.audit.event(
+                lanyard_audit::EventKind::KeyStored,
+                lanyard_audit::Outcome::Success,
+            );
+            ev.subject = Some(shared.server_id.to_string());
+            ev.set_evidence(lanyard_audit::evidence::KeyStored::new(name, kek_id));
+            audit.push(ev);
+        }
         shared.audit.record(audit).await?;
         shared.publish_bundle().await?;
         Ok(shared)
     }
 
-    /// Publish the CA's bundle if it differs from the stored one (the sequence then
-    /// increases); always refresh the in-memory copies.
+    /// Publish this server's authorities and heartbeat in the datastore, then serve
+    /// the trust domain's bundle: the union of every live server's authorities
+    /// (see [`crate::cluster`]), stored with one increasing sequence shared by all
+    /// servers (it increases only when the document changes). Always refreshes the
+    /// in-memory copies.
     pub async fn publish_bundle(&self) -> Result<(), ServerError> {
-        let bundle = self.ca.read()?.bundle()?;
+        let now = self.clock.unix_seconds();
+        let authorities = crate::cluster::own_authorities(&*self.ca.read()?)?;
+        let record = lanyard_store::ServerRecord {
+            name: self.server_name.clone(),
+            address: self.agent_address.get().cloned().unwrap_or_default(),
+            expires_at: authorities.iter().map(|a| a.not_after).max().unwrap_or(0),
+            authorities,
+            started_at: self.started_at,
+            seen_at: now,
+            deregistered_at: None,
+        };
+        let registered = self
+            .store
+            .register_server(&record, &|r| {
+                if !r.joined {
+                    return Vec::new();
+                }
+                let mut ev = self.audit.event(
+                    lanyard_audit::EventKind::ServerJoined,
+                    lanyard_audit::Outcome::Success,
+                );
+                ev.subject = Some(self.server_id.to_string());
+                ev.set_evidence(lanyard_audit::evidence::ServerChanged::new(
+                    &self.server_name,
+                    crate::cluster::authority_ids(&r.record.authorities),
+                ));
+                vec![ev]
+            })
+            .await?;
+        if registered.joined {
+            tracing::info!(server = %self.server_name, "this server joined the trust domain: its keys are in the bundle");
+        }
+        if let Some(at) = registered.record.deregistered_at {
+            tracing::error!(
+                server = %self.server_name,
+                deregistered_at = at,
+                "this server was deregistered (lanyard server deregister): its keys are not in the trust bundle, so agents and workloads do not trust it; stop it, and start it with a new data dir to rejoin"
+            );
+        }
+        let servers = self.store.list_servers().await?;
+        let (bundle, skipped) =
+            crate::cluster::union_bundle(&self.config.trust_domain, &servers, now);
+        for s in &skipped {
+            tracing::error!(authority = %s, "a published authority in the datastore does not decode; left out of the bundle");
+        }
         let doc = bundle.to_json()?;
         let td = self.config.trust_domain.name().to_string();
-        let stored = self.store.get_bundle(&td).await?;
-        let sequence = match stored {
-            Some(s) if s.document == doc => s.sequence,
-            _ => {
-                let seq = self
-                    .store
-                    .put_bundle(&td, &doc, self.clock.unix_seconds(), &|seq| {
-                        let mut ev = self.audit.event(
-                            lanyard_audit::EventKind::BundleChanged,
-                            lanyard_audit::Outcome::Success,
-                        );
-                        ev.subject = Some(self.config.trust_domain.id_string());
-                        ev.set_evidence(BundleChanged::new(*seq));
-                        vec![ev]
-                    })
-                    .await?;
-                tracing::info!(sequence = seq, "trust bundle changed");
-                seq
-            }
-        };
+        let put = self
+            .store
+            .put_bundle(&td, &doc, now, &|p| {
+                if !p.changed {
+                    return Vec::new();
+                }
+                let mut ev = self.audit.event(
+                    lanyard_audit::EventKind::BundleChanged,
+                    lanyard_audit::Outcome::Success,
+                );
+                ev.subject = Some(self.config.trust_domain.id_string());
+                ev.set_evidence(BundleChanged::new(p.sequence));
+                vec![ev]
+            })
+            .await?;
+        if put.changed {
+            tracing::info!(sequence = put.sequence, "trust bundle changed");
+        }
+        let sequence = put.sequence;
         let mut with_seq = bundle.clone();
         with_seq.set_sequence(sequence);
         with_seq.set_refresh_hint(300);
         let document = with_seq.to_json()?;
-        if self.publication.set(bundle, with_seq, sequence, document)? {
+        let tainted_changed = self
+            .publication
+            .set_tainted(crate::cluster::tainted(&servers, now));
+        if self.publication.set(bundle, with_seq, sequence, document)? || tainted_changed {
             self.changes.notify();
         }
         Ok(())
@@ -465,12 +619,15 @@ impl Shared {
             let audit = events.iter().map(|e| self.audit.ca_event(e)).collect();
             self.audit.record(audit).await?;
             self.ca.save_keys()?;
-            self.publish_bundle().await?;
         }
+        // Every tick: the heartbeat, and the union of every server's keys (another
+        // server's rotation, expiry or deregistration changes it).
+        self.publish_bundle().await?;
         if self.ca.server_svid_due(now) || !events.is_empty() {
             self.ca.renew_server_svid(now)?;
         }
         self.drop_tainted_when_unused().await?;
+        self.store.prune_changes(crate::feed::KEEP).await?;
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ mod group;
 mod sql;
 
 pub use group::AuditQueue;
-pub use sql::{AnyStore, PgStore, SqliteStore};
+pub use sql::{AnyStore, CHANGE_CHANNEL, ChangeListener, Heard, PgStore, SqliteStore};
 
 /// Errors of the datastore; each says what happened in terms of Lanyard objects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,6 +157,134 @@ pub struct JoinToken {
 pub struct StoredBundle {
     pub sequence: u64,
     pub document: String,
+}
+
+/// The result of [`Store::put_bundle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundlePut {
+    /// The stored document's sequence.
+    pub sequence: u64,
+    /// Whether the document differed from the stored one (and was stored).
+    pub changed: bool,
+}
+
+/// What kind of object a change in the change feed is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Entry,
+    Node,
+    Policy,
+    DenyList,
+    Exception,
+    Bundle,
+    Server,
+}
+
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 7] = [
+        Self::Entry,
+        Self::Node,
+        Self::Policy,
+        Self::DenyList,
+        Self::Exception,
+        Self::Bundle,
+        Self::Server,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Entry => "entry",
+            Self::Node => "node",
+            Self::Policy => "policy",
+            Self::DenyList => "deny_list",
+            Self::Exception => "exception",
+            Self::Bundle => "bundle",
+            Self::Server => "server",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// One committed change in the change feed: other servers on the database read
+/// these (woken by PostgreSQL NOTIFY, or after a reconnect) to refresh what they
+/// cache. Revisions increase in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: i64,
+    pub kind: ChangeKind,
+    /// The changed object: entry id, agent SPIFFE ID, policy kind, jti, exception
+    /// name, trust domain, server name.
+    pub key: String,
+    /// The name of the server that wrote it ("" when not known).
+    pub origin: String,
+}
+
+/// Whether a published authority is an X.509 CA certificate or a JWT key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorityKind {
+    X509,
+    Jwt,
+}
+
+/// One CA certificate or JWT key a server publishes for the trust domain's bundle.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublishedAuthority {
+    pub kind: AuthorityKind,
+    /// The certificate's Subject Key Identifier (hex), or the JWT key id.
+    pub id: String,
+    /// `prepared`, `active`, `retired` or `tainted`.
+    pub state: String,
+    /// Unix seconds after which it is no longer published.
+    pub not_after: i64,
+    /// The certificate (base64 DER) or the public JWK (JSON).
+    pub public: String,
+}
+
+/// A server sharing the datastore and what it publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// The server's name (its data dir's `server-id`, as events' `server_id`).
+    pub name: String,
+    /// Its agent API address, for operators.
+    pub address: String,
+    pub authorities: Vec<PublishedAuthority>,
+    /// The latest `not_after` among its authorities.
+    pub expires_at: i64,
+    pub started_at: i64,
+    /// Its last heartbeat.
+    pub seen_at: i64,
+    /// Set by `lanyard server deregister`: its authorities leave the bundle.
+    pub deregistered_at: Option<i64>,
+}
+
+/// The result of [`Store::register_server`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRegistration {
+    /// The row as stored (a deregistered server stays deregistered).
+    pub record: ServerRecord,
+    /// The server had no row before.
+    pub joined: bool,
+    /// Its authorities differ from the stored ones (and were stored).
+    pub authorities_changed: bool,
+}
+
+/// A key every server needs (secrets-sealing, token-signing, audit checkpoint),
+/// sealed under the servers' key-encryption key; the datastore never sees it in
+/// the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// `secrets`, `token-signing`, `audit/<server>`.
+    pub name: String,
+    /// base64url(nonce || ciphertext || tag), the name as associated data.
+    pub sealed: String,
+    /// Which key-encryption key sealed it (first 8 bytes of its SHA-256, hex).
+    pub kek_id: String,
+    pub created_at: i64,
 }
 
 /// A stored policy set.
@@ -395,15 +523,57 @@ pub trait Store: Send + Sync {
         trust_domain: &str,
     ) -> impl Future<Output = Result<Option<StoredBundle>>> + Send;
 
-    /// Store a new bundle document; the sequence number increases by one on every
-    /// call (starting at 1) and is returned.
+    /// Store `document` as the trust domain's bundle if it differs from the stored
+    /// one: the sequence then increases by one (starting at 1) and the change enters
+    /// the change feed. Servers that compute the same document concurrently store it
+    /// once. `audit` sees whether it changed.
     fn put_bundle(
         &self,
         trust_domain: &str,
         document: &str,
         now: i64,
-        audit: AuditFn<'_, u64>,
-    ) -> impl Future<Output = Result<u64>> + Send;
+        audit: AuditFn<'_, BundlePut>,
+    ) -> impl Future<Output = Result<BundlePut>> + Send;
+
+    /// Publish a server's authorities and heartbeat (insert or update by name). A
+    /// deregistered server's row keeps its old authorities and stays deregistered.
+    /// A change of authorities enters the change feed.
+    fn register_server(
+        &self,
+        server: &ServerRecord,
+        audit: AuditFn<'_, ServerRegistration>,
+    ) -> impl Future<Output = Result<ServerRegistration>> + Send;
+
+    /// Every server that ever registered, by name.
+    fn list_servers(&self) -> impl Future<Output = Result<Vec<ServerRecord>>> + Send;
+
+    /// Mark a server deregistered (its authorities leave the bundle). Unknown:
+    /// `NotFound`; already deregistered: `Duplicate`.
+    fn deregister_server(
+        &self,
+        name: &str,
+        now: i64,
+        audit: AuditFn<'_, ServerRecord>,
+    ) -> impl Future<Output = Result<ServerRecord>> + Send;
+
+    /// Store a sealed key unless one of that name exists; returns the stored one
+    /// (the first writer's, when servers race).
+    fn insert_sealed_key(&self, key: &SealedKey) -> impl Future<Output = Result<SealedKey>> + Send;
+
+    fn get_sealed_key(&self, name: &str) -> impl Future<Output = Result<Option<SealedKey>>> + Send;
+
+    /// The newest revision of the change feed (0 when empty).
+    fn change_revision(&self) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Changes after revision `after`, oldest first, at most `limit`.
+    fn changes_since(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// Delete all but the newest `keep` changes; returns how many were deleted.
+    fn prune_changes(&self, keep: i64) -> impl Future<Output = Result<u64>> + Send;
 
     /// Append events to the evidence log, chained after the last stored record, in
     /// one transaction (concurrent appenders retry). Returns the stored records.

@@ -11,10 +11,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::{
-    Activity, AuditFn, BatchOutcome, Entry, EntrySpec, EntryUpdate, Exception, JoinToken, Node,
-    NodeHoldings, REPLAY_PRUNE_BATCH, Result, RevokedJwt, Store, StoreError, StoredBundle,
-    StoredPolicy, new_id,
+    Activity, AuditFn, BatchOutcome, BundlePut, Change, ChangeKind, Entry, EntrySpec, EntryUpdate,
+    Exception, JoinToken, Node, NodeHoldings, REPLAY_PRUNE_BATCH, Result, RevokedJwt, SealedKey,
+    ServerRecord, ServerRegistration, Store, StoreError, StoredBundle, StoredPolicy, new_id,
 };
+
+/// The PostgreSQL NOTIFY channel of the change feed; the payload is the revision.
+pub const CHANGE_CHANNEL: &str = "lanyard_changes";
+/// The advisory lock (`pg_advisory_xact_lock`) that orders change-feed appends.
+const CHANGE_FEED_LOCK: i64 = 0x6c61_6e79_6172_6401;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -144,8 +149,21 @@ fn tx_body<T, F: std::future::Future<Output = std::result::Result<T, TxErr>>>(f:
 /// Run `$body` (which uses `$tx`) in a serialized transaction, append the events
 /// `$audit` builds from its result to the evidence log in the same transaction, and
 /// commit; retry the whole transaction on serialization conflicts.
+///
+/// With `change: F`, `F(&value)` names the change other servers must see (or
+/// `None`): it is appended to the change feed in the same transaction (see
+/// `record_change`).
 macro_rules! audited {
-    ($self:ident, $begin:expr, $audit:expr, |$tx:ident| $body:block) => {{
+    ($self:ident, $begin:expr, $audit:expr, |$tx:ident| $body:block) => {
+        audited!($self, $begin, $audit, change: |_| None, |$tx| $body)
+    };
+    ($self:ident, $begin:expr, $audit:expr, change: $change:expr, |$tx:ident| $body:block) => {
+        audited!($self, $begin, $audit, changes: |v| {
+            let c: Option<(ChangeKind, String)> = ($change)(v);
+            c.into_iter().collect::<Vec<_>>()
+        }, |$tx| $body)
+    };
+    ($self:ident, $begin:expr, $audit:expr, changes: $changes:expr, |$tx:ident| $body:block) => {{
         let mut last_err = None;
         for attempt in 0..AUDIT_RETRIES {
             let result: std::result::Result<_, TxErr> = async {
@@ -155,6 +173,8 @@ macro_rules! audited {
                 if !events.is_empty() {
                     append_in_tx(&mut $tx, &events).await?;
                 }
+                let changes: Vec<(ChangeKind, String)> = ($changes)(&value);
+                record_changes(&mut $tx, &changes, &$self.origin).await?;
                 $tx.commit().await?;
                 Ok(value)
             }
@@ -207,6 +227,17 @@ fn spec_json(spec: &EntrySpec) -> Result<(String, String, String)> {
     ))
 }
 
+/// The change-feed records of a batch: one per written (or deleted) entry.
+fn batch_changes(out: &BatchOutcome) -> Vec<(ChangeKind, String)> {
+    out.iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|e| (ChangeKind::Entry, e.id.clone()))
+        .collect()
+}
+
+/// Change-feed rows per INSERT statement (3 parameters each).
+const CHANGE_ROWS_PER_INSERT: usize = 64;
+
 /// Entry rows per INSERT statement of a batch (15 parameters each).
 const ENTRY_ROWS_PER_INSERT: usize = 64;
 
@@ -233,7 +264,70 @@ fn multi_row_entry_insert(rows: usize) -> String {
 const AUDIT_ROWS_PER_INSERT: usize = 64;
 
 macro_rules! impl_store {
-    ($store:ident, $row:ty, $db:ty, $begin:expr) => {
+    ($store:ident, $row:ty, $db:ty, $begin:expr, $postgres:expr) => {
+        /// Append a change to the feed inside the caller's transaction. On
+        /// PostgreSQL writers first take one transaction-scoped advisory lock, so
+        /// revisions commit in order (a reader that saw revision N never later finds
+        /// a smaller one committed), and the change is announced with NOTIFY, which
+        /// PostgreSQL delivers at commit.
+        /// Append `changes` to the change feed inside the caller's transaction (many
+        /// rows per statement), then announce the newest revision once.
+        async fn record_changes(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            changes: &[(ChangeKind, String)],
+            origin: &str,
+        ) -> std::result::Result<(), sqlx::Error> {
+            if changes.is_empty() {
+                return Ok(());
+            }
+            if $postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(CHANGE_FEED_LOCK)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let mut newest = 0i64;
+            for chunk in changes.chunks(CHANGE_ROWS_PER_INSERT) {
+                let mut sql = String::from("INSERT INTO changes (kind, key, origin) VALUES ");
+                for k in 0..chunk.len() {
+                    if k > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("(${},${},${})", 3 * k + 1, 3 * k + 2, 3 * k + 3));
+                }
+                sql.push_str(" RETURNING revision");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (kind, key) in chunk {
+                    q = q.bind(kind.name()).bind(key.as_str()).bind(origin);
+                }
+                for row in q.fetch_all(&mut **tx).await? {
+                    newest = newest.max(row.try_get::<i64, _>("revision")?);
+                }
+            }
+            if $postgres {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANGE_CHANNEL)
+                    .bind(newest.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        fn server_from_row(row: &$row) -> Result<ServerRecord> {
+            let authorities: String = row.try_get("authorities").map_err(db_err)?;
+            Ok(ServerRecord {
+                name: row.try_get("name").map_err(db_err)?,
+                address: row.try_get("address").map_err(db_err)?,
+                authorities: serde_json::from_str(&authorities)
+                    .map_err(|e| StoreError::Corrupt(format!("server authorities: {e}")))?,
+                expires_at: row.try_get("expires_at").map_err(db_err)?,
+                started_at: row.try_get("started_at").map_err(db_err)?,
+                seen_at: row.try_get("seen_at").map_err(db_err)?,
+                deregistered_at: row.try_get("deregistered_at").map_err(db_err)?,
+            })
+        }
+
         /// Append events after the newest record, inside the caller's transaction.
         async fn append_in_tx(
             tx: &mut sqlx::Transaction<'_, $db>,
@@ -377,7 +471,7 @@ macro_rules! impl_store {
                     "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,1,$15,$15) RETURNING {ENTRY_COLUMNS}"
                 );
                 let (selectors, dns, fed) = spec_json(spec)?;
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |e: &Entry| Some((ChangeKind::Entry, e.id.clone())), |tx| {
                     let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(&id), spec, selectors, dns, fed)
                         .bind(now)
                         .fetch_one(&mut *tx)
@@ -400,7 +494,7 @@ macro_rules! impl_store {
                 );
                 let current_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
                 let (selectors, dns, fed) = spec_json(spec)?;
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |e: &Entry| Some((ChangeKind::Entry, e.id.clone())), |tx| {
                     let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id), spec, selectors, dns, fed)
                         .bind(now)
                         .bind(expected_revision)
@@ -430,7 +524,7 @@ macro_rules! impl_store {
 
             async fn delete_entry(&self, id: &str, audit: AuditFn<'_, Entry>) -> Result<Entry> {
                 let sql = format!("DELETE FROM entries WHERE id=$1 RETURNING {ENTRY_COLUMNS}");
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |e: &Entry| Some((ChangeKind::Entry, e.id.clone())), |tx| {
                     let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id).fetch_optional(&mut *tx).await?;
                     match row {
                         Some(r) => Ok(entry_from_row(&r)?),
@@ -451,7 +545,7 @@ macro_rules! impl_store {
                     .chunks(ENTRY_ROWS_PER_INSERT)
                     .map(|rows| multi_row_entry_insert(rows.len()))
                     .collect();
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, changes: batch_changes, |tx| {
                     let mut inserted = std::collections::HashSet::with_capacity(specs.len());
                     let chunks = specs.chunks(ENTRY_ROWS_PER_INSERT).zip(prepared.chunks(ENTRY_ROWS_PER_INSERT));
                     for ((specs, rows), sql) in chunks.zip(&statements) {
@@ -495,7 +589,7 @@ macro_rules! impl_store {
                 );
                 let current_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
                 let prepared = updates.iter().map(|u| spec_json(&u.spec)).collect::<Result<Vec<_>>>()?;
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, changes: batch_changes, |tx| {
                     let mut out = Vec::with_capacity(updates.len());
                     for (u, (selectors, dns, fed)) in updates.iter().zip(&prepared) {
                         let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&u.id), u.spec, selectors, dns, fed)
@@ -533,7 +627,7 @@ macro_rules! impl_store {
 
             async fn delete_entries(&self, ids: &[String], audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
                 let sql = format!("DELETE FROM entries WHERE id=$1 RETURNING {ENTRY_COLUMNS}");
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, changes: batch_changes, |tx| {
                     let mut out = Vec::with_capacity(ids.len());
                     for id in ids {
                         let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&mut *tx).await?;
@@ -643,7 +737,7 @@ macro_rules! impl_store {
 
             async fn set_node_banned(&self, id: &SpiffeId, banned: bool, now: i64, audit: AuditFn<'_, Node>) -> Result<Node> {
                 let sql = format!("UPDATE nodes SET banned=$2, updated_at=$3 WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}");
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |n: &Node| Some((ChangeKind::Node, n.spiffe_id.to_string())), |tx| {
                     let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                         .bind(id.to_string())
                         .bind(banned)
@@ -684,7 +778,7 @@ macro_rules! impl_store {
 
             async fn delete_node(&self, id: &SpiffeId, audit: AuditFn<'_, Node>) -> Result<Node> {
                 let sql = format!("DELETE FROM nodes WHERE spiffe_id=$1 RETURNING {NODE_COLUMNS}");
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |n: &Node| Some((ChangeKind::Node, n.spiffe_id.to_string())), |tx| {
                     let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                         .bind(id.to_string())
                         .fetch_optional(&mut *tx)
@@ -783,8 +877,18 @@ macro_rules! impl_store {
                 }))
             }
 
-            async fn put_bundle(&self, trust_domain: &str, document: &str, now: i64, audit: AuditFn<'_, u64>) -> Result<u64> {
-                audited!(self, $begin, audit, |tx| {
+            async fn put_bundle(&self, trust_domain: &str, document: &str, now: i64, audit: AuditFn<'_, BundlePut>) -> Result<BundlePut> {
+                let td = trust_domain.to_string();
+                audited!(self, $begin, audit, change: |p: &BundlePut| p.changed.then(|| (ChangeKind::Bundle, td.clone())), |tx| {
+                    let current = sqlx::query("SELECT sequence, document FROM bundles WHERE trust_domain=$1")
+                        .bind(trust_domain)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(c) = &current {
+                        if c.try_get::<String, _>("document")? == document {
+                            return Ok(BundlePut { sequence: to_u64(c.try_get::<i64, _>("sequence")?)?, changed: false });
+                        }
+                    }
                     let row = sqlx::query(
                         "INSERT INTO bundles (trust_domain, sequence, document, updated_at) VALUES ($1, 1, $2, $3) \
                          ON CONFLICT (trust_domain) DO UPDATE SET sequence=bundles.sequence+1, document=excluded.document, updated_at=excluded.updated_at \
@@ -795,8 +899,153 @@ macro_rules! impl_store {
                     .bind(now)
                     .fetch_one(&mut *tx)
                     .await?;
-                    Ok(to_u64(row.try_get::<i64, _>("sequence")?)?)
+                    Ok(BundlePut { sequence: to_u64(row.try_get::<i64, _>("sequence")?)?, changed: true })
                 })
+            }
+
+            async fn register_server(&self, server: &ServerRecord, audit: AuditFn<'_, ServerRegistration>) -> Result<ServerRegistration> {
+                let authorities = serde_json::to_string(&server.authorities).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let name = server.name.clone();
+                audited!(self, $begin, audit, change: |r: &ServerRegistration| r.authorities_changed.then(|| (ChangeKind::Server, name.clone())), |tx| {
+                    let current = sqlx::query("SELECT name, address, authorities, expires_at, started_at, seen_at, deregistered_at FROM servers WHERE name=$1")
+                        .bind(&server.name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let current = current.as_ref().map(server_from_row).transpose()?;
+                    match current {
+                        // A deregistered server stays out: only its heartbeat is kept.
+                        Some(mut c) if c.deregistered_at.is_some() => {
+                            sqlx::query("UPDATE servers SET seen_at=$2 WHERE name=$1")
+                                .bind(&server.name)
+                                .bind(server.seen_at)
+                                .execute(&mut *tx)
+                                .await?;
+                            c.seen_at = server.seen_at;
+                            Ok(ServerRegistration { record: c, joined: false, authorities_changed: false })
+                        }
+                        current => {
+                            sqlx::query(
+                                "INSERT INTO servers (name, address, authorities, expires_at, started_at, seen_at, deregistered_at) VALUES ($1,$2,$3,$4,$5,$6,NULL) \
+                                 ON CONFLICT (name) DO UPDATE SET address=excluded.address, authorities=excluded.authorities, \
+                                 expires_at=excluded.expires_at, started_at=excluded.started_at, seen_at=excluded.seen_at",
+                            )
+                            .bind(&server.name)
+                            .bind(&server.address)
+                            .bind(&authorities)
+                            .bind(server.expires_at)
+                            .bind(server.started_at)
+                            .bind(server.seen_at)
+                            .execute(&mut *tx)
+                            .await?;
+                            let mut record = server.clone();
+                            record.deregistered_at = None;
+                            Ok(ServerRegistration {
+                                record,
+                                joined: current.is_none(),
+                                authorities_changed: current.is_none_or(|c| c.authorities != server.authorities),
+                            })
+                        }
+                    }
+                })
+            }
+
+            async fn list_servers(&self) -> Result<Vec<ServerRecord>> {
+                let rows = sqlx::query("SELECT name, address, authorities, expires_at, started_at, seen_at, deregistered_at FROM servers ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(server_from_row).collect()
+            }
+
+            async fn deregister_server(&self, name: &str, now: i64, audit: AuditFn<'_, ServerRecord>) -> Result<ServerRecord> {
+                let key = name.to_string();
+                audited!(self, $begin, audit, change: |_: &ServerRecord| Some((ChangeKind::Server, key.clone())), |tx| {
+                    let row = sqlx::query("UPDATE servers SET deregistered_at=$2 WHERE name=$1 AND deregistered_at IS NULL \
+                                           RETURNING name, address, authorities, expires_at, started_at, seen_at, deregistered_at")
+                        .bind(name)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match row {
+                        Some(r) => Ok(server_from_row(&r)?),
+                        None => {
+                            let exists = sqlx::query("SELECT name FROM servers WHERE name=$1").bind(name).fetch_optional(&mut *tx).await?;
+                            Err(TxErr::Store(match exists {
+                                Some(_) => StoreError::Duplicate(format!("server {name:?} is already deregistered")),
+                                None => StoreError::NotFound { what: "server", id: name.to_string() },
+                            }))
+                        }
+                    }
+                })
+            }
+
+            async fn insert_sealed_key(&self, key: &SealedKey) -> Result<SealedKey> {
+                sqlx::query("INSERT INTO sealed_keys (name, sealed, kek_id, created_at) VALUES ($1,$2,$3,$4) ON CONFLICT (name) DO NOTHING")
+                    .bind(&key.name)
+                    .bind(&key.sealed)
+                    .bind(&key.kek_id)
+                    .bind(key.created_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                self.get_sealed_key(&key.name)
+                    .await?
+                    .ok_or_else(|| StoreError::Database(format!("sealed key {:?} vanished after insert", key.name)))
+            }
+
+            async fn get_sealed_key(&self, name: &str) -> Result<Option<SealedKey>> {
+                let row = sqlx::query("SELECT name, sealed, kek_id, created_at FROM sealed_keys WHERE name=$1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.map(|r| {
+                    Ok(SealedKey {
+                        name: r.try_get("name").map_err(db_err)?,
+                        sealed: r.try_get("sealed").map_err(db_err)?,
+                        kek_id: r.try_get("kek_id").map_err(db_err)?,
+                        created_at: r.try_get("created_at").map_err(db_err)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn change_revision(&self) -> Result<i64> {
+                let row = sqlx::query("SELECT COALESCE(MAX(revision), 0) AS r FROM changes")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.try_get::<i64, _>("r").map_err(db_err)
+            }
+
+            async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>> {
+                let rows = sqlx::query("SELECT revision, kind, key, origin FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let kind: String = r.try_get("kind").map_err(db_err)?;
+                        Ok(Change {
+                            revision: r.try_get("revision").map_err(db_err)?,
+                            kind: ChangeKind::parse(&kind)
+                                .ok_or_else(|| StoreError::Corrupt(format!("unknown change kind {kind:?}")))?,
+                            key: r.try_get("key").map_err(db_err)?,
+                            origin: r.try_get("origin").map_err(db_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn prune_changes(&self, keep: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM changes WHERE revision <= (SELECT COALESCE(MAX(revision), 0) FROM changes) - $1")
+                    .bind(keep.max(0))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
             }
 
             async fn append_audit(
@@ -895,7 +1144,7 @@ macro_rules! impl_store {
             }
 
             async fn put_policy(&self, kind: &str, body: &str, updated_by: &str, now: i64, audit: AuditFn<'_, StoredPolicy>) -> Result<StoredPolicy> {
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |p: &StoredPolicy| Some((ChangeKind::Policy, p.kind.clone())), |tx| {
                     let row = sqlx::query(
                         "INSERT INTO policies (kind, body, version, updated_at, updated_by) VALUES ($1,$2,1,$3,$4) \
                          ON CONFLICT (kind) DO UPDATE SET body=excluded.body, version=policies.version+1, updated_at=excluded.updated_at, updated_by=excluded.updated_by \
@@ -921,7 +1170,7 @@ macro_rules! impl_store {
             }
 
             async fn revoke_jwt(&self, r: &RevokedJwt, audit: AuditFn<'_, RevokedJwt>) -> Result<RevokedJwt> {
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |r: &RevokedJwt| Some((ChangeKind::DenyList, r.jti.clone())), |tx| {
                     sqlx::query("INSERT INTO revoked_jwts (jti, spiffe_id, expires_at, revoked_at, reason) VALUES ($1,$2,$3,$4,$5)")
                         .bind(&r.jti)
                         .bind(&r.spiffe_id)
@@ -960,7 +1209,7 @@ macro_rules! impl_store {
 
             async fn create_exception(&self, e: &Exception, audit: AuditFn<'_, Exception>) -> Result<Exception> {
                 let allowed = serde_json::to_string(&e.allowed).map_err(|x| StoreError::Corrupt(x.to_string()))?;
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |e: &Exception| Some((ChangeKind::Exception, e.name.clone())), |tx| {
                     sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO exceptions ({EXCEPTION_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)")))
                         .bind(&e.name)
                         .bind(&e.owner)
@@ -1000,7 +1249,7 @@ macro_rules! impl_store {
             }
 
             async fn revoke_exception(&self, name: &str, now: i64, audit: AuditFn<'_, Exception>) -> Result<Exception> {
-                audited!(self, $begin, audit, |tx| {
+                audited!(self, $begin, audit, change: |e: &Exception| Some((ChangeKind::Exception, e.name.clone())), |tx| {
                     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "UPDATE exceptions SET revoked_at=$2 WHERE name=$1 AND revoked_at IS NULL RETURNING {EXCEPTION_COLUMNS}"
                     )))
@@ -1056,6 +1305,8 @@ macro_rules! impl_store {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This server's name, recorded with each change it appends to the feed.
+    origin: std::sync::Arc<str>,
 }
 
 impl SqliteStore {
@@ -1077,7 +1328,10 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Open(format!("migrating {}: {e}", path.display())))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            origin: std::sync::Arc::from(""),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -1089,6 +1343,8 @@ impl SqliteStore {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// This server's name, recorded with each change it appends to the feed.
+    origin: std::sync::Arc<str>,
 }
 
 /// Longest a statement waits for a PostgreSQL connection before it fails as
@@ -1113,11 +1369,56 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Open(format!("migrating PostgreSQL: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            origin: std::sync::Arc::from(""),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Listen to the change feed's NOTIFY channel on a connection of its own.
+    pub async fn listen_changes(&self) -> Result<ChangeListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db_err)?;
+        listener.listen(CHANGE_CHANNEL).await.map_err(db_err)?;
+        Ok(ChangeListener { listener })
+    }
+}
+
+/// Notifications of the change feed (PostgreSQL `LISTEN lanyard_changes`).
+#[derive(Debug)]
+pub struct ChangeListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+/// What a [`ChangeListener`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// A change with this revision was committed.
+    Revision(i64),
+    /// The connection was lost and re-established (or will be on the next call):
+    /// notifications may have been missed; read the feed to catch up.
+    Reconnected,
+}
+
+impl ChangeListener {
+    /// The next notification. After a lost connection this says so once (the
+    /// listener reconnects and listens again on the next call); an error means
+    /// reconnecting failed (the database is away: retry later).
+    pub async fn next(&mut self) -> Result<Heard> {
+        match self.listener.try_recv().await.map_err(db_err)? {
+            None => Ok(Heard::Reconnected),
+            Some(n) => Ok(n
+                .payload()
+                .parse::<i64>()
+                .map(Heard::Revision)
+                // A payload that is not ours still says something changed.
+                .unwrap_or(Heard::Reconnected)),
+        }
     }
 }
 
@@ -1127,7 +1428,8 @@ mod sqlite_impl {
         SqliteStore,
         sqlx::sqlite::SqliteRow,
         sqlx::Sqlite,
-        "BEGIN IMMEDIATE"
+        "BEGIN IMMEDIATE",
+        false
     );
 }
 
@@ -1137,7 +1439,8 @@ mod pg_impl {
         PgStore,
         sqlx::postgres::PgRow,
         sqlx::Postgres,
-        "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        true
     );
 }
 
@@ -1149,6 +1452,25 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
+    /// The same store, recording `name` as the origin of the changes it appends to
+    /// the change feed.
+    pub fn with_origin(self, name: &str) -> Self {
+        let origin: std::sync::Arc<str> = std::sync::Arc::from(name);
+        match self {
+            Self::Sqlite(s) => Self::Sqlite(SqliteStore { origin, ..s }),
+            Self::Postgres(s) => Self::Postgres(PgStore { origin, ..s }),
+        }
+    }
+
+    /// A listener to other servers' changes: PostgreSQL only (a SQLite database has
+    /// one server, which knows its own changes).
+    pub async fn listen_changes(&self) -> Option<Result<ChangeListener>> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(s) => Some(s.listen_changes().await),
+        }
+    }
+
     /// Whether the database answers a trivial query within `within`; the error
     /// says why not (unreachable, or no answer in time).
     pub async fn ping(&self, within: Duration) -> Result<()> {
@@ -1317,9 +1639,42 @@ impl Store for AnyStore {
         td: &str,
         document: &str,
         now: i64,
-        a: AuditFn<'_, u64>,
-    ) -> Result<u64> {
+        a: AuditFn<'_, BundlePut>,
+    ) -> Result<BundlePut> {
         delegate!(self, s => s.put_bundle(td, document, now, a))
+    }
+    async fn register_server(
+        &self,
+        server: &ServerRecord,
+        a: AuditFn<'_, ServerRegistration>,
+    ) -> Result<ServerRegistration> {
+        delegate!(self, s => s.register_server(server, a))
+    }
+    async fn list_servers(&self) -> Result<Vec<ServerRecord>> {
+        delegate!(self, s => s.list_servers())
+    }
+    async fn deregister_server(
+        &self,
+        name: &str,
+        now: i64,
+        a: AuditFn<'_, ServerRecord>,
+    ) -> Result<ServerRecord> {
+        delegate!(self, s => s.deregister_server(name, now, a))
+    }
+    async fn insert_sealed_key(&self, key: &SealedKey) -> Result<SealedKey> {
+        delegate!(self, s => s.insert_sealed_key(key))
+    }
+    async fn get_sealed_key(&self, name: &str) -> Result<Option<SealedKey>> {
+        delegate!(self, s => s.get_sealed_key(name))
+    }
+    async fn change_revision(&self) -> Result<i64> {
+        delegate!(self, s => s.change_revision())
+    }
+    async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>> {
+        delegate!(self, s => s.changes_since(after, limit))
+    }
+    async fn prune_changes(&self, keep: i64) -> Result<u64> {
+        delegate!(self, s => s.prune_changes(keep))
     }
     async fn append_audit(
         &self,

@@ -8,10 +8,12 @@
 
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_store::{
-    AnyStore, EntrySpec, EntryUpdate, JoinToken, Node, PgStore, REPLAY_PRUNE_BATCH, SqliteStore,
-    Store, StoreError,
+    AnyStore, AuthorityKind, BundlePut, ChangeKind, EntrySpec, EntryUpdate, Heard, JoinToken, Node,
+    PgStore, PublishedAuthority, REPLAY_PRUNE_BATCH, RevokedJwt, SealedKey, ServerRecord,
+    ServerRegistration, SqliteStore, Store, StoreError,
 };
-use sqlx::Connection;
+mod common;
+use common::{drop_pg_db, fresh_pg_db};
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::new(s).unwrap()
@@ -438,22 +440,248 @@ where
 
 async fn bundles<S: Store>(s: &S) {
     assert!(s.get_bundle("example.org").await.unwrap().is_none());
+    let put = |doc: &'static str, now| s.put_bundle("example.org", doc, now, &none);
     assert_eq!(
-        s.put_bundle("example.org", "{\"keys\":[]}", 1, &none)
+        put("{\"keys\":[]}", 1).await.unwrap(),
+        BundlePut {
+            sequence: 1,
+            changed: true
+        }
+    );
+    let rev = s.change_revision().await.unwrap();
+    // The same document again: nothing stored, no change in the feed.
+    assert_eq!(
+        put("{\"keys\":[]}", 2).await.unwrap(),
+        BundlePut {
+            sequence: 1,
+            changed: false
+        }
+    );
+    assert_eq!(s.change_revision().await.unwrap(), rev);
+    assert_eq!(
+        put("{\"keys\":[1]}", 2).await.unwrap(),
+        BundlePut {
+            sequence: 2,
+            changed: true
+        }
+    );
+    let feed = s.changes_since(rev, 10).await.unwrap();
+    assert_eq!(feed.len(), 1);
+    assert_eq!(
+        (feed[0].kind, feed[0].key.as_str()),
+        (ChangeKind::Bundle, "example.org")
+    );
+    assert_eq!(
+        s.put_bundle("other.org", "{}", 2, &none)
             .await
-            .unwrap(),
+            .unwrap()
+            .sequence,
         1
     );
-    assert_eq!(
-        s.put_bundle("example.org", "{\"keys\":[1]}", 2, &none)
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(s.put_bundle("other.org", "{}", 2, &none).await.unwrap(), 1);
     let b = s.get_bundle("example.org").await.unwrap().unwrap();
     assert_eq!(b.sequence, 2);
     assert_eq!(b.document, "{\"keys\":[1]}");
+}
+
+fn authority(id: &str, not_after: i64) -> PublishedAuthority {
+    PublishedAuthority {
+        kind: AuthorityKind::X509,
+        id: id.to_string(),
+        state: "active".to_string(),
+        not_after,
+        public: "MIIB".to_string(),
+    }
+}
+
+fn server(name: &str, authorities: Vec<PublishedAuthority>, now: i64) -> ServerRecord {
+    ServerRecord {
+        name: name.to_string(),
+        address: "127.0.0.1:8081".to_string(),
+        expires_at: authorities.iter().map(|a| a.not_after).max().unwrap_or(0),
+        authorities,
+        started_at: now,
+        seen_at: now,
+        deregistered_at: None,
+    }
+}
+
+/// Servers publish their authorities; a change of authorities (not a heartbeat)
+/// enters the change feed; a deregistered server stays out.
+async fn servers<S: Store>(s: &S) {
+    assert!(s.list_servers().await.unwrap().is_empty());
+    let rev = s.change_revision().await.unwrap();
+    let joined = |r: &ServerRegistration| {
+        if r.joined {
+            vec![audit_event(900)]
+        } else {
+            vec![]
+        }
+    };
+    let a = s
+        .register_server(&server("a", vec![authority("k1", 500)], 100), &joined)
+        .await
+        .unwrap();
+    assert!(a.joined && a.authorities_changed);
+    assert_eq!(a.record.deregistered_at, None);
+    // A heartbeat: no change, no event.
+    let audit_len = s.audit_records().await.unwrap().len();
+    let again = s
+        .register_server(&server("a", vec![authority("k1", 500)], 110), &joined)
+        .await
+        .unwrap();
+    assert!(!again.joined && !again.authorities_changed);
+    assert_eq!(s.audit_records().await.unwrap().len(), audit_len);
+    // A rotation: a new authority.
+    let rotated = s
+        .register_server(
+            &server("a", vec![authority("k1", 500), authority("k2", 900)], 120),
+            &joined,
+        )
+        .await
+        .unwrap();
+    assert!(rotated.authorities_changed);
+    s.register_server(&server("b", vec![authority("k3", 700)], 130), &joined)
+        .await
+        .unwrap();
+    let listed = s.list_servers().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(listed[0].authorities.len(), 2);
+    assert_eq!(listed[0].expires_at, 900);
+    assert_eq!(listed[0].seen_at, 120);
+    let feed = s.changes_since(rev, 100).await.unwrap();
+    assert_eq!(
+        feed.iter()
+            .map(|c| (c.kind, c.key.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (ChangeKind::Server, "a"),
+            (ChangeKind::Server, "a"),
+            (ChangeKind::Server, "b")
+        ]
+    );
+    // Deregistration: recorded with its event; a second one and an unknown name
+    // are clear errors.
+    let gone = s
+        .deregister_server("b", 140, &|_| vec![audit_event(901)])
+        .await
+        .unwrap();
+    assert_eq!(gone.deregistered_at, Some(140));
+    assert!(matches!(
+        s.deregister_server("b", 141, &none).await,
+        Err(StoreError::Duplicate(m)) if m.contains("already deregistered")
+    ));
+    assert!(matches!(
+        s.deregister_server("nope", 141, &none).await,
+        Err(StoreError::NotFound { what: "server", .. })
+    ));
+    // A deregistered server that is still running keeps its heartbeat only.
+    let back = s
+        .register_server(&server("b", vec![authority("k4", 800)], 150), &joined)
+        .await
+        .unwrap();
+    assert!(!back.joined && !back.authorities_changed);
+    assert_eq!(back.record.deregistered_at, Some(140));
+    let b = s
+        .list_servers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == "b")
+        .unwrap();
+    assert_eq!(b.authorities, vec![authority("k3", 700)]);
+    assert_eq!((b.seen_at, b.deregistered_at), (150, Some(140)));
+}
+
+/// Sealed keys: the first writer wins, later inserts return the stored one.
+async fn sealed_keys<S: Store>(s: &S) {
+    assert!(s.get_sealed_key("secrets").await.unwrap().is_none());
+    let first = SealedKey {
+        name: "secrets".to_string(),
+        sealed: "c2VhbGVk".to_string(),
+        kek_id: "0011223344556677".to_string(),
+        created_at: 5,
+    };
+    assert_eq!(s.insert_sealed_key(&first).await.unwrap(), first);
+    let second = SealedKey {
+        sealed: "b3RoZXI".to_string(),
+        created_at: 6,
+        ..first.clone()
+    };
+    assert_eq!(s.insert_sealed_key(&second).await.unwrap(), first);
+    assert_eq!(s.get_sealed_key("secrets").await.unwrap(), Some(first));
+    let audit = SealedKey {
+        name: "audit/server-1".to_string(),
+        sealed: "YQ".to_string(),
+        kek_id: "0011223344556677".to_string(),
+        created_at: 7,
+    };
+    assert_eq!(s.insert_sealed_key(&audit).await.unwrap(), audit);
+}
+
+/// Every audited change of what servers cache enters the change feed, in commit
+/// order, and pruning keeps the newest.
+async fn change_feed<S: Store>(s: &S) {
+    let start = s.change_revision().await.unwrap();
+    let e = s.create_entry(&spec("/feed"), 1, &none).await.unwrap();
+    let mut changed = spec("/feed");
+    changed.owner = "team-b".to_string();
+    s.update_entry(&e.id, &changed, None, 2, &none)
+        .await
+        .unwrap();
+    s.put_policy(
+        "authz",
+        "permit(principal, action, resource);",
+        "t",
+        3,
+        &none,
+    )
+    .await
+    .unwrap();
+    s.revoke_jwt(
+        &RevokedJwt {
+            jti: "feed-jti".to_string(),
+            spiffe_id: None,
+            expires_at: 10_000,
+            revoked_at: 4,
+            reason: "test".to_string(),
+        },
+        &none,
+    )
+    .await
+    .unwrap();
+    s.delete_entry(&e.id, &none).await.unwrap();
+    // A refused change leaves nothing in the feed.
+    assert!(s.delete_entry(&e.id, &none).await.is_err());
+    let feed = s.changes_since(start, 100).await.unwrap();
+    assert_eq!(
+        feed.iter()
+            .map(|c| (c.kind, c.key.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (ChangeKind::Entry, e.id.as_str()),
+            (ChangeKind::Entry, e.id.as_str()),
+            (ChangeKind::Policy, "authz"),
+            (ChangeKind::DenyList, "feed-jti"),
+            (ChangeKind::Entry, e.id.as_str()),
+        ]
+    );
+    assert!(feed.windows(2).all(|w| w[0].revision < w[1].revision));
+    assert_eq!(s.change_revision().await.unwrap(), feed[4].revision);
+    // Paging.
+    let first = s.changes_since(start, 2).await.unwrap();
+    assert_eq!(first, feed[..2]);
+    assert_eq!(
+        s.changes_since(first[1].revision, 100).await.unwrap(),
+        feed[2..]
+    );
+    // Pruning keeps the newest `keep`.
+    s.prune_changes(2).await.unwrap();
+    let left = s.changes_since(0, 100).await.unwrap();
+    assert_eq!(left, feed[3..]);
+    assert_eq!(s.change_revision().await.unwrap(), feed[4].revision);
 }
 
 /// A state change and its evidence-log event commit together: a refused change leaves
@@ -686,8 +914,23 @@ async fn entry_batches<S: Store>(s: &S) {
         spec("/batch/1"),
         spec("/batch/3"),
     ];
+    let feed_before = s.changes_since(0, 1_000_000).await.unwrap();
     let out = s.create_entries(&specs, 50, &ev).await.unwrap();
     assert_eq!(out.len(), 5);
+    // One change-feed record per written entry, keyed by its id.
+    let feed: Vec<_> = s
+        .changes_since(feed_before.last().map_or(0, |c| c.revision), 1_000_000)
+        .await
+        .unwrap();
+    let written: Vec<String> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|e| e.id.clone()))
+        .collect();
+    assert_eq!(
+        feed.iter().map(|c| c.key.clone()).collect::<Vec<_>>(),
+        written
+    );
+    assert!(feed.iter().all(|c| c.kind == ChangeKind::Entry));
     assert!(
         out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
         "{out:?}"
@@ -841,6 +1084,9 @@ async fn suite<S: Store + Clone + 'static>(s: S) {
     attestation_replays(&s).await;
     concurrent_attestation_replays(&s).await;
     bundles(&s).await;
+    servers(&s).await;
+    change_feed(&s).await;
+    sealed_keys(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -889,41 +1135,6 @@ async fn sqlite_conformance() {
     .await;
 }
 
-fn pg_admin_url() -> String {
-    std::env::var("LANYARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// A fresh database on the test server, dropped by [`drop_pg_db`].
-async fn fresh_pg_db() -> (String, String) {
-    let admin = pg_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required for the conformance suite ({admin}): {e}. \
-             Run ./scripts/test, which starts it, or set LANYARD_TEST_POSTGRES_URL"
-            )
-        });
-    let name = format!("lanyard_test_{}", lanyard_store::new_id().unwrap());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-    (format!("{base}/{name}"), name)
-}
-
-async fn drop_pg_db(name: &str) {
-    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_conformance() {
     let (url, name) = fresh_pg_db().await;
@@ -956,6 +1167,70 @@ async fn postgres_conformance() {
         reopened.pool().close().await;
         if let AnyStore::Postgres(p) = any {
             p.pool().close().await;
+        }
+    }
+    drop_pg_db(&name).await;
+}
+
+/// Two servers on one PostgreSQL database: a change committed through one is
+/// announced to the other's listener with its revision, and the feed names its
+/// origin; concurrent writers on both get distinct revisions, all in the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_change_notifications() {
+    let (url, name) = fresh_pg_db().await;
+    {
+        let a = AnyStore::open(&url).await.unwrap().with_origin("server-a");
+        let b = AnyStore::open(&url).await.unwrap().with_origin("server-b");
+        let mut heard = b.listen_changes().await.unwrap().unwrap();
+        let e = a.create_entry(&spec("/notified"), 1, &none).await.unwrap();
+        let rev = a.change_revision().await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), heard.next())
+            .await
+            .expect("no notification within 5 s")
+            .unwrap();
+        assert_eq!(got, Heard::Revision(rev));
+        let feed = b.changes_since(rev - 1, 10).await.unwrap();
+        assert_eq!(feed.len(), 1);
+        assert_eq!(
+            (feed[0].kind, feed[0].key.as_str(), feed[0].origin.as_str()),
+            (ChangeKind::Entry, e.id.as_str(), "server-a")
+        );
+        // A refused change is not announced.
+        assert!(a.delete_entry("missing", &none).await.is_err());
+        // Concurrent writers through both stores.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.spawn(async move {
+                s.create_entry(&spec(&format!("/c{i}")), 2, &none)
+                    .await
+                    .unwrap()
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let feed = a.changes_since(rev, 100).await.unwrap();
+        assert_eq!(feed.len(), 20);
+        assert!(feed.windows(2).all(|w| w[0].revision < w[1].revision));
+        let mut seen = 0;
+        while seen < 20 {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), heard.next())
+                .await
+                .expect("a notification was lost")
+                .unwrap()
+            {
+                Heard::Revision(r) => {
+                    assert!(r > rev);
+                    seen += 1;
+                }
+                Heard::Reconnected => panic!("unexpected reconnect"),
+            }
+        }
+        // The listener holds a connection of b's pool until dropped.
+        drop(heard);
+        for s in [a, b] {
+            if let AnyStore::Postgres(p) = s {
+                p.pool().close().await;
+            }
         }
     }
     drop_pg_db(&name).await;

@@ -33,8 +33,12 @@ struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the Lanyard server (CA, datastore, admin API, agent API).
+    /// Run the Lanyard server (CA, datastore, admin API, agent API); `server list`
+    /// and `server deregister` manage the servers sharing its datastore.
+    #[command(args_conflicts_with_subcommands = true)]
     Server {
+        #[command(subcommand)]
+        command: Option<ServerCommand>,
         /// TOML configuration file; flags override it.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
@@ -59,6 +63,10 @@ enum Command {
         /// Also append signed audit checkpoints to this file (outside the datastore).
         #[arg(long)]
         audit_checkpoint_file: Option<std::path::PathBuf>,
+        /// Key-encryption key (32 bytes: raw, base64 or hex): keys every server needs
+        /// are kept in the datastore sealed under it (or set LANYARD_KEK).
+        #[arg(long, env = "LANYARD_KEK_FILE")]
+        kek_file: Option<std::path::PathBuf>,
     },
     /// The evidence log: verify, query, export.
     Audit {
@@ -227,6 +235,31 @@ enum ExceptionCommand {
     /// Stop releasing the secret now.
     Revoke {
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// The servers sharing this server's datastore: address, last heartbeat and the
+    /// CA certificates and JWT keys each publishes in the trust bundle.
+    List {
+        #[arg(long, env = "LANYARD_ADMIN_SOCKET")]
+        admin_socket: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Take a server out of the trust domain: its keys leave the bundle, and SVIDs
+    /// it signed are no longer trusted. Run it through another server.
+    Deregister {
+        /// The server's name, as `lanyard server list` shows it.
+        name: String,
+        /// Even though it was seen in the last 30s (it may be running).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, env = "LANYARD_ADMIN_SOCKET")]
+        admin_socket: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -584,6 +617,32 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     use cmd::admin as a;
     match cli.command {
         Command::Server {
+            command: Some(command),
+            ..
+        } => runtime()?.block_on(async move {
+            match command {
+                ServerCommand::List {
+                    admin_socket,
+                    output,
+                } => cmd::governance::server_list(admin_socket.as_deref(), output).await,
+                ServerCommand::Deregister {
+                    name,
+                    force,
+                    admin_socket,
+                    output,
+                } => {
+                    cmd::governance::server_deregister(
+                        admin_socket.as_deref(),
+                        &name,
+                        force,
+                        output,
+                    )
+                    .await
+                }
+            }
+        }),
+        Command::Server {
+            command: None,
             config,
             data_dir,
             trust_domain,
@@ -592,8 +651,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             admin_socket,
             database_url,
             audit_checkpoint_file,
+            kek_file,
         } => runtime()?.block_on(cmd::server::run(lanyard_server::Overrides {
             audit_checkpoint_file,
+            kek_file,
             config,
             trust_domain,
             data_dir,

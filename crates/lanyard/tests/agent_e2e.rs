@@ -489,30 +489,8 @@ async fn federated_bundles_reach_workloads() {
         "--environment",
         "test",
     ]);
-    let bundle = dir.path().join("bundle.pem");
-    std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
+    let (mut agent, endpoint) = common::spawn_agent(&server, &token, dir.path());
     let socket = dir.path().join("agent.sock");
-    let mut agent = Command::new(common::bin())
-        .args([
-            "agent",
-            "--trust-domain",
-            "example.org",
-            "--server-address",
-            &server.agent_addr,
-            "--join-token",
-            &token,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .arg("--socket-path")
-        .arg(&socket)
-        .arg("--trust-bundle")
-        .arg(&bundle)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("unix://{}", socket.display());
     let deadline = Instant::now() + Duration::from_secs(15);
     let client = loop {
         if let Ok(c) = spiffe::WorkloadApiClient::connect_to(&endpoint).await

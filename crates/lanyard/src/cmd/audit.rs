@@ -23,9 +23,15 @@ pub struct Source {
     /// The checkpoint file the server appends to (--audit-checkpoint-file).
     #[arg(long)]
     pub checkpoint_file: Option<PathBuf>,
-    /// The audit public key (hex), if not in DATA_DIR/audit-key.pub.
+    /// An audit public key file (hex, as the server writes DATA_DIR/audit-key.pub);
+    /// repeat it for every server writing to a shared database. Default:
+    /// DATA_DIR/audit-key.pub.
     #[arg(long)]
-    pub public_key: Option<PathBuf>,
+    pub public_key: Vec<PathBuf>,
+    /// A file of pinned audit public keys, one hex key per line (`#` comments):
+    /// every server's, for a shared database.
+    #[arg(long)]
+    pub keys_file: Option<PathBuf>,
 }
 
 async fn open(src: &Source) -> Result<AnyStore, String> {
@@ -48,22 +54,47 @@ async fn open(src: &Source) -> Result<AnyStore, String> {
     }
 }
 
-fn public_key(src: &Source) -> Result<Vec<u8>, String> {
-    let path = match (&src.public_key, &src.data_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => d.join("audit-key.pub"),
-        (None, None) => {
-            return Err("give --data-dir or --public-key to verify signatures".to_string());
-        }
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn hex_key(text: &str, what: &str) -> Result<Vec<u8>, String> {
     let t = text.trim();
+    if t.is_empty() || !t.len().is_multiple_of(2) {
+        return Err(format!("{what} is not a hex public key"));
+    }
     (0..t.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(t.get(i..i + 2).unwrap_or("zz"), 16))
         .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| format!("{} is not a hex public key", path.display()))
+        .map_err(|_| format!("{what} is not a hex public key"))
+}
+
+fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The pinned audit public keys: every `--public-key` file and `--keys-file` line,
+/// or DATA_DIR/audit-key.pub.
+fn public_keys(src: &Source) -> Result<Vec<Vec<u8>>, String> {
+    let mut keys = Vec::new();
+    for p in &src.public_key {
+        keys.push(hex_key(&read_text(p)?, &p.display().to_string())?);
+    }
+    if let Some(f) = &src.keys_file {
+        for (i, line) in read_text(f)?.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if !line.is_empty() {
+                keys.push(hex_key(line, &format!("{} line {}", f.display(), i + 1))?);
+            }
+        }
+    }
+    if keys.is_empty() {
+        let Some(d) = &src.data_dir else {
+            return Err(
+                "give --data-dir, --public-key or --keys-file to verify signatures".to_string(),
+            );
+        };
+        let p = d.join("audit-key.pub");
+        keys.push(hex_key(&read_text(&p)?, &p.display().to_string())?);
+    }
+    Ok(keys)
 }
 
 fn file_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, String> {
@@ -80,7 +111,7 @@ fn file_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, String> {
 
 pub async fn verify(src: &Source) -> Result<ExitCode, String> {
     let store = open(src).await?;
-    let key = public_key(src)?;
+    let keys = public_keys(src)?;
     let records = match store.audit_records().await {
         Ok(r) => r,
         Err(e) => {
@@ -92,7 +123,7 @@ pub async fn verify(src: &Source) -> Result<ExitCode, String> {
     if let Some(f) = &src.checkpoint_file {
         checkpoints.extend(file_checkpoints(f)?);
     }
-    match lanyard_audit::verify(&records, &checkpoints, &key) {
+    match lanyard_audit::verify_with_keys(&records, &checkpoints, &keys) {
         Ok(s) => {
             println!(
                 "audit log intact: {} events, {} checkpoints verified, head {}",

@@ -690,3 +690,99 @@ pub async fn jwt_revoked(socket: Option<&Path>, output: Output) -> Result<ExitCo
     print(output, text, Value::Array(v));
     Ok(ExitCode::SUCCESS)
 }
+
+fn server_json(s: &pb::ServerInfo) -> Value {
+    json!({
+        "name": s.name,
+        "address": s.address,
+        "this_server": s.this_server,
+        "started_at": s.started_at,
+        "seen_at": s.seen_at,
+        "expires_at": s.expires_at,
+        "deregistered_at": (s.deregistered_at != 0).then_some(s.deregistered_at),
+        "authorities": s.authorities.iter().map(|a| json!({
+            "kind": a.kind, "id": a.id, "state": a.state, "not_after": a.not_after,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn server_text(s: &pb::ServerInfo, now: i64) -> String {
+    let status = if s.deregistered_at != 0 {
+        format!("deregistered {}", time_str(s.deregistered_at))
+    } else {
+        format!("seen {}s ago", (now - s.seen_at).max(0))
+    };
+    let mut out = format!(
+        "{}{}  {}  {}  started {}",
+        s.name,
+        if s.this_server { " (this server)" } else { "" },
+        if s.address.is_empty() {
+            "-"
+        } else {
+            &s.address
+        },
+        status,
+        time_str(s.started_at)
+    );
+    for a in &s.authorities {
+        out.push_str(&format!(
+            "\n    {:<4} {:<8} {}  until {}",
+            a.kind,
+            a.state,
+            a.id,
+            time_str(a.not_after)
+        ));
+    }
+    out
+}
+
+/// `lanyard server list`: the servers sharing the datastore and what each publishes.
+pub async fn server_list(socket: Option<&Path>, output: Output) -> Result<ExitCode, String> {
+    let mut c = connect(socket).await?;
+    let list = c
+        .list_servers(pb::Empty {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    let now = now();
+    let text = list
+        .servers
+        .iter()
+        .map(|s| server_text(s, now))
+        .collect::<Vec<_>>()
+        .join("\n");
+    print(
+        output,
+        text,
+        Value::Array(list.servers.iter().map(server_json).collect()),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lanyard server deregister NAME`: its keys leave the trust bundle.
+pub async fn server_deregister(
+    socket: Option<&Path>,
+    name: &str,
+    force: bool,
+    output: Output,
+) -> Result<ExitCode, String> {
+    let mut c = connect(socket).await?;
+    let s = c
+        .deregister_server(pb::DeregisterServerRequest {
+            name: name.to_string(),
+            force,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print(
+        output,
+        format!(
+            "Deregistered server {}: its {} keys left the trust bundle; SVIDs it signed are no longer trusted.",
+            s.name,
+            s.authorities.len()
+        ),
+        server_json(&s),
+    );
+    Ok(ExitCode::SUCCESS)
+}

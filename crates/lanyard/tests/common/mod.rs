@@ -49,6 +49,36 @@ pub async fn tls_channel(
     lanyard_server::client::tls_channel(addr, bundles, server_id, identity).await
 }
 
+/// A `lanyard agent` attesting to `server` with join token `token`, its data dir,
+/// trust bundle and Workload API socket under `dir`; returns the child and the
+/// socket's endpoint (`unix://…`).
+pub fn spawn_agent(server: &ServerProc, token: &str, dir: &Path) -> (Child, String) {
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, server.ok(&["bundle", "show", "--format", "pem"])).unwrap();
+    let socket = dir.join("agent.sock");
+    let agent = Command::new(bin())
+        .args([
+            "agent",
+            "--trust-domain",
+            TD,
+            "--server-address",
+            &server.agent_addr,
+            "--join-token",
+            token,
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("agent"))
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--trust-bundle")
+        .arg(&bundle)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (agent, format!("unix://{}", socket.display()))
+}
+
 /// A fresh PostgreSQL database, dropped with the guard.
 pub struct PgDb {
     pub url: String,
