@@ -1,5 +1,12 @@
 //! Registration requests as Cedar entities.
 
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+};
 use serde_json::{Value, json};
 
 use crate::{CompiledPolicies, Decision, PolicyError, PolicyKind};
@@ -235,6 +242,126 @@ fn admin_entity(caller: &Caller) -> (String, Value) {
     )
 }
 
+/// Entity type names of registration requests, parsed once.
+struct Names {
+    admin: EntityTypeName,
+    entry: EntityTypeName,
+    action: EntityTypeName,
+}
+
+fn names() -> Result<&'static Names, PolicyError> {
+    static NAMES: OnceLock<Result<Names, String>> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            let t = |n: &str| EntityTypeName::from_str(n).map_err(|e| format!("{n}: {e}"));
+            Ok(Names {
+                admin: t("Lanyard::Admin")?,
+                entry: t("Lanyard::Entry")?,
+                action: t("Lanyard::Action")?,
+            })
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Request(e.clone()))
+}
+
+/// `type:key` of each selector (`unix:uid` of `unix:uid:1000`).
+fn selector_kinds(selectors: &[String]) -> Vec<String> {
+    selectors
+        .iter()
+        .map(|s| {
+            let mut it = s.splitn(3, ':');
+            match (it.next(), it.next()) {
+                (Some(t), Some(k)) => format!("{t}:{k}"),
+                _ => s.clone(),
+            }
+        })
+        .collect()
+}
+
+fn rstr(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_string())
+}
+
+fn rset<'a>(v: impl IntoIterator<Item = &'a str>) -> RestrictedExpression {
+    RestrictedExpression::new_set(v.into_iter().map(rstr))
+}
+
+fn entity(uid: EntityUid, attrs: Vec<(&str, RestrictedExpression)>) -> Result<Entity, PolicyError> {
+    let attrs: HashMap<String, RestrictedExpression> =
+        attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Entity::new(uid, attrs, HashSet::new()).map_err(|e| PolicyError::Request(e.to_string()))
+}
+
+/// The same request and entities as the JSON form of `evaluate_registration`,
+/// built with the typed API.
+fn typed_registration(req: &RegistrationRequest) -> Result<(Request, Entities), PolicyError> {
+    let n = names()?;
+    let e = &req.entry;
+    let (td, path) = split_id(&e.spiffe_id);
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let kinds = selector_kinds(&e.selectors);
+    let (admin_id, local, caller_id) = match &req.caller {
+        Caller::Local { uid } => (format!("uid:{uid}"), true, String::new()),
+        Caller::Spiffe(s) => (s.clone(), false, s.clone()),
+    };
+    let (caller_td, caller_path) = if local {
+        (String::new(), String::new())
+    } else {
+        split_id(&caller_id)
+    };
+    let principal = EntityUid::from_type_name_and_id(n.admin.clone(), EntityId::new(&admin_id));
+    let admin = entity(
+        principal.clone(),
+        vec![
+            ("local", RestrictedExpression::new_bool(local)),
+            ("spiffe_id", rstr(&caller_id)),
+            ("trust_domain", rstr(&caller_td)),
+            ("path", rstr(&caller_path)),
+        ],
+    )?;
+    let resource = EntityUid::from_type_name_and_id(n.entry.clone(), EntityId::new(&e.spiffe_id));
+    let count = i64::try_from(e.selectors.len()).unwrap_or(i64::MAX);
+    let entry = entity(
+        resource.clone(),
+        vec![
+            ("spiffe_id", rstr(&e.spiffe_id)),
+            ("trust_domain", rstr(&td)),
+            ("path", rstr(&path)),
+            ("segments", rset(segments.iter().copied())),
+            (
+                "first_segment",
+                rstr(segments.first().copied().unwrap_or("")),
+            ),
+            ("parent_id", rstr(&e.parent_id)),
+            ("selectors", rset(e.selectors.iter().map(String::as_str))),
+            ("selector_kinds", rset(kinds.iter().map(String::as_str))),
+            ("selector_count", RestrictedExpression::new_long(count)),
+            ("x509_ttl", RestrictedExpression::new_long(long(e.x509_ttl))),
+            ("jwt_ttl", RestrictedExpression::new_long(long(e.jwt_ttl))),
+            ("owner", rstr(&e.owner)),
+            ("environment", rstr(&e.environment)),
+            ("admin", RestrictedExpression::new_bool(e.admin)),
+            ("downstream", RestrictedExpression::new_bool(e.downstream)),
+            ("has_expiry", RestrictedExpression::new_bool(e.has_expiry)),
+            (
+                "parent_selectors",
+                rset(e.parent_selectors.iter().map(String::as_str)),
+            ),
+            (
+                "parent_attestors",
+                rset(e.parent_attestors.iter().map(String::as_str)),
+            ),
+        ],
+    )?;
+    let action =
+        EntityUid::from_type_name_and_id(n.action.clone(), EntityId::new(req.action.name()));
+    let request = Request::new(principal, action, resource, Context::empty(), None)
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+    let entities = Entities::from_entities([admin, entry], None)
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+    Ok((request, entities))
+}
+
 impl CompiledPolicies {
     pub(crate) fn expect_kind(&self, kind: PolicyKind) -> Result<(), PolicyError> {
         if self.kind() == kind {
@@ -247,26 +374,37 @@ impl CompiledPolicies {
         }
     }
 
-    /// Decide an entry create, update or delete.
+    /// Decide an entry create, update or delete. The request is built with Cedar's
+    /// typed API (the JSON form costs several times the evaluation); debug builds
+    /// (the tests) also build the JSON form, checked against the schema, and refuse
+    /// to answer if the two decide differently.
     pub fn evaluate_registration(
         &self,
         req: &RegistrationRequest,
     ) -> Result<Decision, PolicyError> {
         self.expect_kind(PolicyKind::Registration)?;
+        let (request, entities) = typed_registration(req)?;
+        let typed = self.decide(&request, &entities);
+        if cfg!(debug_assertions) {
+            let oracle = self.evaluate_registration_json(req)?;
+            if oracle != typed {
+                return Err(PolicyError::Request(format!(
+                    "the typed registration request decided {typed:?} but its JSON form {oracle:?}"
+                )));
+            }
+        }
+        Ok(typed)
+    }
+
+    /// [`Self::evaluate_registration`] through the JSON form of the request.
+    fn evaluate_registration_json(
+        &self,
+        req: &RegistrationRequest,
+    ) -> Result<Decision, PolicyError> {
         let e = &req.entry;
         let (td, path) = split_id(&e.spiffe_id);
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let kinds: Vec<String> = e
-            .selectors
-            .iter()
-            .map(|s| {
-                let mut it = s.splitn(3, ':');
-                match (it.next(), it.next()) {
-                    (Some(t), Some(k)) => format!("{t}:{k}"),
-                    _ => s.clone(),
-                }
-            })
-            .collect();
+        let kinds = selector_kinds(&e.selectors);
         let (principal, admin) = admin_entity(&req.caller);
         let resource = format!("Lanyard::Entry::{}", Value::String(e.spiffe_id.clone()));
         let entry = json!({

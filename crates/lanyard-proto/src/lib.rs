@@ -11,6 +11,10 @@
 
 pub mod admin {
     tonic::include_proto!("lanyard.admin.v1");
+
+    /// Most entries in one `BatchCreateEntry`/`BatchUpdateEntry`/`BatchDeleteEntry`
+    /// call: the server refuses larger batches, so clients split theirs.
+    pub const MAX_ENTRY_BATCH: usize = 1000;
 }
 
 pub mod node {

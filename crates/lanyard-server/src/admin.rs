@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard_audit::evidence::{AgentRemoved, EntryChanged, TokenCreated};
-use lanyard_core::{Selector, SpiffeId};
+use lanyard_core::{Selector, SpiffeId, TrustDomain};
 use lanyard_proto::admin as pb;
 use lanyard_store::{Entry, EntrySpec, JoinToken, Node, Store, StoreError};
 use tonic::{Request, Response, Status};
@@ -15,6 +15,8 @@ use crate::entries::EntryIndex;
 use crate::node::server_status;
 use crate::node::sha256_hex;
 use crate::state::Shared;
+
+mod bulk;
 
 /// Longest owner / environment / hint accepted.
 const MAX_LABEL: usize = 256;
@@ -333,6 +335,22 @@ pub fn validate_entry(shared: &Shared, e: &pb::Entry) -> Result<EntrySpec, Statu
             "downstream entries (an SVID that signs SVIDs for a nested server) are not supported; leave downstream unset",
         ));
     }
+    let mut federates_with: Vec<TrustDomain> = Vec::with_capacity(e.federates_with.len());
+    for t in &e.federates_with {
+        let fed = TrustDomain::new(t).map_err(|err| {
+            bad(format!(
+                "federates_with {t:?}: {err}; give a trust domain name such as partner.example"
+            ))
+        })?;
+        if &fed == td {
+            return Err(bad(format!(
+                "federates_with {t:?} names this server's own trust domain; list only other trust domains"
+            )));
+        }
+        if !federates_with.contains(&fed) {
+            federates_with.push(fed);
+        }
+    }
     let expires_at = match e.expires_at {
         0 => None,
         t if t <= shared.clock.unix_seconds() => {
@@ -355,6 +373,7 @@ pub fn validate_entry(shared: &Shared, e: &pb::Entry) -> Result<EntrySpec, Statu
         admin: e.admin,
         downstream: e.downstream,
         expires_at,
+        federates_with,
     })
 }
 
@@ -376,6 +395,12 @@ pub fn to_pb_entry(e: &Entry) -> pb::Entry {
         revision: e.revision,
         created_at: e.created_at,
         updated_at: e.updated_at,
+        federates_with: e
+            .spec
+            .federates_with
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
@@ -554,6 +579,41 @@ impl pb::admin_server::Admin for AdminService {
         tracing::info!(entry = %e.id, spiffe_id = %e.spec.spiffe_id, "entry deleted");
         self.shared.changes.notify();
         Ok(Response::new(to_pb_entry(&e)))
+    }
+
+    async fn batch_create_entry(
+        &self,
+        req: Request<pb::BatchCreateEntryRequest>,
+    ) -> Result<Response<pb::BatchEntryResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let entries = req.into_inner().entries;
+        Ok(Response::new(
+            self.batch(&who, bulk::BatchRequest::Create(entries))
+                .await?,
+        ))
+    }
+
+    async fn batch_update_entry(
+        &self,
+        req: Request<pb::BatchUpdateEntryRequest>,
+    ) -> Result<Response<pb::BatchEntryResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let updates = req.into_inner().entries;
+        Ok(Response::new(
+            self.batch(&who, bulk::BatchRequest::Update(updates))
+                .await?,
+        ))
+    }
+
+    async fn batch_delete_entry(
+        &self,
+        req: Request<pb::BatchDeleteEntryRequest>,
+    ) -> Result<Response<pb::BatchEntryResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let ids = req.into_inner().ids;
+        Ok(Response::new(
+            self.batch(&who, bulk::BatchRequest::Delete(ids)).await?,
+        ))
     }
 
     async fn get_entry(&self, req: Request<pb::EntryId>) -> Result<Response<pb::Entry>, Status> {

@@ -518,6 +518,7 @@ mod tests {
                 admin: false,
                 downstream: false,
                 expires_at: expires,
+                federates_with: vec![],
             },
             revision: 1,
             created_at: 1_000,

@@ -380,21 +380,46 @@ pub async fn check_entry(
     spec: &EntrySpec,
 ) -> Result<Vec<String>, Status> {
     let (_, p) = active(&shared.store, &shared.policies, PolicyKind::Registration).await?;
+    let parent = parent_facts(shared, &spec.parent_id).await?;
+    decide_entry(shared, &p, caller, actor, action, spec, parent)
+        .await
+        .map_err(|r| r.status)
+}
+
+/// A refused entry change: the caller's error and the deciding policies.
+#[derive(Debug)]
+pub struct EntryRefusal {
+    pub status: Status,
+    pub policy_ids: Vec<String>,
+}
+
+/// Evaluate an entry change under `p` with the parent's proven facts; a refusal is
+/// recorded as `entry_refused`.
+async fn decide_entry(
+    shared: &Shared,
+    p: &CompiledPolicies,
+    caller: &CallerFacts,
+    actor: &str,
+    action: RegistrationAction,
+    spec: &EntrySpec,
+    (parent_selectors, parent_attestors): (Vec<String>, Vec<String>),
+) -> Result<Vec<String>, EntryRefusal> {
     let mut entry = entry_facts(shared, spec);
-    (entry.parent_selectors, entry.parent_attestors) =
-        parent_facts(shared, &spec.parent_id).await?;
+    entry.parent_selectors = parent_selectors;
+    entry.parent_attestors = parent_attestors;
     let req = RegistrationRequest {
         caller: caller.to_policy(),
         action,
         entry,
     };
-    let d = p
-        .evaluate_registration(&req)
-        .map_err(|e| Status::internal(format!("registration policy: {e}")))?;
+    let d = p.evaluate_registration(&req).map_err(|e| EntryRefusal {
+        status: Status::internal(format!("registration policy: {e}")),
+        policy_ids: Vec::new(),
+    })?;
     if d.allowed {
         Ok(d.policy_ids)
     } else {
-        Err(refuse(
+        let status = refuse(
             shared,
             EventKind::EntryRefused,
             actor,
@@ -402,7 +427,64 @@ pub async fn check_entry(
             action.name(),
             &d,
         )
-        .await)
+        .await;
+        Err(EntryRefusal {
+            status,
+            policy_ids: d.policy_ids,
+        })
+    }
+}
+
+/// Registration decisions for a batch of entry changes: the same facts as one
+/// change each, with the active policy read once and each parent's proven facts
+/// read once (as they stand before the batch).
+pub struct BatchDecider<'a> {
+    shared: &'a Shared,
+    policy: CompiledPolicies,
+    parents: std::collections::HashMap<SpiffeId, (Vec<String>, Vec<String>)>,
+}
+
+impl<'a> BatchDecider<'a> {
+    pub async fn new(shared: &'a Shared) -> Result<Self, Status> {
+        let (_, policy) = active(&shared.store, &shared.policies, PolicyKind::Registration).await?;
+        Ok(Self {
+            shared,
+            policy,
+            parents: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Decide one entry change, as [`check_entry`] does.
+    pub async fn check(
+        &mut self,
+        caller: &CallerFacts,
+        actor: &str,
+        action: RegistrationAction,
+        spec: &EntrySpec,
+    ) -> Result<Vec<String>, EntryRefusal> {
+        let parent = match self.parents.get(&spec.parent_id) {
+            Some(f) => f.clone(),
+            None => {
+                let f = parent_facts(self.shared, &spec.parent_id)
+                    .await
+                    .map_err(|status| EntryRefusal {
+                        status,
+                        policy_ids: Vec::new(),
+                    })?;
+                self.parents.insert(spec.parent_id.clone(), f.clone());
+                f
+            }
+        };
+        decide_entry(
+            self.shared,
+            &self.policy,
+            caller,
+            actor,
+            action,
+            spec,
+            parent,
+        )
+        .await
     }
 }
 

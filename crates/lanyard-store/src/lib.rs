@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use lanyard_core::{Selector, SpiffeId};
+use lanyard_core::{Selector, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 mod group;
@@ -66,6 +66,10 @@ pub struct EntrySpec {
     pub downstream: bool,
     /// Unix seconds after which the entry issues nothing.
     pub expires_at: Option<i64>,
+    /// Trust domains whose bundles this identity receives (stored and shown;
+    /// not yet enforced).
+    #[serde(default)]
+    pub federates_with: Vec<TrustDomain>,
 }
 
 impl EntrySpec {
@@ -78,6 +82,20 @@ impl EntrySpec {
         s
     }
 }
+
+/// One change of a batch update: entry `id` gets `spec` (all fields replaced),
+/// refused if it is no longer at `expected_revision` (when given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryUpdate {
+    pub id: String,
+    pub spec: EntrySpec,
+    pub expected_revision: Option<i64>,
+}
+
+/// The outcome of a batch, one per input in input order: the stored (or deleted)
+/// entry, or why that one was not written (`Duplicate`, `NotFound`, `Conflict`).
+/// A database failure fails the whole batch instead (nothing is written).
+pub type BatchOutcome = Vec<Result<Entry>>;
 
 /// A stored registration entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,6 +375,36 @@ pub trait Store: Send + Sync {
         id: &str,
         audit: AuditFn<'_, Entry>,
     ) -> impl Future<Output = Result<Entry>> + Send;
+
+    /// Store new entries in one transaction. Each spec is decided on its own: one
+    /// that duplicates a stored entry (or an earlier one of the batch) is reported
+    /// as `Duplicate` in its place and the rest are still written. `audit` gets the
+    /// outcome and returns the events of the written entries (one each), appended
+    /// in the same transaction.
+    fn create_entries(
+        &self,
+        specs: &[EntrySpec],
+        now: i64,
+        audit: AuditFn<'_, BatchOutcome>,
+    ) -> impl Future<Output = Result<BatchOutcome>> + Send;
+
+    /// Replace entries' fields in one transaction; per entry `NotFound`,
+    /// `Conflict` (revision) or `Duplicate` (it would collide with another entry),
+    /// the rest written. Events as for [`Store::create_entries`].
+    fn update_entries(
+        &self,
+        updates: &[EntryUpdate],
+        now: i64,
+        audit: AuditFn<'_, BatchOutcome>,
+    ) -> impl Future<Output = Result<BatchOutcome>> + Send;
+
+    /// Delete entries in one transaction, returning what was deleted; an unknown
+    /// id is `NotFound` in its place. Events as for [`Store::create_entries`].
+    fn delete_entries(
+        &self,
+        ids: &[String],
+        audit: AuditFn<'_, BatchOutcome>,
+    ) -> impl Future<Output = Result<BatchOutcome>> + Send;
 
     fn get_entry(&self, id: &str) -> impl Future<Output = Result<Option<Entry>>> + Send;
 

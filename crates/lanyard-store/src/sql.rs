@@ -5,15 +5,15 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use lanyard_core::{Selector, SpiffeId};
+use lanyard_core::{Selector, SpiffeId, TrustDomain};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::{
-    Activity, AuditFn, BundlePut, Change, ChangeKind, Entry, EntrySpec, Exception, JoinToken, Node,
-    NodeHoldings, REPLAY_PRUNE_BATCH, Result, RevokedJwt, SealedKey, ServerRecord,
-    ServerRegistration, Store, StoreError, StoredBundle, StoredPolicy, new_id,
+    Activity, AuditFn, BatchOutcome, BundlePut, Change, ChangeKind, Entry, EntrySpec, EntryUpdate,
+    Exception, JoinToken, Node, NodeHoldings, REPLAY_PRUNE_BATCH, Result, RevokedJwt, SealedKey,
+    ServerRecord, ServerRegistration, Store, StoreError, StoredBundle, StoredPolicy, new_id,
 };
 
 /// The PostgreSQL NOTIFY channel of the change feed; the payload is the revision.
@@ -65,6 +65,15 @@ fn parse_id(s: &str) -> Result<SpiffeId> {
     SpiffeId::new(s).map_err(|e| StoreError::Corrupt(format!("SPIFFE ID {s:?}: {e}")))
 }
 
+fn federates_json(t: &[TrustDomain]) -> Result<String> {
+    serde_json::to_string(t).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_federates(json: &str) -> Result<Vec<TrustDomain>> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("federates_with {json:?}: {e}")))
+}
+
 fn to_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| StoreError::Database(format!("{v} does not fit a 64-bit column")))
 }
@@ -73,7 +82,7 @@ fn to_u64(v: i64) -> Result<u64> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
 }
 
-const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, revision, created_at, updated_at";
+const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, owner, environment, x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, expires_at, federates_with, revision, created_at, updated_at";
 const NODE_COLUMNS: &str = "spiffe_id, attestation_type, selectors, serial, expires_at, banned, created_at, updated_at, held_authorities, previous_serial, superseded_count, superseded_at";
 
 const EXCEPTION_COLUMNS: &str =
@@ -148,7 +157,13 @@ macro_rules! audited {
     ($self:ident, $begin:expr, $audit:expr, |$tx:ident| $body:block) => {
         audited!($self, $begin, $audit, change: |_| None, |$tx| $body)
     };
-    ($self:ident, $begin:expr, $audit:expr, change: $change:expr, |$tx:ident| $body:block) => {{
+    ($self:ident, $begin:expr, $audit:expr, change: $change:expr, |$tx:ident| $body:block) => {
+        audited!($self, $begin, $audit, changes: |v| {
+            let c: Option<(ChangeKind, String)> = ($change)(v);
+            c.into_iter().collect::<Vec<_>>()
+        }, |$tx| $body)
+    };
+    ($self:ident, $begin:expr, $audit:expr, changes: $changes:expr, |$tx:ident| $body:block) => {{
         let mut last_err = None;
         for attempt in 0..AUDIT_RETRIES {
             let result: std::result::Result<_, TxErr> = async {
@@ -158,10 +173,8 @@ macro_rules! audited {
                 if !events.is_empty() {
                     append_in_tx(&mut $tx, &events).await?;
                 }
-                let change: Option<(ChangeKind, String)> = ($change)(&value);
-                if let Some((kind, key)) = change {
-                    record_change(&mut $tx, kind, &key, &$self.origin).await?;
-                }
+                let changes: Vec<(ChangeKind, String)> = ($changes)(&value);
+                record_changes(&mut $tx, &changes, &$self.origin).await?;
                 $tx.commit().await?;
                 Ok(value)
             }
@@ -181,9 +194,9 @@ macro_rules! audited {
     }};
 }
 
-/// Bind an entry's columns ($2..$13, in `ENTRY_COLUMNS` order after the id).
+/// Bind an entry's columns ($2..$14, in `ENTRY_COLUMNS` order after the id).
 macro_rules! bind_spec {
-    ($q:expr, $spec:expr, $selectors:expr, $dns:expr) => {
+    ($q:expr, $spec:expr, $selectors:expr, $dns:expr, $fed:expr) => {
         $q.bind($spec.spiffe_id.to_string())
             .bind($spec.parent_id.to_string())
             .bind(&$selectors)
@@ -196,7 +209,55 @@ macro_rules! bind_spec {
             .bind($spec.admin)
             .bind($spec.downstream)
             .bind($spec.expires_at)
+            .bind(&$fed)
     };
+}
+
+/// The SET clause of an entry update: columns $2..$14 as [`bind_spec`] binds them,
+/// `updated_at` = $15.
+const UPDATE_SET: &str = "spiffe_id=$2, parent_id=$3, selectors=$4, owner=$5, environment=$6, x509_ttl=$7, jwt_ttl=$8, dns_names=$9, hint=$10, admin=$11, downstream=$12, expires_at=$13, federates_with=$14, revision=revision+1, updated_at=$15";
+
+/// The JSON-encoded columns of a spec: canonical selectors, DNS names, federated
+/// trust domains.
+fn spec_json(spec: &EntrySpec) -> Result<(String, String, String)> {
+    Ok((
+        selectors_json(&spec.canonical_selectors())?,
+        serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        federates_json(&spec.federates_with)?,
+    ))
+}
+
+/// The change-feed records of a batch: one per written (or deleted) entry.
+fn batch_changes(out: &BatchOutcome) -> Vec<(ChangeKind, String)> {
+    out.iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|e| (ChangeKind::Entry, e.id.clone()))
+        .collect()
+}
+
+/// Change-feed rows per INSERT statement (3 parameters each).
+const CHANGE_ROWS_PER_INSERT: usize = 64;
+
+/// Entry rows per INSERT statement of a batch (15 parameters each).
+const ENTRY_ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT INTO entries … VALUES (…), … ON CONFLICT DO NOTHING RETURNING id` for
+/// `rows` rows bound as [`bind_spec`] binds them after the id, then `now`.
+fn multi_row_entry_insert(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ");
+    for k in 0..rows {
+        let b = k * 15;
+        if k > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for i in 1..=14 {
+            sql.push_str(&format!("${},", b + i));
+        }
+        sql.push_str(&format!("1,${0},${0})", b + 15));
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+    sql
 }
 
 /// Evidence-log rows per INSERT statement (7 parameters each).
@@ -209,33 +270,48 @@ macro_rules! impl_store {
         /// revisions commit in order (a reader that saw revision N never later finds
         /// a smaller one committed), and the change is announced with NOTIFY, which
         /// PostgreSQL delivers at commit.
-        async fn record_change(
+        /// Append `changes` to the change feed inside the caller's transaction (many
+        /// rows per statement), then announce the newest revision once.
+        async fn record_changes(
             tx: &mut sqlx::Transaction<'_, $db>,
-            kind: ChangeKind,
-            key: &str,
+            changes: &[(ChangeKind, String)],
             origin: &str,
-        ) -> std::result::Result<i64, sqlx::Error> {
+        ) -> std::result::Result<(), sqlx::Error> {
+            if changes.is_empty() {
+                return Ok(());
+            }
             if $postgres {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(CHANGE_FEED_LOCK)
                     .execute(&mut **tx)
                     .await?;
             }
-            let row = sqlx::query("INSERT INTO changes (kind, key, origin) VALUES ($1, $2, $3) RETURNING revision")
-                .bind(kind.name())
-                .bind(key)
-                .bind(origin)
-                .fetch_one(&mut **tx)
-                .await?;
-            let revision: i64 = row.try_get("revision")?;
+            let mut newest = 0i64;
+            for chunk in changes.chunks(CHANGE_ROWS_PER_INSERT) {
+                let mut sql = String::from("INSERT INTO changes (kind, key, origin) VALUES ");
+                for k in 0..chunk.len() {
+                    if k > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("(${},${},${})", 3 * k + 1, 3 * k + 2, 3 * k + 3));
+                }
+                sql.push_str(" RETURNING revision");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (kind, key) in chunk {
+                    q = q.bind(kind.name()).bind(key.as_str()).bind(origin);
+                }
+                for row in q.fetch_all(&mut **tx).await? {
+                    newest = newest.max(row.try_get::<i64, _>("revision")?);
+                }
+            }
             if $postgres {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANGE_CHANNEL)
-                    .bind(revision.to_string())
+                    .bind(newest.to_string())
                     .execute(&mut **tx)
                     .await?;
             }
-            Ok(revision)
+            Ok(())
         }
 
         fn server_from_row(row: &$row) -> Result<ServerRecord> {
@@ -327,6 +403,7 @@ macro_rules! impl_store {
                     admin: row.try_get::<bool, _>("admin").map_err(db_err)?,
                     downstream: row.try_get::<bool, _>("downstream").map_err(db_err)?,
                     expires_at: row.try_get::<Option<i64>, _>("expires_at").map_err(db_err)?,
+                    federates_with: parse_federates(&get_s("federates_with")?)?,
                 },
                 revision: get_i("revision")?,
                 created_at: get_i("created_at")?,
@@ -391,12 +468,11 @@ macro_rules! impl_store {
             async fn create_entry(&self, spec: &EntrySpec, now: i64, audit: AuditFn<'_, Entry>) -> Result<Entry> {
                 let id = new_id()?;
                 let sql = format!(
-                    "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,1,$14,$14) RETURNING {ENTRY_COLUMNS}"
+                    "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,1,$15,$15) RETURNING {ENTRY_COLUMNS}"
                 );
-                let selectors = selectors_json(&spec.canonical_selectors())?;
-                let dns = serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let (selectors, dns, fed) = spec_json(spec)?;
                 audited!(self, $begin, audit, change: |e: &Entry| Some((ChangeKind::Entry, e.id.clone())), |tx| {
-                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(&id), spec, selectors, dns)
+                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(&id), spec, selectors, dns, fed)
                         .bind(now)
                         .fetch_one(&mut *tx)
                         .await
@@ -414,14 +490,12 @@ macro_rules! impl_store {
                 audit: AuditFn<'_, Entry>,
             ) -> Result<Entry> {
                 let sql = format!(
-                    "UPDATE entries SET spiffe_id=$2, parent_id=$3, selectors=$4, owner=$5, environment=$6, x509_ttl=$7, jwt_ttl=$8, dns_names=$9, hint=$10, admin=$11, downstream=$12, expires_at=$13, revision=revision+1, updated_at=$14 \
-                     WHERE id=$1 AND ($15 IS NULL OR revision=$15) RETURNING {ENTRY_COLUMNS}"
+                    "UPDATE entries SET {UPDATE_SET} WHERE id=$1 AND ($16 IS NULL OR revision=$16) RETURNING {ENTRY_COLUMNS}"
                 );
                 let current_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
-                let selectors = selectors_json(&spec.canonical_selectors())?;
-                let dns = serde_json::to_string(&spec.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let (selectors, dns, fed) = spec_json(spec)?;
                 audited!(self, $begin, audit, change: |e: &Entry| Some((ChangeKind::Entry, e.id.clone())), |tx| {
-                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id), spec, selectors, dns)
+                    let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id), spec, selectors, dns, fed)
                         .bind(now)
                         .bind(expected_revision)
                         .fetch_optional(&mut *tx)
@@ -456,6 +530,113 @@ macro_rules! impl_store {
                         Some(r) => Ok(entry_from_row(&r)?),
                         None => Err(TxErr::Store(StoreError::NotFound { what: "entry", id: id.to_string() })),
                     }
+                })
+            }
+
+            async fn create_entries(&self, specs: &[EntrySpec], now: i64, audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
+                // Many rows per statement (each statement is a round trip to the
+                // driver). A duplicate inserts nothing and returns no id: decided per
+                // entry without failing the transaction.
+                let prepared = specs
+                    .iter()
+                    .map(|spec| Ok((new_id()?, spec_json(spec)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let statements: Vec<String> = prepared
+                    .chunks(ENTRY_ROWS_PER_INSERT)
+                    .map(|rows| multi_row_entry_insert(rows.len()))
+                    .collect();
+                audited!(self, $begin, audit, changes: batch_changes, |tx| {
+                    let mut inserted = std::collections::HashSet::with_capacity(specs.len());
+                    let chunks = specs.chunks(ENTRY_ROWS_PER_INSERT).zip(prepared.chunks(ENTRY_ROWS_PER_INSERT));
+                    for ((specs, rows), sql) in chunks.zip(&statements) {
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                        for (spec, (id, (selectors, dns, fed))) in specs.iter().zip(rows) {
+                            q = bind_spec!(q.bind(id), spec, selectors, dns, fed).bind(now);
+                        }
+                        for r in q.fetch_all(&mut *tx).await? {
+                            inserted.insert(r.try_get::<String, _>("id")?);
+                        }
+                    }
+                    // What was inserted is the spec as given, selectors canonical.
+                    Ok(specs
+                        .iter()
+                        .zip(&prepared)
+                        .map(|(spec, (id, _))| {
+                            if inserted.contains(id) {
+                                Ok(Entry {
+                                    id: id.clone(),
+                                    spec: EntrySpec { selectors: spec.canonical_selectors(), ..spec.clone() },
+                                    revision: 1,
+                                    created_at: now,
+                                    updated_at: now,
+                                })
+                            } else {
+                                Err(duplicate_entry(spec))
+                            }
+                        })
+                        .collect())
+                })
+            }
+
+            async fn update_entries(&self, updates: &[EntryUpdate], now: i64, audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
+                // The collision check is part of the statement (a unique violation
+                // would abort a PostgreSQL transaction); no row means not found,
+                // stale revision or collision, told apart afterwards.
+                let sql = format!(
+                    "UPDATE entries SET {UPDATE_SET} WHERE id=$1 AND ($16 IS NULL OR revision=$16) \
+                     AND NOT EXISTS (SELECT 1 FROM entries o WHERE o.spiffe_id=$2 AND o.parent_id=$3 AND o.selectors=$4 AND o.id<>$1) \
+                     RETURNING {ENTRY_COLUMNS}"
+                );
+                let current_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id=$1");
+                let prepared = updates.iter().map(|u| spec_json(&u.spec)).collect::<Result<Vec<_>>>()?;
+                audited!(self, $begin, audit, changes: batch_changes, |tx| {
+                    let mut out = Vec::with_capacity(updates.len());
+                    for (u, (selectors, dns, fed)) in updates.iter().zip(&prepared) {
+                        let row = bind_spec!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&u.id), u.spec, selectors, dns, fed)
+                            .bind(now)
+                            .bind(u.expected_revision)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if let Some(r) = row {
+                            out.push(Ok(entry_from_row(&r)?));
+                            continue;
+                        }
+                        let current = sqlx::query(sqlx::AssertSqlSafe(current_sql.as_str()))
+                            .bind(&u.id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        out.push(Err(match current {
+                            None => StoreError::NotFound { what: "entry", id: u.id.clone() },
+                            Some(c) => {
+                                let actual = entry_from_row(&c)?.revision;
+                                match u.expected_revision {
+                                    Some(expected) if expected != actual => StoreError::Conflict {
+                                        what: "entry",
+                                        id: u.id.clone(),
+                                        expected,
+                                        actual,
+                                    },
+                                    _ => duplicate_entry(&u.spec),
+                                }
+                            }
+                        }));
+                    }
+                    Ok(out)
+                })
+            }
+
+            async fn delete_entries(&self, ids: &[String], audit: AuditFn<'_, BatchOutcome>) -> Result<BatchOutcome> {
+                let sql = format!("DELETE FROM entries WHERE id=$1 RETURNING {ENTRY_COLUMNS}");
+                audited!(self, $begin, audit, changes: batch_changes, |tx| {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&mut *tx).await?;
+                        out.push(match row {
+                            Some(r) => Ok(entry_from_row(&r)?),
+                            None => Err(StoreError::NotFound { what: "entry", id: id.clone() }),
+                        });
+                    }
+                    Ok(out)
                 })
             }
 
@@ -1351,6 +1532,29 @@ impl Store for AnyStore {
     }
     async fn delete_entry(&self, id: &str, a: AuditFn<'_, Entry>) -> Result<Entry> {
         delegate!(self, s => s.delete_entry(id, a))
+    }
+    async fn create_entries(
+        &self,
+        specs: &[EntrySpec],
+        now: i64,
+        a: AuditFn<'_, BatchOutcome>,
+    ) -> Result<BatchOutcome> {
+        delegate!(self, s => s.create_entries(specs, now, a))
+    }
+    async fn update_entries(
+        &self,
+        updates: &[EntryUpdate],
+        now: i64,
+        a: AuditFn<'_, BatchOutcome>,
+    ) -> Result<BatchOutcome> {
+        delegate!(self, s => s.update_entries(updates, now, a))
+    }
+    async fn delete_entries(
+        &self,
+        ids: &[String],
+        a: AuditFn<'_, BatchOutcome>,
+    ) -> Result<BatchOutcome> {
+        delegate!(self, s => s.delete_entries(ids, a))
     }
     async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
         delegate!(self, s => s.get_entry(id))

@@ -8,8 +8,8 @@
 
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_store::{
-    AnyStore, AuthorityKind, BundlePut, ChangeKind, EntrySpec, Heard, JoinToken, Node, PgStore,
-    PublishedAuthority, REPLAY_PRUNE_BATCH, RevokedJwt, SealedKey, ServerRecord,
+    AnyStore, AuthorityKind, BundlePut, ChangeKind, EntrySpec, EntryUpdate, Heard, JoinToken, Node,
+    PgStore, PublishedAuthority, REPLAY_PRUNE_BATCH, RevokedJwt, SealedKey, ServerRecord,
     ServerRegistration, SqliteStore, Store, StoreError,
 };
 mod common;
@@ -42,6 +42,7 @@ fn spec(path: &str) -> EntrySpec {
         admin: false,
         downstream: false,
         expires_at: Some(1_900_000_000),
+        federates_with: vec![],
     }
 }
 
@@ -882,8 +883,199 @@ async fn governance<S: Store>(s: &S) {
     assert_eq!(a.last_delivery.as_ref().unwrap().id, "delivery-2");
 }
 
+/// Batches: one transaction, one event per written entry, per-entry refusals that
+/// leave the rest written.
+async fn entry_batches<S: Store>(s: &S) {
+    let before_entries = s.list_entries().await.unwrap().len();
+    let before_events = s.audit_records().await.unwrap().len();
+    let ev = |out: &lanyard_store::BatchOutcome| {
+        out.iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|e| {
+                let mut ev = audit_event(3);
+                ev.id = format!("batch-{}-{}", e.id, e.revision);
+                ev.subject = Some(e.spec.spiffe_id.to_string());
+                ev
+            })
+            .collect()
+    };
+    // An existing entry, then a batch with a duplicate of it, a duplicate within
+    // the batch, and federated trust domains.
+    let existing = s.create_entry(&spec("/batch/0"), 5, &none).await.unwrap();
+    let mut fed = spec("/batch/2");
+    fed.federates_with = vec![
+        lanyard_core::TrustDomain::new("partner.example").unwrap(),
+        lanyard_core::TrustDomain::new("spiffe://other.example").unwrap(),
+    ];
+    let specs = vec![
+        spec("/batch/1"),
+        spec("/batch/0"),
+        fed.clone(),
+        spec("/batch/1"),
+        spec("/batch/3"),
+    ];
+    let feed_before = s.changes_since(0, 1_000_000).await.unwrap();
+    let out = s.create_entries(&specs, 50, &ev).await.unwrap();
+    assert_eq!(out.len(), 5);
+    // One change-feed record per written entry, keyed by its id.
+    let feed: Vec<_> = s
+        .changes_since(feed_before.last().map_or(0, |c| c.revision), 1_000_000)
+        .await
+        .unwrap();
+    let written: Vec<String> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|e| e.id.clone()))
+        .collect();
+    assert_eq!(
+        feed.iter().map(|c| c.key.clone()).collect::<Vec<_>>(),
+        written
+    );
+    assert!(feed.iter().all(|c| c.kind == ChangeKind::Entry));
+    assert!(
+        out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out[1], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[3], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[3]
+    );
+    let created: Vec<_> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .cloned()
+        .collect();
+    for e in &created {
+        assert_eq!(e.revision, 1);
+        assert_eq!(e.created_at, 50);
+        assert_eq!(s.get_entry(&e.id).await.unwrap().as_ref(), Some(e));
+    }
+    let stored_fed = s.get_entry(&created[1].id).await.unwrap().unwrap();
+    assert_eq!(stored_fed.spec.federates_with, fed.federates_with);
+    assert_eq!(
+        s.list_entries().await.unwrap().len(),
+        before_entries + 1 + 3
+    );
+    let recs = s.audit_records().await.unwrap();
+    assert_eq!(recs.len(), before_events + 3, "one event per created entry");
+    assert_eq!(
+        recs[before_events].event.id,
+        format!("batch-{}-1", created[0].id)
+    );
+
+    // Updates: one applied, one stale, one unknown, one colliding with another.
+    let mut changed = spec("/batch/1");
+    changed.owner = "team-z".into();
+    let updates = vec![
+        EntryUpdate {
+            id: created[0].id.clone(),
+            spec: changed.clone(),
+            expected_revision: Some(1),
+        },
+        EntryUpdate {
+            id: created[2].id.clone(),
+            spec: spec("/batch/3"),
+            expected_revision: Some(7),
+        },
+        EntryUpdate {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            spec: spec("/batch/9"),
+            expected_revision: None,
+        },
+        EntryUpdate {
+            id: created[2].id.clone(),
+            spec: spec("/batch/0"),
+            expected_revision: None,
+        },
+    ];
+    let out = s.update_entries(&updates, 60, &ev).await.unwrap();
+    let u = out[0].as_ref().unwrap();
+    assert_eq!(
+        (u.revision, u.updated_at, u.spec.owner.as_str()),
+        (2, 60, "team-z")
+    );
+    assert!(
+        matches!(
+            out[1],
+            Err(StoreError::Conflict {
+                expected: 7,
+                actual: 1,
+                ..
+            })
+        ),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[2], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        matches!(out[3], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[3]
+    );
+    assert_eq!(
+        s.get_entry(&created[2].id).await.unwrap().unwrap().revision,
+        1,
+        "a refused update changes nothing"
+    );
+    assert_eq!(s.audit_records().await.unwrap().len(), before_events + 4);
+
+    // Deletes: known ones deleted and returned, an unknown one reported.
+    let ids = vec![
+        created[0].id.clone(),
+        "0123456789abcdef0123456789abcdef".to_string(),
+        created[1].id.clone(),
+        created[2].id.clone(),
+        existing.id.clone(),
+    ];
+    let out = s.delete_entries(&ids, &ev).await.unwrap();
+    assert_eq!(out[0].as_ref().unwrap().spec.owner, "team-z");
+    assert!(
+        matches!(out[1], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 4);
+    assert_eq!(s.list_entries().await.unwrap().len(), before_entries);
+    assert_eq!(s.audit_records().await.unwrap().len(), before_events + 8);
+
+    // An empty batch is a no-op.
+    assert!(s.create_entries(&[], 70, &ev).await.unwrap().is_empty());
+
+    // A batch over several INSERT statements, with a duplicate across them.
+    let mut many: Vec<EntrySpec> = (0..150).map(|i| spec(&format!("/bulk/{i}"))).collect();
+    many[120] = spec("/bulk/5");
+    let out = s.create_entries(&many, 80, &none).await.unwrap();
+    assert!(
+        matches!(out[120], Err(StoreError::Duplicate(_))),
+        "{:?}",
+        out[120]
+    );
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 149);
+    let stored = s.list_entries().await.unwrap();
+    for e in out.iter().filter_map(|r| r.as_ref().ok()) {
+        assert!(stored.contains(e), "{e:?} is not stored as returned");
+    }
+    let ids: Vec<String> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|e| e.id.clone()))
+        .collect();
+    let out = s.delete_entries(&ids, &none).await.unwrap();
+    assert!(out.iter().all(Result::is_ok));
+    assert_eq!(s.list_entries().await.unwrap().len(), before_entries);
+}
+
 async fn suite<S: Store + Clone + 'static>(s: S) {
     entries(&s).await;
+    entry_batches(&s).await;
     governance(&s).await;
     audited_changes(&s).await;
     nodes(&s).await;
@@ -1262,6 +1454,72 @@ async fn postgres_audit_log() {
             }
         })
         .await;
+        store.pool().close().await;
+    }
+    drop_pg_db(&name).await;
+}
+
+/// Every migration of `dialect` before 0007 (the schema before entries had
+/// `federates_with`), and the folder it reads them from.
+async fn migrations_before_0007(dialect: &str) -> (sqlx::migrate::Migrator, tempfile::TempDir) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let dst = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().into_string().unwrap();
+        let version: u32 = name[..4].parse().unwrap();
+        if version < 7 {
+            std::fs::copy(f.path(), dst.path().join(&name)).unwrap();
+        }
+    }
+    (sqlx::migrate::Migrator::new(dst.path()).await.unwrap(), dst)
+}
+
+const OLD_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors, owner, revision, created_at, updated_at) \
+     VALUES ('0123456789abcdef0123456789abcdef', 'spiffe://example.org/old', 'spiffe://example.org/agent/a1', '[\"unix:uid:1\"]', 'team-old', 1, 5, 5)";
+
+async fn old_entry_reads_back<S: Store>(s: &S) {
+    let e = s
+        .get_entry("0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.spec.federates_with.is_empty());
+    assert_eq!(e.spec.owner, "team-old");
+    assert_eq!(e.spec.selectors, vec![sel("unix:uid:1")]);
+}
+
+#[tokio::test]
+async fn sqlite_entries_written_before_0007_migrate() {
+    let (migrations, _dir) = migrations_before_0007("sqlite").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lanyard.db");
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    migrations.run(&pool).await.unwrap();
+    sqlx::query(OLD_ENTRY).execute(&pool).await.unwrap();
+    pool.close().await;
+    old_entry_reads_back(&SqliteStore::open(&path).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_entries_written_before_0007_migrate() {
+    let (migrations, _dir) = migrations_before_0007("postgres").await;
+    let (url, name) = fresh_pg_db().await;
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        migrations.run(&pool).await.unwrap();
+        sqlx::query(OLD_ENTRY).execute(&pool).await.unwrap();
+        pool.close().await;
+        let store = PgStore::connect(&url).await.unwrap();
+        old_entry_reads_back(&store).await;
         store.pool().close().await;
     }
     drop_pg_db(&name).await;

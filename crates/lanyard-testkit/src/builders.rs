@@ -30,6 +30,7 @@ pub fn entry(id: &str, parent: &str, path: &str, selectors: &[&str]) -> EntryBui
             admin: false,
             downstream: false,
             expires_at: None,
+            federates_with: vec![],
         },
         revision: 1,
         created_at: 0,

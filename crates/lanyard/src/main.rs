@@ -369,10 +369,50 @@ enum SvidCommand {
 
 #[derive(Debug, Subcommand)]
 enum EntryCommand {
-    /// Create an entry; prints its id.
+    /// Create an entry; prints its id. With --file, create every entry of a JSON
+    /// file (an array, or {"entries": [...]}, in the shape `entry list -o json`
+    /// prints), each reported on its own.
     Create {
         #[command(flatten)]
         flags: cmd::admin::EntryFlags,
+        /// A JSON file of entries to create in batches.
+        #[arg(
+            long,
+            conflicts_with_all = [
+                "spiffe_id", "parent_id", "selectors", "owner", "environment", "x509_ttl",
+                "jwt_ttl", "dns_names", "hint", "admin", "expires_at", "federates_with"
+            ]
+        )]
+        file: Option<std::path::PathBuf>,
+        /// With --file: read and compare, write nothing.
+        #[arg(long, requires = "file")]
+        dry_run: bool,
+        /// With --file: change a stored entry with the same SPIFFE ID, parent and
+        /// selectors whose other fields differ (otherwise it is refused).
+        #[arg(long, requires = "file")]
+        update: bool,
+    },
+    /// Import registration entries from SPIRE: the output of `spire-server entry
+    /// show -output json` or a `spire-server entry create -data` file, as they
+    /// are. Reports created / unchanged / refused / malformed per entry; exit code
+    /// 1 if anything was refused or malformed.
+    Import {
+        /// The SPIRE JSON file.
+        #[arg(long)]
+        spire: std::path::PathBuf,
+        /// Owner of every imported identity (SPIRE entries have none).
+        #[arg(long)]
+        owner: String,
+        /// Environment label of every imported identity.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Read and compare, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Change a stored entry with the same SPIFFE ID, parent and selectors
+        /// whose other fields differ (otherwise it is refused).
+        #[arg(long)]
+        update: bool,
     },
     /// Change an entry; only the given flags change.
     Update {
@@ -412,6 +452,12 @@ enum BenchCommand {
     Audit {
         #[command(flatten)]
         args: cmd::bench::AuditArgs,
+    },
+    /// SPIRE import throughput on SQLite next to plain INSERTs in one transaction
+    /// and single CreateEntry calls.
+    Import {
+        #[command(flatten)]
+        args: cmd::bench::ImportArgs,
     },
     /// Revocation delay: admin DeleteEntry to the workload's stream update.
     Revoke {
@@ -624,7 +670,34 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             let out = admin.output;
             runtime()?.block_on(async move {
                 match command {
-                    EntryCommand::Create { flags } => a::entry_create(s, &flags, out).await,
+                    EntryCommand::Create {
+                        file: Some(file),
+                        dry_run,
+                        update,
+                        ..
+                    } => {
+                        let opts = cmd::bulk::Options { dry_run, update };
+                        cmd::bulk::create_from_file(s, &file, opts, out).await
+                    }
+                    EntryCommand::Create { flags, .. } => a::entry_create(s, &flags, out).await,
+                    EntryCommand::Import {
+                        spire,
+                        owner,
+                        environment,
+                        dry_run,
+                        update,
+                    } => {
+                        let opts = cmd::bulk::Options { dry_run, update };
+                        cmd::bulk::import_spire(
+                            s,
+                            &spire,
+                            &owner,
+                            environment.as_deref(),
+                            opts,
+                            out,
+                        )
+                        .await
+                    }
                     EntryCommand::Update { id, flags } => {
                         a::entry_update(s, &id, &flags, out).await
                     }
@@ -779,6 +852,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Bench {
             command: BenchCommand::Audit { args },
         } => runtime()?.block_on(cmd::bench::audit(args)),
+        Command::Bench {
+            command: BenchCommand::Import { args },
+        } => runtime()?.block_on(cmd::bench::import(args)),
         Command::Audit { command } => runtime()?.block_on(async move {
             match command {
                 AuditCommand::Verify { src } => cmd::audit::verify(&src).await,

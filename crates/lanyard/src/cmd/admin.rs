@@ -13,6 +13,9 @@ use tonic::transport::Channel;
 
 use crate::Output;
 
+/// Largest admin response the CLI reads (about a million entries in a listing).
+const MAX_ADMIN_RESPONSE: usize = 512 * 1024 * 1024;
+
 /// Connect to the admin socket.
 pub async fn connect(socket: Option<&Path>) -> Result<AdminClient<Channel>, String> {
     let path: PathBuf = socket.map(Path::to_path_buf).ok_or_else(|| {
@@ -28,7 +31,9 @@ pub async fn connect(socket: Option<&Path>) -> Result<AdminClient<Channel>, Stri
     let channel = lanyard_server::client::unix_channel(&path)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(AdminClient::new(channel))
+    // Listings of many entries (an import compares against all of them) are larger
+    // than tonic's 4 MiB default.
+    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_ADMIN_RESPONSE))
 }
 
 pub fn status(e: tonic::Status) -> String {
@@ -77,6 +82,7 @@ fn entry_json(e: &pb::Entry) -> Value {
         "dns_names": e.dns_names,
         "hint": (!e.hint.is_empty()).then_some(&e.hint),
         "admin": e.admin,
+        "federates_with": e.federates_with,
         "expires_at": (e.expires_at != 0).then_some(e.expires_at),
         "revision": e.revision,
         "created_at": e.created_at,
@@ -112,6 +118,7 @@ fn entry_text(e: &pb::Entry) -> String {
         format!("DNS names:    {}", opt(&e.dns_names.join(", "))),
         format!("Hint:         {}", opt(&e.hint)),
         format!("Admin:        {}", e.admin),
+        format!("Federates:    {}", opt(&e.federates_with.join(", "))),
         format!(
             "Expires at:   {}",
             if e.expires_at == 0 {
@@ -171,6 +178,10 @@ pub struct EntryFlags {
     /// When the entry stops issuing: RFC 3339 or unix seconds.
     #[arg(long)]
     pub expires_at: Option<String>,
+    /// A trust domain this identity federates with, e.g. partner.example
+    /// (repeatable; stored and shown, not yet enforced).
+    #[arg(long = "federates-with")]
+    pub federates_with: Vec<String>,
 }
 
 impl EntryFlags {
@@ -207,6 +218,9 @@ impl EntryFlags {
         }
         if let Some(v) = &self.expires_at {
             e.expires_at = parse_time(v)?;
+        }
+        if !self.federates_with.is_empty() {
+            e.federates_with = self.federates_with.clone();
         }
         Ok(())
     }

@@ -60,6 +60,36 @@ fn p256_sign_verify_per_sec(d: Duration) -> Result<f64, String> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// A server on loopback with its data in `dir`, and an admin client on its socket.
+async fn start_server(
+    td: &str,
+    dir: &std::path::Path,
+) -> Result<
+    (
+        lanyard_server::RunningServer,
+        apb::admin_client::AdminClient<tonic::transport::Channel>,
+    ),
+    String,
+> {
+    let config = ServerConfig::load(&Overrides {
+        trust_domain: Some(td.to_string()),
+        data_dir: Some(dir.to_path_buf()),
+        bind: Some("127.0.0.1:0".to_string()),
+        http_bind: Some("127.0.0.1:0".to_string()),
+        ..Overrides::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let server = lanyard_server::start(config, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin = apb::admin_client::AdminClient::new(
+        lanyard_server::client::unix_channel(&server.admin_socket)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    Ok((server, admin))
+}
+
 fn temp_dir() -> Result<PathBuf, String> {
     let mut raw = [0u8; 8];
     aws_lc_rs::rand::fill(&mut raw).map_err(|e| e.to_string())?;
@@ -137,22 +167,7 @@ async fn run_issue(
     dir: &std::path::Path,
 ) -> Result<(u64, Duration, u64), String> {
     let td = "bench.example";
-    let config = ServerConfig::load(&Overrides {
-        trust_domain: Some(td.to_string()),
-        data_dir: Some(dir.to_path_buf()),
-        bind: Some("127.0.0.1:0".to_string()),
-        http_bind: Some("127.0.0.1:0".to_string()),
-        ..Overrides::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let server = lanyard_server::start(config, Arc::new(SystemClock))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut admin = apb::admin_client::AdminClient::new(
-        lanyard_server::client::unix_channel(&server.admin_socket)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    let (server, mut admin) = start_server(td, dir).await?;
     let bundle_doc = admin
         .get_bundle(apb::Empty {})
         .await
@@ -513,11 +528,24 @@ fn bench_event(i: u64) -> lanyard_audit::Event {
     }
 }
 
+/// A plain SQLite connection with the store's durability settings (WAL,
+/// synchronous=FULL), for baselines.
+async fn raw_sqlite(path: &std::path::Path) -> Result<sqlx::SqliteConnection, String> {
+    use sqlx::ConnectOptions;
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Durable evidence-log appends per second next to raw durable SQLite inserts per
 /// second (same file settings: WAL, synchronous=FULL), measured in the same run.
 pub async fn audit(args: AuditArgs) -> Result<ExitCode, String> {
     use lanyard_store::Store;
-    use sqlx::ConnectOptions;
     let duration = lanyard_core::duration::parse_duration(&args.duration)
         .map_err(|e| format!("--duration: {e}"))?;
     if args.batch == 0 {
@@ -525,14 +553,7 @@ pub async fn audit(args: AuditArgs) -> Result<ExitCode, String> {
     }
     let dir = temp_dir()?;
     // Baseline: one durable INSERT per transaction into a plain table.
-    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.join("raw.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut conn = raw_sqlite(&dir.join("raw.db")).await?;
     sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
         .execute(&mut conn)
         .await
@@ -1083,6 +1104,141 @@ pub async fn authz(args: AuthzArgs) -> Result<ExitCode, String> {
         } else {
             "NOT met"
         }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of `lanyard bench import`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// Entries in the generated SPIRE export (`spire-server entry show -output json`).
+    #[arg(long, default_value_t = 5000)]
+    pub entries: usize,
+    /// Entries then created one `CreateEntry` call at a time, for comparison.
+    #[arg(long, default_value_t = 300)]
+    pub single: usize,
+}
+
+/// A SPIRE `entry show -output json` document of `n` workload entries.
+fn spire_export(td: &str, n: usize) -> String {
+    let entries: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            json!({
+                "id": format!("spire-{i}"),
+                "spiffe_id": {"trust_domain": td, "path": format!("/import/svc-{i}")},
+                "parent_id": {"trust_domain": td, "path": format!("/spire/agent/x509pop/node-{}", i % 50)},
+                "selectors": [{"type": "unix", "value": format!("uid:{}", 10_000 + i)}, {"type": "unix", "value": "gid:100"}],
+                "x509_svid_ttl": 3600, "jwt_svid_ttl": 300, "federates_with": [], "admin": false,
+                "downstream": false, "expires_at": "0", "dns_names": [format!("svc-{i}.internal")],
+                "revision_number": "0", "store_svid": false, "hint": "", "created_at": "1712345678"
+            })
+        })
+        .collect();
+    json!({"entries": entries, "next_page_token": ""}).to_string()
+}
+
+/// Plain inserts of `n` entry-shaped rows in one durable SQLite transaction (same
+/// settings as the store: WAL, synchronous=FULL, the identity index): rows/s.
+async fn raw_entry_inserts(dir: &std::path::Path, n: usize) -> Result<f64, String> {
+    use sqlx::Connection;
+    let mut conn = raw_sqlite(&dir.join("raw-entries.db")).await?;
+    for sql in [
+        "CREATE TABLE e (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent_id TEXT NOT NULL, selectors TEXT NOT NULL, owner TEXT NOT NULL, dns_names TEXT NOT NULL)",
+        "CREATE UNIQUE INDEX e_identity ON e (spiffe_id, parent_id, selectors)",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let start = Instant::now();
+    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+    for i in 0..n {
+        sqlx::query("INSERT INTO e VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(format!("{i:032x}"))
+            .bind(format!("spiffe://bench.example/import/svc-{i}"))
+            .bind("spiffe://bench.example/spire/agent/x509pop/node-0")
+            .bind(format!("[\"unix:gid:100\",\"unix:uid:{}\"]", 10_000 + i))
+            .bind("bench")
+            .bind(format!("[\"svc-{i}.internal\"]"))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// SPIRE import throughput on SQLite: `lanyard entry import --spire`'s whole path
+/// (parse, list, compare, BatchCreateEntry with registration policy and one
+/// evidence event per entry) next to plain inserts in one transaction and to
+/// single `CreateEntry` calls, measured in the same run.
+pub async fn import(args: ImportArgs) -> Result<ExitCode, String> {
+    if args.entries == 0 {
+        return Err("--entries must be at least 1".to_string());
+    }
+    let dir = temp_dir()?;
+    let result = run_import(&args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_import(args: &ImportArgs, dir: &std::path::Path) -> Result<ExitCode, String> {
+    let raw = raw_entry_inserts(dir, args.entries).await?;
+    let td = "bench.example";
+    let (server, mut admin) = start_server(td, &dir.join("server")).await?;
+    let text = spire_export(td, args.entries);
+    let start = Instant::now();
+    let read = crate::cmd::spire::read(&text).map_err(|e| e.to_string())?;
+    let (inputs, _) = crate::cmd::bulk::spire_inputs(read, "bench", "bench");
+    let reports = crate::cmd::bulk::run(&mut admin, inputs, Default::default(), false).await?;
+    let elapsed = start.elapsed();
+    let tally = crate::cmd::bulk::tally(&reports);
+    let created = tally.get("created").copied().unwrap_or(0);
+    if created != args.entries {
+        return Err(format!(
+            "only {created} of {} entries were created: {tally:?}",
+            args.entries
+        ));
+    }
+    let imported = created as f64 / elapsed.as_secs_f64();
+    // Re-import: everything is unchanged (one list and a compare).
+    let start = Instant::now();
+    let read = crate::cmd::spire::read(&text).map_err(|e| e.to_string())?;
+    let (inputs, _) = crate::cmd::bulk::spire_inputs(read, "bench", "bench");
+    let again = crate::cmd::bulk::run(&mut admin, inputs, Default::default(), false).await?;
+    let reimport = again.len() as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..args.single {
+        admin
+            .create_entry(apb::Entry {
+                spiffe_id: format!("spiffe://{td}/single/svc-{i}"),
+                parent_id: format!("spiffe://{td}/spire/agent/x509pop/node-0"),
+                selectors: vec![format!("unix:uid:{}", 10_000 + i)],
+                owner: "bench".to_string(),
+                environment: "bench".to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.message().to_string())?;
+    }
+    let single = args.single as f64 / start.elapsed().as_secs_f64().max(f64::EPSILON);
+    server.shutdown().await.map_err(|e| e.to_string())?;
+    println!(
+        "raw SQLite INSERTs, one transaction ({} rows):      {raw:>9.0} rows/s",
+        args.entries
+    );
+    println!(
+        "entry import --spire ({} entries, batches of {}):  {imported:>9.0} entries/s  (ratio {:.2})",
+        args.entries,
+        apb::MAX_ENTRY_BATCH,
+        imported / raw
+    );
+    println!("re-import, all unchanged:                          {reimport:>9.0} entries/s");
+    println!(
+        "single CreateEntry calls ({}):                     {single:>9.0} entries/s  (ratio {:.2})",
+        args.single,
+        single / raw
     );
     Ok(ExitCode::SUCCESS)
 }
