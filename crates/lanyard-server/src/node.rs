@@ -84,6 +84,67 @@ pub struct NodeState {
     pub secrets: Arc<crate::secrets::SecretBox>,
     pub trust_domain: TrustDomain,
     pub agent_svid_ttl: Duration,
+    /// What every agent's stream sends besides its entries, read once per change.
+    pub stream_facts: StreamFacts,
+}
+
+/// The deny-list and the authz policy as of one change of this server's change
+/// counter: read once per change (single flight: concurrent streams woken by the
+/// same change wait for one read) instead of once per connected agent.
+#[derive(Debug, Default)]
+pub struct StreamFacts {
+    slot: tokio::sync::Mutex<Option<(u64, std::time::Instant, Arc<Facts>)>>,
+}
+
+/// See [`StreamFacts`].
+#[derive(Debug)]
+pub struct Facts {
+    pub revoked_jtis: Vec<String>,
+    /// `None`: the stored authz policy does not compile (agents keep theirs).
+    pub authz_policy: Option<(i64, String)>,
+}
+
+impl StreamFacts {
+    /// Re-read at least this often even without a change.
+    pub const MAX_AGE: Duration = Duration::from_secs(5);
+
+    /// The facts as of change counter `version`.
+    pub async fn get(&self, state: &NodeState, version: u64) -> Result<Arc<Facts>, Status> {
+        let mut slot = self.slot.lock().await;
+        if let Some((v, at, f)) = slot.as_ref()
+            && *v == version
+            && at.elapsed() < Self::MAX_AGE
+        {
+            return Ok(f.clone());
+        }
+        let revoked_jtis = state
+            .store
+            .revoked_jwts(state.clock.unix_seconds())
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| r.jti)
+            .collect();
+        let authz_policy = match crate::policy::active(
+            &state.store,
+            &state.policies,
+            lanyard_policy::PolicyKind::Authz,
+        )
+        .await
+        {
+            Ok((v, p)) => Some((v, p.text().to_string())),
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "authz policy not sent to agents");
+                None
+            }
+        };
+        let facts = Arc::new(Facts {
+            revoked_jtis,
+            authz_policy,
+        });
+        *slot = Some((version, std::time::Instant::now(), facts.clone()));
+        Ok(facts)
+    }
 }
 
 impl NodeState {
@@ -118,6 +179,7 @@ impl NodeState {
             secrets: shared.secrets.clone(),
             trust_domain: shared.config.trust_domain.clone(),
             agent_svid_ttl: shared.config.agent_svid_ttl,
+            stream_facts: StreamFacts::default(),
         }
     }
 }
@@ -886,29 +948,24 @@ impl pb::node_server::Node for NodeService {
                         return;
                     }
                 };
-                let revoked = match state.store.revoked_jwts(state.clock.unix_seconds()).await {
-                    Ok(r) => r.into_iter().map(|r| r.jti).collect(),
-                    Err(e) => {
-                        let _ = tx.send(Err(internal(e))).await;
+                // Read before the facts: a change after this point wakes the loop again.
+                let version = state.changes.version();
+                let facts = match state.stream_facts.get(&state, version).await {
+                    Ok(f) => f,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
+                let revoked = facts.revoked_jtis.clone();
                 // The authz policy for agent-local decisions; one that no longer
                 // compiles is not sent (agents keep the last one).
-                let (authz_policy_version, authz_policy) = match crate::policy::active(
-                    &state.store,
-                    &state.policies,
-                    lanyard_policy::PolicyKind::Authz,
-                )
-                .await
-                {
-                    Ok((v, p)) => (v, p.text().to_string()),
-                    Err(status) => {
-                        tracing::warn!(error = %status.message(), "authz policy not sent to agents");
-                        last.as_ref()
-                            .map(|l| (l.authz_policy_version, l.authz_policy.clone()))
-                            .unwrap_or_default()
-                    }
+                let (authz_policy_version, authz_policy) = match &facts.authz_policy {
+                    Some((v, p)) => (*v, p.clone()),
+                    None => last
+                        .as_ref()
+                        .map(|l| (l.authz_policy_version, l.authz_policy.clone()))
+                        .unwrap_or_default(),
                 };
                 let update = match state
                     .entries
@@ -1325,6 +1382,49 @@ impl pb::node_server::Node for NodeService {
 mod tests {
     use super::*;
     use lanyard_testkit::{entry, node};
+
+    #[tokio::test]
+    async fn stream_facts_are_read_once_per_change_for_every_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::ServerConfig::load(&crate::config::Overrides {
+            trust_domain: Some("example.org".into()),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        let shared = Shared::open(config, crate::state::system_clock())
+            .await
+            .unwrap();
+        let state = NodeState::of(&shared);
+        let a = state.stream_facts.get(&state, 1).await.unwrap();
+        assert!(a.revoked_jtis.is_empty());
+        assert!(a.authz_policy.is_some());
+        // Another stream woken by the same change gets the same read.
+        let b = state.stream_facts.get(&state, 1).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let revoked = lanyard_store::RevokedJwt {
+            jti: "j1".into(),
+            spiffe_id: None,
+            expires_at: i64::MAX / 2,
+            revoked_at: 1,
+            reason: "test".into(),
+        };
+        shared
+            .store
+            .revoke_jwt(&revoked, &|_| vec![])
+            .await
+            .unwrap();
+        // The next change reads again and sees the revocation.
+        let c = state.stream_facts.get(&state, 2).await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.revoked_jtis, ["j1"]);
+        // Concurrent streams on a new change: one read, one answer.
+        let (x, y) = tokio::join!(
+            state.stream_facts.get(&state, 3),
+            state.stream_facts.get(&state, 3)
+        );
+        assert!(Arc::ptr_eq(&x.unwrap(), &y.unwrap()));
+    }
 
     #[test]
     fn a_delta_names_added_changed_and_removed_entries_only() {
