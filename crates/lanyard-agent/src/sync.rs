@@ -318,13 +318,14 @@ pub async fn run(
 ) {
     let mut life = Lifecycle::new();
     let mut renewed: Option<AgentSvid> = None;
-    let mut servers = Failover::new(cfg.server_addresses.len());
+    // Every address, a DNS name standing for each of its records.
+    let mut candidates = resolve_all(&cfg.server_addresses).await;
+    let mut servers = Failover::new(candidates.len());
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let server = cfg
-            .server_addresses
+        let server = candidates
             .get(servers.current())
             .unwrap_or(&cfg.server_address)
             .clone();
@@ -364,8 +365,17 @@ pub async fn run(
             // Another server next; at once while some have not been tried since
             // the last working one, with the backoff once all have.
             if servers.fail_over(was_synced) {
-                tracing::warn!(from = %server, to = %cfg.server_addresses.get(servers.current()).unwrap_or(&server), "failing over to the next server");
+                tracing::warn!(from = %server, to = %candidates.get(servers.current()).unwrap_or(&server), "failing over to the next server");
                 wait = Duration::ZERO;
+            } else {
+                // Every candidate failed in this round: look the names up again
+                // before the next (records may have changed).
+                let fresh = resolve_all(&cfg.server_addresses).await;
+                if fresh != candidates {
+                    tracing::info!(servers = ?fresh, "server addresses resolved anew");
+                    servers = Failover::new(fresh.len());
+                    candidates = fresh;
+                }
             }
         } else {
             servers.reset_round();
@@ -404,6 +414,52 @@ fn settle(
         }
         Phase::Attesting | Phase::Connecting | Phase::Synced => Some(Duration::ZERO),
     }
+}
+
+/// Look up every `host:port` address: a name with several DNS records stands for
+/// each of them (as `ip:port`); an IP address stays as it is; a name that does not
+/// resolve now stays as a name (connecting to it reports why).
+pub async fn resolve_all(addresses: &[String]) -> Vec<String> {
+    let mut resolved = Vec::with_capacity(addresses.len());
+    for a in addresses {
+        let records = if a.parse::<std::net::SocketAddr>().is_ok() {
+            None
+        } else {
+            match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(a.as_str()))
+                .await
+            {
+                Ok(Ok(addrs)) => Some(addrs.map(|s| s.to_string()).collect()),
+                Ok(Err(e)) => {
+                    tracing::warn!(address = %a, error = %e, "cannot resolve the server address now");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(address = %a, "resolving the server address timed out");
+                    None
+                }
+            }
+        };
+        resolved.push((a.clone(), records));
+    }
+    candidates(resolved)
+}
+
+/// Pure: the failover candidates from each configured address and its records
+/// (`None`: not resolved, kept as written), in order, each once.
+pub fn candidates(resolved: Vec<(String, Option<Vec<String>>)>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (address, records) in resolved {
+        let expanded = match records {
+            Some(r) if !r.is_empty() => r,
+            _ => vec![address],
+        };
+        for c in expanded {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// Which server to use, and whether a failover is immediate: each server is tried
@@ -816,6 +872,48 @@ mod tests {
 
     fn ids(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn a_name_with_several_records_is_a_candidate_per_record() {
+        let got = candidates(vec![
+            (
+                "lanyard.internal:8081".into(),
+                Some(vec!["10.0.0.1:8081".into(), "10.0.0.2:8081".into()]),
+            ),
+            ("10.0.0.3:8081".into(), None),
+            ("down.internal:8081".into(), Some(vec![])),
+            ("unresolvable:8081".into(), None),
+            // The same record twice: tried once.
+            (
+                "again.internal:8081".into(),
+                Some(vec!["10.0.0.1:8081".into()]),
+            ),
+        ]);
+        assert_eq!(
+            got,
+            [
+                "10.0.0.1:8081",
+                "10.0.0.2:8081",
+                "10.0.0.3:8081",
+                "down.internal:8081",
+                "unresolvable:8081"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn names_are_looked_up_and_addresses_kept() {
+        let got = resolve_all(&["127.0.0.1:9".to_string(), "localhost:9".to_string()]).await;
+        assert_eq!(got[0], "127.0.0.1:9");
+        // localhost resolves to at least one loopback record.
+        assert!(
+            got.iter()
+                .skip(1)
+                .all(|a| a.ends_with(":9") && !a.starts_with("localhost")),
+            "{got:?}"
+        );
+        assert!(!got.is_empty());
     }
 
     #[test]

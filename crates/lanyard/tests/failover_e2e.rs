@@ -1,5 +1,6 @@
 //! Agent failover: given several servers, an agent whose first server is down
-//! moves to the next at once and attests, syncs and serves its workload there.
+//! moves to the next at once and attests, syncs and serves its workload there; the
+//! next is given by DNS name (each of its records is a candidate).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -49,7 +50,11 @@ fn an_agent_fails_over_to_the_next_server_address() {
             TD,
             "--server-address",
         ])
-        .arg(format!("{dead_addr}, {}", server.agent_addr))
+        // The real server by name: names are looked up, each record a candidate.
+        .arg(format!(
+            "{dead_addr}, localhost:{}",
+            server.agent_addr.rsplit_once(':').unwrap().1
+        ))
         .arg("--trust-bundle")
         .arg(&bundle)
         .args(["--join-token", &token, "--write"])
