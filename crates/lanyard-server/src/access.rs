@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::fresh::{FreshCache, MAX_STALE};
 use crate::handles::{AuditSink, Authority, Entries, PolicyCache, Publication};
-use crate::state::{ServerError, Shared, write_private};
+use crate::state::{ServerError, Shared};
 use lanyard_audit::{EventKind, Outcome};
 pub use lanyard_authz::decision::{
     AuthnError, DecideError, DecisionOut, Question, TaskError, Unavailable,
@@ -57,18 +57,11 @@ impl TokenKey {
 
     /// The PKCS#8 key in `dir`, or a new one (written there when `write`).
     pub fn local_pkcs8(dir: &Path, write: bool) -> Result<Vec<u8>, ServerError> {
-        let path = dir.join(TOKEN_KEY_FILE);
-        match std::fs::read(&path) {
-            Ok(der) => Ok(der),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let k = SigningKey::generate(KeyAlgorithm::EcP256)?;
-                if write {
-                    write_private(&path, k.pkcs8_der())?;
-                }
-                Ok(k.pkcs8_der().to_vec())
-            }
-            Err(e) => Err(ServerError::io("cannot read", &path, e)),
-        }
+        crate::state::read_or_generate(&dir.join(TOKEN_KEY_FILE), write, || {
+            Ok(SigningKey::generate(KeyAlgorithm::EcP256)?
+                .pkcs8_der()
+                .to_vec())
+        })
     }
 
     /// From an EC P-256 PKCS#8 key.

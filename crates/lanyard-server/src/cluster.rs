@@ -28,7 +28,8 @@ pub fn own_authorities(ca: &CertificateAuthority) -> Result<Vec<PublishedAuthori
                 .map_err(|e| BundleError::UnsupportedKey(format!("upstream root: {e}")))?;
             out.push(PublishedAuthority {
                 kind: AuthorityKind::X509,
-                id: lanyard_core::x509::subject_key_id(a.der()).unwrap_or_else(|| sha_id(a.der())),
+                id: lanyard_core::x509::subject_key_id(a.der())
+                    .unwrap_or_else(|| crate::node::sha256_hex(a.der())),
                 state: UPSTREAM.to_string(),
                 not_after,
                 public: STANDARD.encode(a.der()),
@@ -40,7 +41,7 @@ pub fn own_authorities(ca: &CertificateAuthority) -> Result<Vec<PublishedAuthori
             out.push(PublishedAuthority {
                 kind: AuthorityKind::X509,
                 id: lanyard_core::x509::subject_key_id(s.x509_cert_der())
-                    .unwrap_or_else(|| sha_id(s.x509_cert_der())),
+                    .unwrap_or_else(|| crate::node::sha256_hex(s.x509_cert_der())),
                 state: s.state().name().to_string(),
                 not_after: s.not_after(),
                 public: STANDARD.encode(s.x509_cert_der()),
@@ -56,11 +57,6 @@ pub fn own_authorities(ca: &CertificateAuthority) -> Result<Vec<PublishedAuthori
     }
     out.sort();
     Ok(out)
-}
-
-/// An id for a certificate without a Subject Key Identifier: its SHA-256 (hex).
-fn sha_id(der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
 
 /// The servers whose authorities are in the bundle: not deregistered.

@@ -66,11 +66,9 @@ impl Kek {
         let bytes = decode_kek(raw)?;
         let sealer =
             SecretBox::from_bytes(&bytes).map_err(|_| KeyringError::KekLength(bytes.len()))?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-        Ok(Self {
-            sealer,
-            id: hex::encode(&digest.as_ref()[..8]),
-        })
+        let mut id = crate::node::sha256_hex(&bytes);
+        id.truncate(16);
+        Ok(Self { sealer, id })
     }
 
     /// The KEK's id: the first 8 bytes (hex) of its SHA-256 (not secret; names which

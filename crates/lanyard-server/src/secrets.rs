@@ -9,7 +9,7 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKe
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::state::{ServerError, write_private};
+use crate::state::ServerError;
 
 /// Why a secret could not be sealed or opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,20 +54,11 @@ impl SecretBox {
 
     /// The key in `dir/secrets.key`, or a new one (written there when `write`).
     pub fn local_key(dir: &Path, write: bool) -> Result<Vec<u8>, ServerError> {
-        let path = dir.join("secrets.key");
-        match std::fs::read(&path) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut b = vec![0u8; 32];
-                aws_lc_rs::rand::fill(&mut b)
-                    .map_err(|_| ServerError::Random("the secrets key"))?;
-                if write {
-                    write_private(&path, &b)?;
-                }
-                Ok(b)
-            }
-            Err(e) => Err(ServerError::io("cannot read", &path, e)),
-        }
+        crate::state::read_or_generate(&dir.join("secrets.key"), write, || {
+            let mut b = vec![0u8; 32];
+            aws_lc_rs::rand::fill(&mut b).map_err(|_| ServerError::Random("the secrets key"))?;
+            Ok(b)
+        })
     }
 
     pub fn from_bytes(raw: &[u8]) -> Result<Self, SecretsError> {

@@ -200,21 +200,32 @@ fn load_x509pop_roots(cfg: &ServerConfig) -> Result<Option<BundleSet>, ServerErr
     Ok(Some([b].into_iter().collect()))
 }
 
+/// The key in the file `path`, or — when there is no such file — a new one from
+/// `generate`, written there (mode 0600) when `write`.
+pub(crate) fn read_or_generate(
+    path: &Path,
+    write: bool,
+    generate: impl FnOnce() -> Result<Vec<u8>, ServerError>,
+) -> Result<Vec<u8>, ServerError> {
+    match std::fs::read(path) {
+        Ok(key) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = generate()?;
+            if write {
+                write_private(path, &key)?;
+            }
+            Ok(key)
+        }
+        Err(e) => Err(io("cannot read", path, e)),
+    }
+}
+
 /// The audit key's PKCS#8 in `dir/audit-key.pk8`, or a new one (written there when
 /// `write`).
 fn local_audit_key(dir: &Path, write: bool) -> Result<Vec<u8>, ServerError> {
-    let path = dir.join("audit-key.pk8");
-    match std::fs::read(&path) {
-        Ok(der) => Ok(der),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (_, der) = lanyard_audit::AuditKey::generate()?;
-            if write {
-                write_private(&path, &der)?;
-            }
-            Ok(der)
-        }
-        Err(e) => Err(io("cannot read", &path, e)),
-    }
+    read_or_generate(&dir.join("audit-key.pk8"), write, || {
+        Ok(lanyard_audit::AuditKey::generate()?.1)
+    })
 }
 
 /// The audit key from its PKCS#8, and its public half written to `audit-key.pub`
